@@ -1,0 +1,98 @@
+"""Case set-up on CUDA: each returns a Prepared (timed callable + coverage + optional index/op callables).
+
+Imported by the runner only when CUDA is present (imports torch kernels lazily inside functions).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import coverage as cov
+from .indexsets import generate_vs
+
+
+@dataclass
+class Prepared:
+    fn: Callable                         # timed: the attention kernel itself (index prebuilt)
+    coverage: float                      # share of causal pairs computed (pattern semantics)
+    index_fn: Optional[Callable] = None  # the index-build step, timed separately
+    op_fn: Optional[Callable] = None     # the public function end to end (validation + index from given sets)
+    tile_cov: Optional[float] = None     # touched block x block tiles over causal pairs (flex)
+    note: str = ""
+
+
+def dense(case, q, k, v, S):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = getattr(SDPBackend, case.params["backend"])
+    note = ""
+
+    def run(kk, vv, gqa):
+        with sdpa_kernel([backend]):
+            return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa)
+
+    try:
+        run(k, v, True)
+        fn = lambda: run(k, v, True)  # noqa: E731
+    except RuntimeError:  # backend without GQA: expand K/V once, outside the timing
+        rep = q.shape[1] // k.shape[1]
+        ke, ve = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+        run(ke, ve, False)  # raises if the backend is unavailable altogether
+        fn = lambda: run(ke, ve, False)  # noqa: E731
+        note = "kv expanded (no GQA in backend)"
+    return Prepared(fn, 1.0, note=note)
+
+
+def vs(case, q, k, v, S, seed=0):
+    from minference_compile.ops import estimate_vertical_slash, vertical_slash_sparse_attention
+    from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
+    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
+    nv, ns = case.params["nv"], case.params["ns"]
+    Hq = q.shape[1]
+    vert, slash = generate_vs(S, Hq, nv, ns, seed=seed)
+    c = float(cov.coverage(vert, slash, S).mean())
+    vert, slash = vert.to(q.device), slash.to(q.device)
+    index = build_vertical_slash_index(vert, slash, S)
+
+    def index_fn():
+        ev, es = estimate_vertical_slash(q, k, nv, ns)
+        return build_vertical_slash_index(ev, es, S)
+
+    return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index),
+                    c, index_fn, lambda: vertical_slash_sparse_attention(q, k, v, vert, slash),
+                    note=f"generated sets seed={seed}")
+
+
+def bs(case, q, k, v, S):
+    from minference_compile.ops import block_sparse_attention
+    from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
+    from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
+    topk = case.params["topk"]
+    idx = block_sparse_index(q, k, topk)
+    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx), cov.block_sparse_coverage(S, topk),
+                    lambda: block_sparse_index(q, k, topk), lambda: block_sparse_attention(q, k, v, topk))
+
+
+def ashape(case, q, k, v, S):
+    from minference_compile.ops import streaming_forward
+    from minference_compile.triton_kernels.streaming import streaming_attention_fwd
+    init, local = case.params["init"], case.params["local"]
+    Hq = q.shape[1]
+    it = torch.full((Hq,), init, dtype=torch.int32, device=q.device)
+    lt = torch.full((Hq,), local, dtype=torch.int32, device=q.device)
+    return Prepared(lambda: streaming_attention_fwd(q, k, v, it, lt), cov.streaming_coverage(S, init, local),
+                    None, lambda: streaming_forward(q, k, v, init, local))
+
+
+def prepare(case, q, k, v, S, flex_block=128):
+    if case.family == "dense":
+        return dense(case, q, k, v, S)
+    if case.family == "vs":
+        return vs(case, q, k, v, S)
+    if case.family == "bs":
+        return bs(case, q, k, v, S)
+    if case.family == "ashape":
+        return ashape(case, q, k, v, S)
+    from . import flex_cases
+    return flex_cases.prepare(case, q, k, v, S, flex_block)

@@ -1,0 +1,54 @@
+"""Speedup vs length per case (log x), one panel per shape: `python -m benchmarks.plot results/x.csv [-o out.png]`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .report import _f, load_csv
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("csv")
+    ap.add_argument("-o", "--output", default=None, help="PNG path (default: next to the CSV)")
+    ap.add_argument("--metric", default="speedup", choices=["speedup", "efficiency", "ms", "coverage"])
+    a = ap.parse_args(argv)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("benchmarks.plot needs matplotlib (pip install matplotlib); the CSV is readable as is.", file=sys.stderr)
+        return 1
+    rows = [r for r in load_csv(a.csv) if _f(r.get(a.metric)) is not None]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    if not shapes:
+        print(f"no '{a.metric}' values in {a.csv}", file=sys.stderr)
+        return 1
+    fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
+    for ax, shape in zip(axes[0], shapes):
+        rs = [r for r in rows if r["shape"] == shape]
+        for case in dict.fromkeys(r["case"] for r in rs):
+            pts = sorted((int(r["S"]), _f(r[a.metric])) for r in rs if r["case"] == case)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=case,
+                    linestyle="--" if case.startswith(("dense", "flex")) else "-")
+        ax.set_xscale("log", base=2)
+        if a.metric in ("speedup", "ms"):
+            ax.set_yscale("log")
+        if a.metric == "speedup":
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+        ax.set_xlabel("sequence length S")
+        ax.set_ylabel(a.metric + (" vs cuDNN dense" if a.metric == "speedup" else ""))
+        ax.set_title(shape)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = a.output or os.path.splitext(a.csv)[0] + f"-{a.metric}.png"
+    fig.savefig(out, dpi=120)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

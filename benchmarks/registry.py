@@ -1,0 +1,86 @@
+"""What the benchmark runs: model shapes and cases (names, families, parameters). Imports without CUDA."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# name -> (Hq, Hkv, D)
+SHAPES = {
+    "llama3-8b": (32, 8, 128),
+    "qwen2.5-7b": (28, 4, 128),
+    "qwen2.5-0.5b": (14, 2, 64),
+}
+
+# seed defaults
+VS_DEFAULT = (1000, 6096)
+VS_SMALL = (100, 800)
+TOPK = 100
+ASHAPE = (128, 4096)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    family: str               # dense | vs | bs | ashape | flex-ashape | flex-bs | flex-vs
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+    dense_ref: bool = False   # cuDNN (or flash as fallback) is the speedup reference
+
+
+CASES = [
+    Case("dense-cudnn", "dense", {"backend": "CUDNN_ATTENTION"}, dense_ref=True),
+    Case("dense-flash", "dense", {"backend": "FLASH_ATTENTION"}),
+    Case("vs-1000/6096", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
+    Case("vs-100/800", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),
+    Case("bs-top100", "bs", {"topk": TOPK}),
+    Case("ashape-128+4096", "ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
+    Case("flex-ashape-128+4096", "flex-ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
+    Case("flex-bs-top100", "flex-bs", {"topk": TOPK}),
+    Case("flex-vs-1000/6096", "flex-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
+]
+CASE_BY_NAME = {c.name: c for c in CASES}
+
+# --crossover: one sparse case per pattern, seed-default settings, against cuDNN dense
+CROSSOVER_CASES = ["vs-1000/6096", "bs-top100", "ashape-128+4096"]
+CROSSOVER_LENGTHS = [1024, 2048, 4096, 8192, 16384, 32768]
+
+DEFAULT_LENGTHS = "8k,16k,32k,64k,128k,256k"
+QUICK = {"lengths": "16k,64k", "shapes": "llama3-8b",
+         "cases": "dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096"}
+
+
+def parse_length(tok: str) -> int:
+    """'8k' -> 8192, '1m' -> 1048576, '5000' -> 5000."""
+    t = tok.strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    return int(float(t[:-1] if mult > 1 else t) * mult)
+
+
+def parse_lengths(s: str) -> list:
+    return [parse_length(t) for t in s.split(",") if t.strip()]
+
+
+def parse_shapes(s: str) -> list:
+    names = [t.strip() for t in s.split(",") if t.strip()]
+    bad = [n for n in names if n not in SHAPES]
+    if bad:
+        raise ValueError(f"unknown shapes {bad}; known: {list(SHAPES)}")
+    return names
+
+
+def parse_cases(s: str | None) -> list:
+    if not s:
+        return list(CASES)
+    names = [t.strip() for t in s.split(",") if t.strip()]
+    bad = [n for n in names if n not in CASE_BY_NAME]
+    if bad:
+        raise ValueError(f"unknown cases {bad}; known: {list(CASE_BY_NAME)}")
+    return [CASE_BY_NAME[n] for n in names]
+
+
+def dense_flops(S: int, Hq: int, D: int, B: int = 1) -> float:
+    """FLOPs of causal attention forward on the S(S+1)/2 pairs: 2 matmuls x 2 flops x D per pair."""
+    return 4.0 * D * S * (S + 1) / 2 * Hq * B
+
+
+def dense_bytes(S: int, Hq: int, Hkv: int, D: int, B: int = 1, elem: int = 2) -> float:
+    """Minimum HBM traffic of one fused attention: read q, k, v once, write out."""
+    return float(elem) * B * S * D * (2 * Hq + 2 * Hkv)

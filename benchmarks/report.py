@@ -1,0 +1,92 @@
+"""Compact text tables of benchmark rows (also: `python -m benchmarks.report results/x.csv`)."""
+from __future__ import annotations
+
+import csv
+import sys
+
+
+def _f(x):
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def load_csv(path) -> list:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _len(S) -> str:
+    S = int(S)
+    return f"{S // 1048576}M" if S % 1048576 == 0 else (f"{S // 1024}K" if S % 1024 == 0 else str(S))
+
+
+def pivot(rows, key, fmt, title) -> str:
+    """One block per shape: rows = cases, columns = S, cells = fmt(row[key]) or the status."""
+    out = [f"## {title}"]
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        rs = [r for r in rows if r["shape"] == shape]
+        Ss = sorted({int(r["S"]) for r in rs})
+        cases = list(dict.fromkeys(r["case"] for r in rs))
+        out.append(f"{shape:22s}" + "".join(f"{_len(S):>9s}" for S in Ss))
+        for c in cases:
+            cells = []
+            for S in Ss:
+                r = next((x for x in rs if x["case"] == c and int(x["S"]) == S), None)
+                v = _f(r.get(key)) if r else None
+                cells.append(fmt(v) if v is not None else ((r["status"] or "")[:8] if r and r["status"] != "ok" else "-"))
+            out.append(f"  {c:20s}" + "".join(f"{x:>9s}" for x in cells))
+    return "\n".join(out)
+
+
+def print_tables(rows):
+    print(pivot(rows, "ms", lambda v: f"{v:.3g}", "ms (kernel, index prebuilt)"))
+    print(pivot(rows, "speedup", lambda v: f"{v:.2f}x", "speedup vs cuDNN dense"))
+    print(pivot(rows, "coverage", lambda v: f"{v:.3f}", "coverage (share of causal pairs computed)"))
+    print(pivot(rows, "efficiency", lambda v: f"{v:.2f}", "efficiency (TFLOP/s on computed pairs / cuDNN dense TFLOP/s)"))
+    sparse = [r for r in rows if r["family"] not in ("dense",)]
+    print(pivot(sparse, "index_share", lambda v: f"{100 * v:.0f}%", "index-build share of (index + kernel)"))
+    print(pivot(rows, "peak_extra_mb", lambda v: f"{v:.0f}", "peak extra MiB (kernel)"))
+
+
+def crossover(rows, shape, case, with_index: bool):
+    """Smallest S from which the sparse case beats cuDNN at every measured S >= it (None: never)."""
+    Ss = sorted({int(r["S"]) for r in rows if r["shape"] == shape})
+    wins = {}
+    for S in Ss:
+        d = next((r for r in rows if r["shape"] == shape and int(r["S"]) == S and r["case"] == "dense-cudnn"), None)
+        s = next((r for r in rows if r["shape"] == shape and int(r["S"]) == S and r["case"] == case), None)
+        if not d or not s or _f(d.get("ms")) is None or _f(s.get("ms")) is None:
+            continue
+        t = _f(s["ms"]) + ((_f(s.get("index_ms")) or 0.0) if with_index else 0.0)
+        wins[S] = t < _f(d["ms"])
+    if not wins:
+        return None
+    best = None
+    for S in sorted(wins, reverse=True):
+        if not wins[S]:
+            break
+        best = S
+    return best
+
+
+def crossover_table(rows) -> str:
+    out = ["## crossover: sparse beats cuDNN dense from S = (kernel only / kernel + index build)"]
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    cases = [c for c in dict.fromkeys(r["case"] for r in rows) if c != "dense-cudnn"]
+    for shape in shapes:
+        cells = []
+        for c in cases:
+            a, b = crossover(rows, shape, c, False), crossover(rows, shape, c, True)
+            cells.append(f"{c}: {_len(a) if a else 'never'} / {_len(b) if b else 'never'}")
+        out.append(f"  {shape:14s} " + "; ".join(cells))
+    out.append("  (min_sparse_len: the largest 'kernel + index' value over the patterns used)")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    rs = load_csv(sys.argv[1])
+    print_tables(rs)
+    if any(r["case"] == "dense-cudnn" for r in rs):
+        print(crossover_table(rs))

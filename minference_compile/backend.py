@@ -1,0 +1,57 @@
+"""``minference_backend``: torch.compile backend = our FX passes on the Dynamo graph, then Inductor.
+
+    torch.compile(model, backend="minference", options={"config": "patterns.json"})
+    torch.compile(model, backend=make_backend(config))
+
+torch forwards ``options`` to a backend registered by name as the keyword ``options=`` (see
+torch._TorchCompileWrapper); keys other than ``config`` are passed to Inductor as config patches.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Optional
+
+import torch
+
+from .config import ConfigLike
+
+log = logging.getLogger("minference_compile")
+
+
+def run_passes(gm: torch.fx.GraphModule, config: ConfigLike = None) -> list:
+    """Rewrite ``gm`` in place; returns the per-SDPA-node matches."""
+    from minference_compile.passes import MInferenceSDPAPass  # lazy: keeps `import minference_compile` cheap
+
+    matches = MInferenceSDPAPass(config)(gm.graph)
+    gm.graph.lint()
+    gm.recompile()
+    return matches
+
+
+def minference_backend(gm: torch.fx.GraphModule, example_inputs, options: Optional[dict] = None, **kwargs: Any):
+    opts = dict(options or {})
+    config = opts.pop("config", kwargs.pop("config", None))
+    kwargs.pop("mode", None)  # torch.compile(mode=...) is Inductor's business; not forwarded here
+    run_passes(gm, config)
+    from torch._inductor.compile_fx import compile_fx
+
+    return compile_fx(gm, example_inputs, config_patches=opts or None)
+
+
+def make_backend(config: ConfigLike = None, **inductor_options: Any):
+    """A backend callable bound to ``config`` (for ``torch.compile(model, backend=make_backend(cfg))``)."""
+    return functools.partial(minference_backend, options={"config": config, **inductor_options})
+
+
+def _register() -> None:
+    from torch._dynamo.backends import registry
+
+    # If Dynamo already discovered our entry point, it registers the function itself when it loads
+    # it; registering here too would trip its duplicate-name assertion.
+    if "minference" in registry._COMPILER_FNS or registry._BACKENDS.get("minference") is not None:
+        return
+    registry.register_backend(minference_backend, name="minference")
+
+
+_register()

@@ -1,0 +1,177 @@
+"""Per-layer, per-head sparse attention patterns (reads/writes the seed project's JSON format).
+
+File format: a JSON list with one entry per layer; each entry maps a head index (string) to
+``[pattern, vertical_size, slash_size, score]``. A head or layer without an entry gets ``default``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence, Union
+
+PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
+PATTERN_IDS = {name: i for i, name in enumerate(PATTERNS)}  # ids of minference::sparse_prefill
+
+DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
+# Below this prompt length the op runs dense attention. Placeholder: issue 4 measures the
+# actual sparse/dense crossover on GPU and will replace this value.
+DEFAULT_MIN_SPARSE_LEN = 8192
+DEFAULT_LAST_Q = 64
+
+HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
+
+
+class ConfigError(ValueError):
+    """Invalid MInference config; the message names the file, layer and head."""
+
+
+def _where(source, layer=None, head=None) -> str:
+    parts = [str(source or "<dict>")]
+    if layer is not None:
+        parts.append(f"layer {layer}")
+    if head is not None:
+        parts.append(f"head {head}")
+    return ", ".join(parts)
+
+
+def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
+    if not isinstance(raw, (list, tuple)) or len(raw) < 3:
+        raise ConfigError(f"{_where(source, layer, head)}: expected [pattern, vertical_size, slash_size, score], got {raw!r}")
+    pattern, v, s = raw[0], raw[1], raw[2]
+    if pattern not in PATTERNS:
+        raise ConfigError(f"{_where(source, layer, head)}: unknown pattern {pattern!r} (known: {', '.join(PATTERNS)})")
+    for name, val in (("vertical_size", v), ("slash_size", s)):
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
+            raise ConfigError(f"{_where(source, layer, head)}: {name} must be an integer, got {val!r}")
+        if val < 0:
+            raise ConfigError(f"{_where(source, layer, head)}: negative {name} {val}")
+    return (pattern, int(v), int(s))
+
+
+@dataclasses.dataclass(frozen=True)
+class MInferenceConfig:
+    """``layers[l][h] = (pattern, vertical_size, slash_size)``; heads/layers missing use ``default``.
+
+    ``scores`` keeps the seed's 4th column (unused by the pass) so ``to_json`` round-trips.
+    """
+
+    layers: tuple = ()  # tuple[tuple[tuple[int, HeadEntry], ...], ...]: sparse (head, entry) pairs per layer
+    default: HeadEntry = DEFAULT_ENTRY
+    starting_layer: int = 0  # layers below stay dense
+    min_sparse_len: int = DEFAULT_MIN_SPARSE_LEN
+    last_q: int = DEFAULT_LAST_Q
+    source: str | None = None  # file it came from, for error messages and meta
+    scores: tuple = ()  # per layer: tuple of (head, score)
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, source: str | None = None, **overrides) -> "MInferenceConfig":
+        """``data``: the seed's list of per-layer dicts, or ``{"layers": [...], "starting_layer": ..}``."""
+        opts = {}
+        if isinstance(data, Mapping):
+            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q") if k in data}
+            if "default" in data:
+                opts["default"] = _parse_entry(data["default"], source, None, "default")
+            data = data.get("layers", [])
+        if not isinstance(data, Sequence) or isinstance(data, (str, bytes)):
+            raise ConfigError(f"{_where(source)}: expected a list of per-layer entries, got {type(data).__name__}")
+        layers, scores = [], []
+        for li, layer in enumerate(data):
+            if not isinstance(layer, Mapping):
+                raise ConfigError(f"{_where(source, li)}: expected a dict of head -> entry, got {type(layer).__name__}")
+            heads, sc = [], []
+            for key, raw in layer.items():
+                try:
+                    h = int(key)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{_where(source, li, key)}: head index must be an integer") from None
+                if h < 0:
+                    raise ConfigError(f"{_where(source, li, h)}: negative head index")
+                heads.append((h, _parse_entry(raw, source, li, h)))
+                if isinstance(raw, (list, tuple)) and len(raw) > 3:
+                    sc.append((h, raw[3]))
+            layers.append(tuple(sorted(heads)))
+            scores.append(tuple(sorted(sc)))
+        opts.update(overrides)
+        cfg = cls(layers=tuple(layers), scores=tuple(scores), source=source, **opts)
+        for name in ("starting_layer", "min_sparse_len", "last_q"):
+            val = getattr(cfg, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ConfigError(f"{_where(source)}: {name} must be a non-negative integer, got {val!r}")
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike, **overrides) -> "MInferenceConfig":
+        path = os.fspath(path)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: bad JSON: {e}") from e
+        return cls.from_dict(data, source=path, **overrides)
+
+    def to_list(self) -> list:
+        """The seed's format (a list per layer of {"head": [pattern, v, s, score]})."""
+        out = []
+        for li, heads in enumerate(self.layers):
+            sc = dict(self.scores[li]) if li < len(self.scores) else {}
+            out.append({str(h): [p, v, s, sc.get(h, 0)] for h, (p, v, s) in heads})
+        return out
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        with open(os.fspath(path), "w") as f:
+            json.dump(self.to_list(), f)
+
+    # --- queries ------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def head_entry(self, layer: int, head: int) -> HeadEntry:
+        if layer < self.starting_layer:
+            return ("dense", 0, 0)
+        if layer < len(self.layers):
+            for h, entry in self.layers[layer]:
+                if h == head:
+                    return entry
+        return self.default
+
+    def layer_entries(self, layer: int, num_heads: int) -> tuple:
+        return tuple(self.head_entry(layer, h) for h in range(num_heads))
+
+    def validate_for(self, num_layers: int, num_heads: int) -> "MInferenceConfig":
+        if len(self.layers) > num_layers:
+            raise ConfigError(
+                f"{_where(self.source, len(self.layers) - 1)}: config has {len(self.layers)} layers, model has {num_layers}"
+            )
+        for li, heads in enumerate(self.layers):
+            for h, _ in heads:
+                if h >= num_heads:
+                    raise ConfigError(f"{_where(self.source, li, h)}: head index out of range (model has {num_heads} heads)")
+        return self
+
+    def fingerprint(self) -> str:
+        """Stable text of everything that changes the rewrite (for the pass uuid)."""
+        return json.dumps(
+            [self.to_list(), list(self.default), self.starting_layer, self.min_sparse_len, self.last_q], sort_keys=True
+        )
+
+
+ConfigLike = Union[MInferenceConfig, Mapping, Sequence, str, os.PathLike, None]
+
+
+def as_config(config: ConfigLike) -> MInferenceConfig:
+    """Accept a MInferenceConfig, a dict/list in the seed format, a JSON path, or None (all default)."""
+    if config is None:
+        return MInferenceConfig()
+    if isinstance(config, MInferenceConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return MInferenceConfig.from_json(config)
+    return MInferenceConfig.from_dict(config)
+
+
+def get_support_models() -> list:
+    """Models we ship tuned pattern files for. None yet: the seed's files are not ours to ship."""
+    return []

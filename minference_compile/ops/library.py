@@ -1,0 +1,171 @@
+"""torch.library custom ops `minference::*`: CPU -> ops/cpu.py, CUDA -> triton_kernels/*.
+
+The ops do not validate (the public functions in api.py do). Outputs are always contiguous
+(fake and real alike), so Inductor's assumed layout matches what the kernels write.
+Triton modules are imported inside the CUDA paths only.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import cpu
+from .estimate import device_tensor, estimate_vertical_slash as _estimate
+from .validate import check_head_dim
+
+DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
+SINK_TOKENS, LOCAL_WINDOW = 30, 100  # estimate defaults used by sparse_prefill
+
+
+def _scale(q: Tensor, scale: Optional[float]) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+
+
+def _empty(q: Tensor) -> Tensor:
+    return q.new_empty(q.shape)
+
+
+# ---- device dispatch of the pattern kernels (head_mask / out: kernel-level conventions) ----
+
+def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None):
+    if q.device.type == "cpu":
+        return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
+    from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
+    from ..triton_kernels.vertical_slash_index import build_vertical_slash_index
+    index = build_vertical_slash_index(vertical, slash, q.shape[2])
+    return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
+
+
+def _block_sparse(q, k, v, topk, scale, head_mask=None, out=None):
+    from ..triton_kernels.block_sparse_index import block_sparse_index
+    block_index = block_sparse_index(q, k, topk)
+    if q.device.type == "cpu":
+        return cpu.block_sparse_attention(q, k, v, block_index, scale, head_mask, out)
+    from ..triton_kernels.block_sparse import block_sparse_attention_fwd
+    return block_sparse_attention_fwd(q, k, v, block_index, scale, head_mask=head_mask, out=out)
+
+
+def _streaming(q, k, v, init_num: Tensor, local_window: Tensor, scale, head_mask=None, out=None):
+    if q.device.type == "cpu":
+        return cpu.streaming_attention(q, k, v, init_num, local_window, scale, head_mask, out)
+    from ..triton_kernels.streaming import streaming_attention_fwd
+    return streaming_attention_fwd(q, k, v, init_num, local_window, scale, head_mask=head_mask, out=out)
+
+
+def _per_head(value: int, q: Tensor) -> Tensor:
+    return torch.full((q.shape[1],), value, dtype=torch.int32, device=q.device)
+
+
+def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Causal SDPA, bottom-right aligned: query row r sits at position kv_len - q_len + r."""
+    sq, skv = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if sq == skv:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    if sq == 1:  # decode: the last position sees every key
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
+    # chunked prefill: a q_len x kv_len mask (q_len is the chunk, not the whole sequence)
+    mask = torch.ones(sq, skv, dtype=torch.bool, device=q.device).tril(skv - sq)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    if sq > skv:  # rows before the first key attend nothing -> 0 (SDPA would give NaN)
+        out = torch.where(mask.any(-1, keepdim=True), out, torch.zeros_like(out))
+    return out
+
+
+# ---- ops ----
+
+@torch.library.custom_op("minference::vertical_slash_attention", mutates_args=(), schema=(
+    "(Tensor q, Tensor k, Tensor v, Tensor vertical, Tensor slash, float? scale=None) -> Tensor"))
+def vertical_slash_attention(q: Tensor, k: Tensor, v: Tensor, vertical: Tensor, slash: Tensor,
+                             scale: Optional[float] = None) -> Tensor:
+    return _vertical_slash(q, k, v, vertical, slash, _scale(q, scale), out=_empty(q))
+
+
+@torch.library.custom_op("minference::block_sparse_attention", mutates_args=(), schema=(
+    "(Tensor q, Tensor k, Tensor v, int topk, float? scale=None) -> Tensor"))
+def block_sparse_attention(q: Tensor, k: Tensor, v: Tensor, topk: int,
+                           scale: Optional[float] = None) -> Tensor:
+    return _block_sparse(q, k, v, topk, _scale(q, scale), out=_empty(q))
+
+
+@torch.library.custom_op("minference::streaming_attention", mutates_args=(), schema=(
+    "(Tensor q, Tensor k, Tensor v, int init_num, int local_window_num, float? scale=None) -> Tensor"))
+def streaming_attention(q: Tensor, k: Tensor, v: Tensor, init_num: int, local_window_num: int,
+                        scale: Optional[float] = None) -> Tensor:
+    return _streaming(q, k, v, _per_head(init_num, q), _per_head(local_window_num, q), _scale(q, scale),
+                      out=_empty(q))
+
+
+@torch.library.custom_op("minference::estimate_vertical_slash", mutates_args=(), schema=(
+    "(Tensor q, Tensor k, int vertical_size, int slash_size, int last_q, int sink_tokens, int local_window)"
+    " -> (Tensor, Tensor)"))
+def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size: int, last_q: int,
+                            sink_tokens: int, local_window: int) -> Tuple[Tensor, Tensor]:
+    return _estimate(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window)
+
+
+@torch.library.custom_op("minference::sparse_prefill", mutates_args=(), schema=(
+    "(Tensor q, Tensor k, Tensor v, int[] patterns, int[] vertical_size, int[] slash_size, float scale,"
+    " int min_sparse_len, int last_q) -> Tensor"))
+def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
+                   slash_size: List[int], scale: float, min_sparse_len: int, last_q: int) -> Tensor:
+    S = q.shape[2]
+    if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
+        raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
+                         f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
+    if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
+        raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
+                         "2 stream_llm, 3 block_sparse)")
+    if S != k.shape[2] or S < min_sparse_len:
+        return dense_attention(q, k, v, scale).contiguous()
+    check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
+    out = _empty(q)
+    present = set(patterns)
+
+    def heads(p: int) -> Tensor:
+        return device_tensor([x == p for x in patterns], q.device, torch.bool)
+
+    def budget(p: int, fill: int) -> List[int]:
+        return [s if x == p else fill for x, s in zip(patterns, vertical_size)]
+
+    if DENSE in present:
+        if q.device.type == "cpu":
+            cpu.causal_attention(q, k, v, scale, heads(DENSE), out)
+        else:  # streaming with init_num >= S is dense causal attention
+            _streaming(q, k, v, _per_head(S, q), _per_head(S, q), scale, heads(DENSE), out)
+    if VERTICAL_SLASH in present:
+        slash_budget = [s if x == VERTICAL_SLASH else 0 for x, s in zip(patterns, slash_size)]
+        vertical, slash = _estimate(q, k, budget(VERTICAL_SLASH, 0), slash_budget, last_q, SINK_TOKENS,
+                                    LOCAL_WINDOW)
+        _vertical_slash(q, k, v, vertical, slash, scale, heads(VERTICAL_SLASH), out)
+    if STREAM_LLM in present:
+        init = device_tensor(vertical_size, q.device)
+        local = device_tensor(slash_size, q.device)
+        _streaming(q, k, v, init, local, scale, heads(STREAM_LLM), out)
+    if BLOCK_SPARSE in present:
+        topks = {s for x, s in zip(patterns, vertical_size) if x == BLOCK_SPARSE}
+        topk = topks.pop() if len(topks) == 1 else device_tensor(budget(BLOCK_SPARSE, 1), q.device)
+        _block_sparse(q, k, v, topk, scale, heads(BLOCK_SPARSE), out)
+    return out
+
+
+@vertical_slash_attention.register_fake
+@block_sparse_attention.register_fake
+@streaming_attention.register_fake
+def _attention_fake(q, k, v, *args) -> Tensor:
+    return _empty(q)
+
+
+@sparse_prefill.register_fake
+def _sparse_prefill_fake(q, k, v, *args) -> Tensor:
+    return _empty(q)
+
+
+@estimate_vertical_slash.register_fake
+def _estimate_fake(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window):
+    B, H, S = q.shape[:3]
+    nv = torch.sym_min(max(vertical_size, 0), S)
+    ns = torch.sym_min(max(slash_size, 0), S)
+    return q.new_empty((B, H, nv), dtype=torch.int32), q.new_empty((B, H, ns), dtype=torch.int32)

@@ -1,0 +1,251 @@
+"""Prove that an SDPA boolean ``attn_mask`` is plain causal (optionally AND a 2D padding mask).
+
+transformers' ``sdpa_mask`` (non-vmap path, 5.17 and 5.24) builds, in the Dynamo graph::
+
+    q_arange  = torch.arange(q_len) + q_offset           kv_arange = torch.arange(kv_len) + kv_offset
+    q_indices = q_arange[None, None, :, None]             kv_indices = kv_arange[None, None, None, :]
+    result    = q_indices.new_ones((), dtype=torch.bool)
+    le        = kv_indices <= q_indices                   # causal_mask_function
+    result_1  = result & le.to(device)
+    pad       = attention_mask_bool[batch_indices, kv_indices]   # padding_mask_function (only with a 2D mask)
+    result_2  = result_1 & pad.to(device)
+    mask      = result_2.expand(B, -1, q_len, kv_len)
+
+We evaluate that producer subgraph abstractly: every node maps to an index vector, TRUE, a CAUSAL
+atom, a PAD atom or a conjunction of atoms. Any node we do not understand (a ``q_idx - window``
+term, ``|``, ``==`` of packed-sequence ids, float/additive masks, vmap) makes the proof fail with a
+reason naming that node, and the layer stays dense.
+"""
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskProof:
+    ok: bool
+    reason: str = ""
+    padding: Optional[fx.Node] = None  # 2D [B, >= kv_len] graph input, bool-castable; None = no padding term
+    nodes: tuple = ()  # the mask's producer nodes (dead after the rewrite unless shared)
+
+
+class _Fail(Exception):
+    pass
+
+
+def _val(x: Any) -> Any:
+    """Python int / SymInt behind an FX argument."""
+    if isinstance(x, fx.Node):
+        v = x.meta.get("example_value", x.meta.get("val"))
+        if v is None:
+            raise _Fail(f"no value for {x.name}")
+        return v
+    return x
+
+
+def known_eq(a: Any, b: Any) -> bool:
+    """a == b for every value of the symbols, without installing a guard (never specialises on S)."""
+    try:
+        return bool(statically_known_true(_val(a) == _val(b)))
+    except _Fail:
+        return False
+
+
+def shape_of(n: fx.Node):
+    v = n.meta.get("example_value", n.meta.get("val"))
+    return getattr(v, "shape", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:  # 1D arange(length) + offset
+    length: Any
+    offset: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Idx:  # _Range broadcast onto one of the 4 mask axes (0 batch, 2 q, 3 kv)
+    axis: int
+    rng: _Range
+
+
+_TRUE = ("true",)
+_FULL = slice(None, None, None)
+
+
+def _add_offset(off: Any, c: Any) -> Any:
+    if isinstance(off, int) and isinstance(c, int):
+        return off + c
+    return ("+", off, c)  # kept symbolic; compared through _offset_val
+
+
+def _offset_val(off: Any) -> Any:
+    if isinstance(off, tuple) and off and off[0] == "+":
+        return _offset_val(off[1]) + _offset_val(off[2])
+    return _val(off)
+
+
+_AND = {operator.and_, torch.logical_and, torch.bitwise_and, "__and__", "logical_and", "bitwise_and", "logical_and_"}
+_LE = {operator.le, torch.le, "le", "__le__"}
+_GE = {operator.ge, torch.ge, "ge", "__ge__"}
+_SAME = {"to", "expand", "contiguous", "bool", "clone", "expand_as"}
+_NOTE = {  # why common non-causal terms are refused
+    "sub": "sliding-window / chunk term (q_idx - window)",
+    "gt": "sliding-window term (kv_idx > q_idx - window)",
+    "lt": "window/chunk comparison",
+    "or_": "or-overlay (bidirectional/prefix/block mask)",
+    "eq": "packed-sequence / document mask (== of segment ids)",
+    "where": "float/additive mask",
+    "floordiv": "chunked attention term",
+    "tanh": "soft-capping",
+}
+
+
+class _Eval:
+    def __init__(self) -> None:
+        self.memo: dict = {}
+        self.nodes: list = []
+
+    def __call__(self, n: Any) -> Any:
+        if not isinstance(n, fx.Node):
+            raise _Fail(f"non-node mask operand {n!r}")
+        if n not in self.memo:
+            self.memo[n] = self._eval(n)
+            self.nodes.append(n)
+        return self.memo[n]
+
+    def _fail(self, n: fx.Node) -> None:
+        tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+        note = _NOTE.get(str(tgt).strip("_"), "")
+        raise _Fail(f"unrecognised mask node {n.name} ({n.op} {tgt})" + (f": {note}" if note else ""))
+
+    def _eval(self, n: fx.Node) -> Any:
+        t, a, kw = n.target, n.args, n.kwargs
+        if n.op == "placeholder":
+            return ("input", n)
+        if n.op not in ("call_function", "call_method"):
+            self._fail(n)
+        if t is torch.arange:
+            if kw.get("dtype") not in (None, torch.int64, torch.long) or len(a) not in (1, 2) or "step" in kw:
+                self._fail(n)
+            start, end = (0, a[0]) if len(a) == 1 else a
+            return _Range(("+", end, ("neg", start)) if start != 0 else end, start)
+        if t in (operator.add, torch.add, "add", "__add__") and len(a) == 2:
+            x = self(a[0])
+            if isinstance(x, _Range) and not isinstance(a[1], torch.Tensor) and _is_scalar(a[1]):
+                return _Range(x.length, _add_offset(x.offset, a[1]))
+            self._fail(n)
+        if t is operator.getitem:
+            return self._getitem(n, a)
+        if (t in ("new_ones", "ones_like") or t in (torch.ones, torch.ones_like)) and kw.get("dtype") is torch.bool:
+            return _TRUE
+        if t in _LE or t in _GE:
+            lo, hi = (a[0], a[1]) if t in _LE else (a[1], a[0])  # lo <= hi
+            x, y = self(lo), self(hi)
+            if isinstance(x, _Idx) and isinstance(y, _Idx) and x.axis == 3 and y.axis == 2:
+                return ("causal", y.rng, x.rng)
+            self._fail(n)
+        if t in _AND:
+            x, y = self(a[0]), self(a[1])
+            return ("and", *_atoms(x, n), *_atoms(y, n))
+        if t in _SAME:
+            x = self(a[0])
+            if t in ("to", "bool"):
+                dts = [v for v in list(a[1:]) + list(kw.values()) if isinstance(v, torch.dtype)]
+                if any(d is not torch.bool for d in dts):
+                    raise _Fail(f"mask cast to {dts[0]} at {n.name}: float/additive mask")
+            return x
+        self._fail(n)
+
+    def _getitem(self, n: fx.Node, a) -> Any:
+        base, idx = a[0], a[1]
+        x = self(base)
+        if isinstance(x, _Range) and isinstance(idx, tuple) and len(idx) == 4:
+            full = [i for i, s in enumerate(idx) if s == _FULL]
+            if len(full) == 1 and all(s is None for i, s in enumerate(idx) if i != full[0]) and full[0] in (0, 2, 3):
+                return _Idx(full[0], x)
+        if isinstance(x, tuple) and x[0] == "input" and isinstance(idx, tuple) and len(idx) == 2:
+            b, k = self(idx[0]), self(idx[1])
+            if isinstance(b, _Idx) and b.axis == 0 and isinstance(k, _Idx) and k.axis == 3:
+                return ("pad", x[1], k.rng)
+        raise _Fail(f"unrecognised indexing at {n.name} (not padding_mask[batch_idx, kv_idx])")
+
+
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, fx.Node):
+        return isinstance(_val(x), (int, torch.SymInt))
+    return isinstance(x, int)
+
+
+def _atoms(x: Any, n: fx.Node) -> tuple:
+    if x == _TRUE:
+        return ()
+    if isinstance(x, tuple) and x[0] == "and":
+        return x[1:]
+    if isinstance(x, tuple) and x[0] in ("causal", "pad"):
+        return (x,)
+    raise _Fail(f"non-boolean operand of & at {n.name}")
+
+
+def _len_val(length: Any) -> Any:
+    if isinstance(length, tuple) and length[0] == "+":
+        return _len_val(length[1]) - _len_val(length[2][1])
+    return _val(length)
+
+
+def prove_causal_mask(mask: fx.Node, q: fx.Node, k: fx.Node) -> MaskProof:
+    """Is ``mask`` (for SDPA(q, k, ...)) exactly bottom-right causal, optionally AND padding[b, kv]?"""
+    ev = _Eval()
+    try:
+        val = mask.meta.get("example_value", mask.meta.get("val"))
+        if val is not None and getattr(val, "dtype", torch.bool) is not torch.bool:
+            raise _Fail(f"mask dtype {val.dtype}: float/additive mask")
+        top = ev(mask)
+        if isinstance(top, tuple) and top[0] == "input":
+            raise _Fail(f"mask is the graph input {mask.name} (user-supplied 4D mask)")
+        atoms = _atoms(top, mask)
+        causal = [x for x in atoms if x[0] == "causal"]
+        pads = [x for x in atoms if x[0] == "pad"]
+        if not causal:
+            raise _Fail("no causal term (bidirectional mask)")
+        qs, ks = shape_of(q), shape_of(k)
+        for _, qr, kr in causal:
+            if not (known_eq(_len_val(qr.length), qs[-2]) and known_eq(_len_val(kr.length), ks[-2])):
+                raise _Fail("mask aranges do not match the q/kv lengths")
+            # kv + kv_off <= q + q_off  is bottom-right causal iff q_off - kv_off == kv_len - q_len
+            if not known_eq(_offset_val(qr.offset) - _offset_val(kr.offset), ks[-2] - qs[-2]):
+                raise _Fail("causal offsets are not bottom-right aligned")
+        src = {p[1] for p in pads}
+        if len(src) > 1:
+            raise _Fail("several padding masks")
+        padding = None
+        if pads:
+            for p in pads:
+                if not known_eq(_offset_val(p[2].offset), 0):
+                    raise _Fail("padding mask indexed with a kv offset (cache in use)")
+            padding = pads[0][1]
+        return MaskProof(True, "", padding, tuple(ev.nodes))
+    except _Fail as e:
+        terms = _known_terms(mask)
+        return MaskProof(False, f"{terms} [{e}]" if terms else str(e))
+
+
+def _known_terms(mask: fx.Node, limit: int = 256) -> str:
+    """Name the recognisable non-causal terms (window, packed ids, or-overlays) among the mask's producers."""
+    seen, todo, notes = set(), [mask], []
+    while todo and len(seen) < limit:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+        note = _NOTE.get(str(tgt).strip("_"))
+        if note and n.op in ("call_function", "call_method"):
+            notes.append(f"{note} at {n.name}")
+        todo.extend(n.all_input_nodes)
+    return "; ".join(sorted(set(notes)))

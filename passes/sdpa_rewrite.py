@@ -1,0 +1,226 @@
+"""FX pass: rewrite causal SDPA calls of a Dynamo graph into ``minference::sparse_prefill``.
+
+Form 1 (transformers 5.24, no attention_mask), GQA K/V un-repeated::
+
+    %attn = call_function[torch._C._nn.scaled_dot_product_attention](
+                %q, %keys, %values, attn_mask=None, is_causal=True, enable_gqa=True, scale=0.25)
+  ->
+    %attn = call_function[minference.sparse_prefill.default](
+                %q, %keys, %values, [1, 1, 2, 1], [1000, ...], [6096, ...], 0.25, 8192, 64)
+
+Form 2 (transformers 5.17; 5.24 with an attention_mask): K/V repeated, boolean mask built from aranges::
+
+    %le    = call_function[operator.le](%kv_indices, %q_indices)
+    %pad   = call_function[operator.getitem](%attention_mask_bool, (%batch_indices, %kv_indices))
+    %mask  = call_method[expand](%result_2, 1, -1, S, S)
+    %k_rep = call_method[reshape](call_method[expand](%keys[:, :, None], B, Hkv, n_rep, S, D), B, Hq, S, D)
+    %attn  = call_function[torch._C._nn.scaled_dot_product_attention](%q, %k_rep, %v_rep, attn_mask=%mask, is_causal=False)
+  ->
+    %attn  = call_function[minference.sparse_prefill_masked.default](
+                 %q, %keys, %values, %l_kwargs_attention_mask_, [...], [...], [...], 0.25, 8192, 64)
+    (the mask and repeat_kv nodes are now dead and removed: no S x S tensor is built)
+
+Every SDPA node gets ``node.meta["minference"]`` (:class:`SDPAMatch`): rewritten, or dense + reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import logging
+import math
+import operator
+import re
+import sys
+from typing import Any, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+try:  # registers minference::sparse_prefill; its kernels exist for a few head dims only
+    from minference_compile.ops import head_dim_supported
+except ImportError:  # pragma: no cover
+    def head_dim_supported(d: int) -> bool:
+        return True
+import minference_compile.ops.padded  # noqa: F401  (registers minference::sparse_prefill_masked)
+from minference_compile.config import PATTERN_IDS, ConfigLike, MInferenceConfig, as_config
+
+from .causal_mask import known_eq, prove_causal_mask, shape_of
+
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass as _Base
+except ImportError:  # pragma: no cover
+    _Base = object
+
+log = logging.getLogger("minference_compile")
+
+SDPA_TARGETS = (torch._C._nn.scaled_dot_product_attention, F.scaled_dot_product_attention)
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+_SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class SDPAMatch:
+    """What the pass decided for one SDPA node (``node.meta["minference"]``)."""
+
+    layer: int
+    layer_source: str  # "nn_module_stack" or "order" (no module path found)
+    module: str
+    q_heads: Optional[int]
+    kv_heads: Optional[int]
+    patterns: tuple  # per q-head pattern names
+    vertical_size: tuple
+    slash_size: tuple
+    config_source: Optional[str]
+    rewritten: bool
+    reason: str  # form rewritten ("is_causal", "causal mask", "causal+padding mask") or why dense
+    node: str = ""
+
+
+_PATH_PREFIX = re.compile(r"^L(\[[^\]]*\])+")  # L['self'] / L['args'][0]
+_INDEX = re.compile(r"(?:\.|\[)(\d+)\]?(?=\.|\[|$)")
+
+
+def layer_from_stack(node: fx.Node) -> tuple[Optional[int], str]:
+    """Innermost numbered module on the stack: ``model.layers.3.self_attn`` / ``L['self'].model.layers[3]`` -> 3."""
+    stack = node.meta.get("nn_module_stack") or {}
+    for key, val in reversed(list(stack.items())):
+        path = val[0] if isinstance(val, tuple) else str(val)
+        for text in (_PATH_PREFIX.sub("", str(path)), str(key)):
+            found = _INDEX.findall(text) or re.findall(r"_(\d+)(?:_|$)", text)
+            if found:
+                return int(found[-1]), str(path)
+    return None, ""
+
+
+def sdpa_args(node: fx.Node) -> dict:
+    out = dict(_SDPA_DEFAULTS)
+    out.update(zip(_SDPA_ARGS, node.args))
+    out.update(node.kwargs)
+    return out
+
+
+def unrepeat_kv(n: fx.Node) -> fx.Node:
+    """``x[:, :, None].expand(B, Hkv, r, S, D).reshape(B, Hkv*r, S, D)`` (repeat_kv) -> ``x``; else ``n``."""
+    if not (n.op == "call_method" and n.target in ("reshape", "view")) or not isinstance(n.args[0], fx.Node):
+        return n
+    ex = n.args[0]
+    if not (ex.op == "call_method" and ex.target == "expand" and isinstance(ex.args[0], fx.Node)):
+        return n
+    gi = ex.args[0]
+    full = slice(None)
+    if not (gi.op == "call_function" and gi.target is operator.getitem and isinstance(gi.args[1], tuple)):
+        return n
+    idx = gi.args[1]
+    if not (len(idx) >= 3 and idx[0] == full and idx[1] == full and idx[2] is None and all(i == full for i in idx[3:])):
+        return n
+    src = gi.args[0]
+    s_src, s_ex, s_out = shape_of(src), shape_of(ex), shape_of(n)
+    if s_src is None or s_ex is None or s_out is None or len(s_src) != 4 or len(s_ex) != 5:
+        return n
+    same = all(known_eq(a, b) for a, b in zip((s_src[0], s_src[1], s_src[2], s_src[3]), (s_ex[0], s_ex[1], s_ex[3], s_ex[4])))
+    if same and known_eq(s_out[1], s_src[1] * s_ex[2]) and known_eq(s_out[2], s_src[2]) and known_eq(s_out[3], s_src[3]):
+        return src
+    return n
+
+
+def _source_text() -> str:
+    mods = ("minference_compile.config", "minference_compile.passes.causal_mask", __name__)
+    return "".join(inspect.getsource(sys.modules[m]) for m in mods if m in sys.modules)
+
+
+class MInferenceSDPAPass(_Base):
+    """Rewrites every provably causal SDPA node; ``__call__(graph)`` mutates in place and returns matches."""
+
+    def __init__(self, config: ConfigLike = None):
+        self.config: MInferenceConfig = as_config(config)
+        self.matches: list[SDPAMatch] = []
+
+    def uuid(self) -> str:
+        return hashlib.sha256((_source_text() + self.config.fingerprint()).encode()).hexdigest()
+
+    def __call__(self, graph: fx.Graph) -> list:
+        matches = []
+        order = 0
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.target in SDPA_TARGETS:
+                matches.append(self._handle(graph, node, order))
+                order += 1
+        if any(m.rewritten for m in matches):
+            graph.eliminate_dead_code()  # drops mask aranges/compares and repeat_kv of rewritten layers
+        n_rw = sum(m.rewritten for m in matches)
+        log.info("minference: %d SDPA nodes, %d rewritten, %d dense", len(matches), n_rw, len(matches) - n_rw)
+        for m in matches:
+            log.debug("minference: %s layer %d: %s (%s)", m.node, m.layer, "sparse" if m.rewritten else "dense", m.reason)
+        self.matches.extend(matches)
+        return matches
+
+    def _handle(self, graph: fx.Graph, node: fx.Node, order: int) -> SDPAMatch:
+        layer, module = layer_from_stack(node)
+        layer_source = "nn_module_stack"
+        if layer is None:
+            layer, layer_source = order, "order"
+        a = sdpa_args(node)
+        q, k, v = a["query"], a["key"], a["value"]
+        qs = shape_of(q)
+        k0, v0 = unrepeat_kv(k), unrepeat_kv(v)
+        ks = shape_of(k0)
+        hq = int(qs[1]) if qs is not None and not isinstance(qs[1], torch.SymInt) else None
+        hkv = int(ks[1]) if ks is not None and not isinstance(ks[1], torch.SymInt) else None
+        entries = self.config.layer_entries(layer, hq) if hq else ()
+        base = dict(
+            layer=layer, layer_source=layer_source, module=module, q_heads=hq, kv_heads=hkv,
+            patterns=tuple(e[0] for e in entries), vertical_size=tuple(e[1] for e in entries),
+            slash_size=tuple(e[2] for e in entries), config_source=self.config.source, node=node.name,
+        )
+
+        def dense(reason: str) -> SDPAMatch:
+            m = SDPAMatch(rewritten=False, reason=reason, **base)
+            node.meta["minference"] = m
+            return m
+
+        if hq is None or hkv is None or len(qs) != 4 or hq % hkv:
+            return dense("head counts unknown or not divisible")
+        if hq != hkv and k0 is k and not a["enable_gqa"]:
+            return dense("K/V heads differ from Q heads without repeat_kv or enable_gqa")
+        self.config.validate_for(self.config.num_layers, hq)  # raises naming file/layer/head
+        if a["dropout_p"] not in (0, 0.0):
+            return dense("dropout_p != 0")
+        if all(e[0] == "dense" for e in entries):
+            return dense("config: all heads dense" + (" (below starting_layer)" if layer < self.config.starting_layer else ""))
+        d = qs[-1]
+        if isinstance(d, torch.SymInt) or not head_dim_supported(int(d)):
+            return dense(f"head_dim {d} not supported by the sparse kernels")
+        scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(int(d))
+
+        mask, padding = a["attn_mask"], None
+        if mask is None:
+            if not a["is_causal"]:
+                return dense("no mask and is_causal=False (bidirectional / single-token decode)")
+            if not known_eq(qs[-2], shape_of(k0)[-2]):
+                return dense("is_causal=True with q_len != kv_len (SDPA aligns top-left)")
+            form = "is_causal"
+        else:
+            if a["is_causal"]:
+                return dense("attn_mask together with is_causal=True")
+            proof = prove_causal_mask(mask, q, k0)
+            if not proof.ok:
+                return dense(proof.reason)
+            padding = proof.padding
+            form = "causal+padding mask" if padding is not None else "causal mask"
+
+        ids = [PATTERN_IDS[e[0]] for e in entries]
+        vs, ss = list(base["vertical_size"]), list(base["slash_size"])
+        tail = (ids, vs, ss, scale, self.config.min_sparse_len, self.config.last_q)
+        with graph.inserting_before(node):
+            if padding is None:
+                new = graph.call_function(torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)
+            else:
+                new = graph.call_function(torch.ops.minference.sparse_prefill_masked.default, (q, k0, v0, padding) + tail)
+        new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "minference"})
+        m = SDPAMatch(rewritten=True, reason=form, **base)
+        new.meta["minference"] = m
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        return m

@@ -1,0 +1,329 @@
+"""Triton kernels and index builders vs the full-mask references of triton_kernels/naive.py.
+
+Without CUDA the kernels run on CPU under TRITON_INTERPRET=1 (fp32, small S: the interpreter is slow);
+with CUDA they are compiled and also run bf16/fp16 and S = 1000. Tolerances: fp32 atol = rtol = 1e-4
+(both sides accumulate in fp32, only the summation order differs); bf16 2e-2 and fp16 1e-2 (the kernel
+rounds P to the input dtype before the PV product, the reference does not).
+K/V (and Q) live inside NaN-filled buffers, so any unmasked read outside [0, S) x [0, D) poisons the output.
+"""
+import os
+import sys
+import zlib
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
+
+import triton  # noqa: E402,F401
+
+
+def _interpret_triton_stdlib():
+    """If something (conftest -> torch._dynamo) imported triton before TRITON_INTERPRET was set, triton's own
+    @jit helpers (tl.zeros, tl.max, ...) were built for compilation and fail inside interpreted kernels:
+    rebuild them for the interpreter. No-op when triton was imported with the variable already set."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    done = {}
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("triton.language") or mod is None:
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if isinstance(obj, JITFunction):
+                setattr(mod, attr, done.setdefault(id(obj), InterpretedFunction(obj.fn)))
+
+
+if not CUDA:
+    _interpret_triton_stdlib()
+
+from minference_compile.triton_kernels import naive  # noqa: E402
+from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd  # noqa: E402
+from minference_compile.triton_kernels.block_sparse_index import block_sparse_index  # noqa: E402
+from minference_compile.triton_kernels.streaming import streaming_attention_fwd  # noqa: E402
+from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd  # noqa: E402
+from minference_compile.triton_kernels.vertical_slash_index import (  # noqa: E402
+    INT32_MAX, build_vertical_slash_index)
+
+B = 2
+DTYPES = [torch.bfloat16, torch.float16] if CUDA else [torch.float32]
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+# (S, Hq, Hkv, D): S around the 64-row block edges, GQA 1:1 / 4:1 / 7:1, D 64 / 96 (padded to 128) / 128
+SHAPES = [(1, 2, 2, 64), (63, 4, 1, 96), (65, 7, 1, 64), (200, 2, 2, 128), (200, 4, 1, 96)]
+if CUDA:
+    SHAPES += [(1000, 8, 2, 128), (1000, 7, 1, 96), (1000, 4, 4, 64)]
+
+
+@pytest.fixture
+def device():
+    return "cuda" if CUDA else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def seed(request):
+    torch.manual_seed(zlib.crc32(request.node.name.encode()))
+
+
+def guarded(shape, dtype, device, layout="bhsd"):
+    """randn tensor of `shape` [B,H,S,D] viewed inside a NaN buffer (64 rows and 32 dims of NaN around it)."""
+    b, h, s, d = shape
+    if layout == "bshd":  # transposed view: strides not of a contiguous [B,H,S,D]
+        buf = torch.full((b, s + 128, h, d + 32), float("nan"), dtype=dtype, device=device)
+        x = buf[:, 64:64 + s, :, :d].transpose(1, 2)
+    else:
+        buf = torch.full((b, h, s + 128, d + 32), float("nan"), dtype=dtype, device=device)
+        x = buf[:, :, 64:64 + s, :d]
+    x.copy_(torch.randn(shape, device=device).to(dtype))
+    return x
+
+
+def qkv(S, Hq, Hkv, D, dtype, device, layout="bhsd"):
+    return (guarded((B, Hq, S, D), dtype, device, layout), guarded((B, Hkv, S, D), dtype, device, layout),
+            guarded((B, Hkv, S, D), dtype, device, layout))
+
+
+def nan_out(q):
+    return torch.full(q.shape, float("nan"), dtype=q.dtype, device=q.device)
+
+
+def check(out, ref, dtype, head_mask=None):
+    sel = slice(None) if head_mask is None else head_mask.to(out.device)
+    assert not out[:, sel].isnan().any(), "computed heads left NaN"
+    if head_mask is not None:
+        assert out[:, ~head_mask.to(out.device)].isnan().all(), "masked-out heads were written"
+    tol = TOL[dtype]
+    torch.testing.assert_close(out[:, sel].float(), ref[:, sel].float(), atol=tol, rtol=tol)
+
+
+def rand_index(B_, H, n, S, device, lo=-1):
+    """Random ids in [lo, S + 70) with forced duplicates and -1 padding."""
+    x = torch.randint(lo, S + 70, (B_, H, n), device=device)
+    if n > 0:
+        x[..., 0] = 0
+    if n > 2:
+        x[..., 1] = x[..., 2]  # duplicate
+        x[..., -1] = -1
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------
+# vertical-slash index builder
+
+
+def implied_keys(idx, S):
+    """[B,H,S,S] int: how often each (i, j) is visited by the tiles + uncovered columns of the index."""
+    Bn, H = idx.tile_count.shape
+    cnt = torch.zeros(Bn, H, S, S, dtype=torch.int32)
+    idx = [t.cpu() for t in idx]
+    toff, tlo, tcnt, tbeg, cols, ccnt, pref = idx
+    for b in range(Bn):
+        for h in range(H):
+            for qb in range(-(-S // 64)):
+                m0 = qb * 64
+                rows = slice(m0, min(S, m0 + 64))
+                for t in range(int(tbeg[b, h, qb]), int(tcnt[b, h])):
+                    d, slo = int(toff[b, h, t]), int(tlo[b, h, t])
+                    js = [j for j in range(m0 - d, m0 - d + 64) if 0 <= j < min(S, m0 - slo + 64)]
+                    cnt[b, h, rows, js] += 1
+                for c in cols[b, h, :int(ccnt[b, h, qb])].tolist():
+                    lo, hi = min(max(m0 - c, 0), S), min(max(m0 - c + 64, 0), S)
+                    if int(pref[b, h, hi] - pref[b, h, lo]) == 0:
+                        cnt[b, h, rows, c] += 1
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    return cnt * causal
+
+
+@pytest.mark.parametrize("S,NV,NS", [(1, 3, 3), (63, 5, 4), (65, 6, 9), (200, 12, 10), (300, 0, 40), (700, 30, 25)])
+def test_vs_index_matches_definition(S, NV, NS):
+    vert = rand_index(B, 3, NV, S, "cpu")
+    slash = rand_index(B, 3, NS, S, "cpu")
+    if NS > 8:  # dense runs of offsets: components that merge (gaps <= 64) and ones that do not
+        slash[0, 0, 3:8] = torch.tensor([5, 69, 70, 134, 199])
+    idx = build_vertical_slash_index(vert, slash, S)
+    cnt = implied_keys(idx, S)
+    assert cnt.max() <= 1, "a key is counted twice"
+    assert torch.equal(cnt > 0, naive.vertical_slash_mask(vert, slash, S))
+    # layout: tiles descending, <= one tile per selected offset, columns sorted then INT32_MAX
+    for b in range(B):
+        for h in range(3):
+            n = int(idx.tile_count[b, h])
+            uniq = {s for s in slash[b, h].tolist() if 0 <= s < S}
+            assert n <= len(uniq)
+            assert (idx.tile_offset[b, h, :n].diff() < 0).all()
+            c = idx.columns[b, h]
+            nv = len({x for x in vert[b, h].tolist() if 0 <= x < S})
+            assert c[:nv].tolist() == sorted({x for x in vert[b, h].tolist() if 0 <= x < S})
+            assert (c[nv:] == INT32_MAX).all()
+            assert int(idx.slash_prefix[b, h, -1]) == len(uniq)
+
+
+@pytest.mark.parametrize("S", [64, 130])
+def test_vs_index_covering(S):
+    """All diagonals selected: every causal pair, once."""
+    slash = torch.arange(S).expand(1, 1, S)
+    idx = build_vertical_slash_index(torch.full((1, 1, 1), -1), slash, S)
+    cnt = implied_keys(idx, S)
+    assert torch.equal(cnt, torch.ones(S, S, dtype=torch.int32).tril().expand(1, 1, S, S))
+
+
+@pytest.mark.skipif(not CUDA, reason="host-sync check needs CUDA")
+def test_vs_index_no_host_sync():
+    vert = torch.randint(-1, 5000, (2, 8, 100), device="cuda")
+    slash = torch.randint(-1, 5000, (2, 8, 60), device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        idx = build_vertical_slash_index(vert, slash, 4096)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    ref = build_vertical_slash_index(vert.cpu(), slash.cpu(), 4096)
+    for a, r in zip(idx, ref):
+        assert torch.equal(a.cpu(), r)
+
+
+# ----------------------------------------------------------------------------------------------------
+# vertical-slash attention
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_vertical_slash(S, Hq, Hkv, D, dtype, device):
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    vert = rand_index(B, Hq, 7, S, device)
+    slash = rand_index(B, Hq, 6, S, device)
+    idx = build_vertical_slash_index(vert, slash, S)
+    out = vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q))
+    check(out, naive.vertical_slash_ref(q, k, v, vert, slash), dtype)
+
+
+@pytest.mark.parametrize("cover", ["columns", "diagonals"])
+@pytest.mark.parametrize("S", [65, 150])
+def test_vertical_slash_covering_is_dense(S, cover, device):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, 4, 2, 64, dtype, device)
+    full = torch.arange(S, device=device).expand(B, 4, S)
+    none = torch.full((B, 4, 2), -1, device=device)
+    vert, slash = (full, none) if cover == "columns" else (none, full)
+    out = vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, S), 0.3, out=nan_out(q))
+    check(out, naive.dense_causal_ref(q, k, v, 0.3), dtype)
+
+
+def test_vertical_slash_head_mask_and_layout(device):
+    dtype, S, Hq = DTYPES[-1], 130, 4
+    q, k, v = qkv(S, Hq, 2, 64, dtype, device, layout="bshd")
+    vert, slash = rand_index(B, Hq, 5, S, device), rand_index(B, Hq, 5, S, device)
+    hm = torch.tensor([True, False, False, True], device=device)
+    out = vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, S), None, hm, nan_out(q))
+    check(out, naive.vertical_slash_ref(q, k, v, vert, slash), dtype, hm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# streaming (A-shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_streaming(S, Hq, Hkv, D, dtype, device):
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    # per head: no sink, no window, tiny and block-crossing values
+    init = torch.tensor([0, 4, 70, 1, 33, 0, 9, 2], dtype=torch.int32)[:Hq].to(device)
+    local = torch.tensor([1, 0, 100, 65, 7, 200, 64, 130], dtype=torch.int32)[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q))
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+
+
+@pytest.mark.parametrize("init,local", [(200, 1), (0, 200), (1 << 30, 0)])
+def test_streaming_covering_is_dense(init, local, device):
+    dtype, S = DTYPES[0], 200
+    q, k, v = qkv(S, 2, 1, 64, dtype, device)
+    t = lambda x: torch.full((2,), x, dtype=torch.int32, device=device)  # noqa: E731
+    out = streaming_attention_fwd(q, k, v, t(init), t(local), 0.2, out=nan_out(q))
+    check(out, naive.dense_causal_ref(q, k, v, 0.2), dtype)
+
+
+def test_streaming_head_mask_and_layout(device):
+    dtype, S, Hq = DTYPES[-1], 150, 3
+    q, k, v = qkv(S, Hq, 1, 96, dtype, device, layout="bshd")
+    init = torch.tensor([4, 0, 8], dtype=torch.int32, device=device)
+    local = torch.tensor([64, 30, 100], dtype=torch.int32, device=device)
+    hm = torch.tensor([False, True, True], device=device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, hm, nan_out(q))
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype, hm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# block-sparse index and attention
+
+
+def check_selection(idx, scores, topk):
+    """idx is a valid top-k: ascending unique causal ids, diagonal first in rank, count min(topk, qb + 1), and no
+    unselected causal block scores above a selected one (beyond rounding)."""
+    idx, scores = idx.cpu(), scores
+    Bn, H, n, _ = idx.shape
+    tk = topk.tolist() if isinstance(topk, torch.Tensor) else [topk] * H
+    for b in range(Bn):
+        for h in range(H):
+            for qb in range(n):
+                row = idx[b, h, qb].tolist()
+                sel = [x for x in row if x >= 0]
+                want = max(0, min(tk[h], qb + 1))
+                assert row == sel + [-1] * (len(row) - len(sel)) and sel == sorted(set(sel))
+                assert len(sel) == want and (want == 0 or qb in sel) and all(x <= qb for x in sel)
+                rest = [float(scores[b, h, qb, x]) for x in range(qb) if x not in sel]
+                chosen = [float(scores[b, h, qb, x]) for x in sel if x != qb]
+                if rest and chosen:
+                    assert min(chosen) >= max(rest) - 1e-3 * (1 + abs(max(rest)))
+
+
+@pytest.mark.parametrize("topk", [1, 3, 100, "per_head"])
+@pytest.mark.parametrize("S,Hq,Hkv", [(1, 2, 1), (63, 2, 2), (200, 4, 1), (700, 7, 1)])
+def test_block_sparse_index(S, Hq, Hkv, topk, device):
+    if topk == "per_head":
+        topk = torch.tensor([0, 1, 2, 5, 3, 4, 2][:Hq], dtype=torch.int32, device=device)
+    q = torch.randn(B, Hq, S, 32, device=device) + 0.5  # offset: means of q/k are not ~0
+    k = torch.randn(B, Hkv, S, 32, device=device) + 0.5
+    idx = block_sparse_index(q, k, topk)
+    n = -(-S // 64)
+    kmax = int(topk.max()) if isinstance(topk, torch.Tensor) else topk
+    assert idx.shape == (B, Hq, n, max(1, min(kmax, n))) and idx.dtype == torch.int32
+    check_selection(idx, naive.block_scores_ref(q, k), topk.cpu() if isinstance(topk, torch.Tensor) else topk)
+    if not CUDA:  # same fp32 arithmetic on CPU: the exact reference must agree
+        assert torch.equal(idx, naive.block_sparse_index_ref(q, k, topk))
+
+
+def test_block_sparse_index_chunked(monkeypatch):
+    """A tiny chunk budget (one query block per chunk) gives the same index."""
+    from minference_compile.triton_kernels import block_sparse_index as mod
+    q, k = torch.randn(1, 2, 400, 16), torch.randn(1, 1, 400, 16)
+    full = block_sparse_index(q, k, 3)
+    monkeypatch.setattr(mod, "_SCORE_BYTES", 1)
+    assert torch.equal(mod.block_sparse_index(q, k, 3), full)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_block_sparse(S, Hq, Hkv, D, dtype, device):
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    idx = block_sparse_index(q, k, 2)
+    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q))
+    check(out, naive.block_sparse_ref(q, k, v, idx), dtype)
+
+
+def test_block_sparse_messy_index(device):
+    """-1 anywhere, duplicates, non-causal and out-of-range block ids select nothing."""
+    dtype, S, Hq = DTYPES[0], 200, 2
+    q, k, v = qkv(S, Hq, 1, 64, dtype, device)
+    idx = torch.randint(-1, 6, (B, Hq, 4, 5), dtype=torch.int32, device=device)
+    idx[..., 0] = idx[..., 1]
+    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q))
+    check(out, naive.block_sparse_ref(q, k, v, idx), dtype)
+
+
+def test_block_sparse_covering_and_head_mask(device):
+    dtype, S, Hq = DTYPES[-1], 190, 3
+    q, k, v = qkv(S, Hq, 1, 128, dtype, device, layout="bshd")
+    idx = torch.arange(3, device=device).expand(B, Hq, 3, 3).contiguous()
+    hm = torch.tensor([True, False, True], device=device)
+    out = block_sparse_attention_fwd(q, k, v, idx, 0.25, hm, nan_out(q))
+    check(out, naive.dense_causal_ref(q, k, v, 0.25), dtype, hm)

@@ -1,0 +1,56 @@
+"""torch.library.opcheck for every minference:: op on CPU (small shapes), plus torch.compile with a
+symbolic sequence length."""
+import pytest
+import torch
+
+import minference_compile.ops  # noqa: F401  (registers the ops)
+
+mp = torch.ops.minference
+
+
+def qkv(S=70, Hq=4, Hkv=2, D=64, dtype=torch.float32, q_len=None):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, Hq, q_len or S, D, generator=g).to(dtype),
+            torch.randn(1, Hkv, S, D, generator=g).to(dtype), torch.randn(1, Hkv, S, D, generator=g).to(dtype))
+
+
+def _cases():
+    q, k, v = qkv()
+    vert = torch.tensor([[[0, 5, 69], [3, 3, -1], [1, 2, 4], [68, 0, 9]]], dtype=torch.int32)
+    slash = torch.tensor([[[0, 64], [7, -1], [1, 30], [2, 3]]], dtype=torch.int32)
+    pats = ([0, 1, 2, 3], [10, 20, 4, 1], [0, 30, 16, 0])
+    yield "vertical_slash", mp.vertical_slash_attention, (q, k, v, vert, slash, None)
+    yield "vertical_slash_scale", mp.vertical_slash_attention, (q, k, v, vert, slash, 0.3)
+    yield "block_sparse", mp.block_sparse_attention, (q, k, v, 1, None)
+    yield "streaming", mp.streaming_attention, (q, k, v, 4, 16, None)
+    yield "streaming_bf16", mp.streaming_attention, (*qkv(dtype=torch.bfloat16), 4, 16, 0.2)
+    yield "estimate", mp.estimate_vertical_slash, (q, k, 10, 100, 64, 4, 8)
+    yield "sparse_prefill", mp.sparse_prefill, (q, k, v, *pats, 0.125, 64, 64)
+    yield "sparse_prefill_short", mp.sparse_prefill, (q, k, v, *pats, 0.125, 128, 64)
+    yield "sparse_prefill_chunk", mp.sparse_prefill, (*qkv(q_len=9), *pats, 0.125, 64, 64)
+    yield "sparse_prefill_decode", mp.sparse_prefill, (*qkv(q_len=1), *pats, 0.125, 64, 64)
+
+
+CASES = list(_cases())
+
+
+@pytest.mark.parametrize("op,args", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
+
+
+def test_compile_dynamic_seq_len():
+    torch._dynamo.reset()
+
+    def layer(q, k, v):
+        out = mp.sparse_prefill(q, k, v, [1, 2, 3, 0], [10, 4, 1, 0], [30, 16, 0, 0], 0.125, 64, 64)
+        vert, slash = mp.estimate_vertical_slash(q, k, 100, 20, 64, 4, 8)
+        return out * 2, vert, slash
+
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    for S in (70, 90, 130):
+        q, k, v = qkv(S)
+        got, want = compiled(q, k, v), layer(q, k, v)
+        torch.testing.assert_close(got[0], want[0])
+        assert got[1].shape == want[1].shape == (1, 4, min(100, S))
+        assert torch.equal(got[2], want[2])

@@ -1,0 +1,86 @@
+"""Shared pieces of the attention kernels: the online-softmax tile update and wrapper plumbing."""
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def _fix_interpreter_index():
+    """TRITON_INTERPRET only: triton 3.6's interpreter turns scalars (stored as shape-(1,) arrays) into loop bounds
+    with int(ndarray), which numpy >= 2.4 rejects, so every runtime-bounded `range` fails. Index the element."""
+    from triton.runtime import interpreter
+
+    orig = interpreter._patch_lang_tensor
+    if getattr(orig, "_index_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._index_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _fix_interpreter_index()
+
+
+@triton.jit
+def _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC: tl.constexpr):
+    """One online-softmax step: q [BM,BD], k/v [BN,BD], mask [BM,BN]; qk_scale = scale * log2(e).
+
+    m_i starts at a finite -1e30 (not -inf), so fully masked tiles/rows give p = 0, alpha = 1 and no NaN.
+    """
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+    qk = tl.where(mask, qk * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(qk - m_new[:, None])
+    l_i = l_i + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return acc, m_new, l_i
+
+
+def block_d(D: int) -> int:
+    """Head dim padded to a power of two (>= 16 for tl.dot); loads are masked on d < D."""
+    return max(16, triton.next_power_of_2(D))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs (CPU interpreter tests) must not be rounded to tf32
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def last_dim_contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def qk_scale(scale: Optional[float], D: int) -> float:
+    return (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E
+
+
+def prepare(q, k, v, head_mask, out):
+    """Returns (q, k, v, head_mask int32 or None, out, work) where the kernel writes `work` (stride(-1) == 1);
+    call `finish(out, work, head_mask)` afterwards."""
+    q, k, v = last_dim_contig(q), last_dim_contig(k), last_dim_contig(v)
+    hm = None if head_mask is None else head_mask.to(device=q.device, dtype=torch.int32).contiguous()
+    if out is None:
+        out = torch.zeros_like(q) if head_mask is not None else torch.empty_like(q)
+    work = out if out.stride(-1) == 1 else torch.empty_like(q)
+    return q, k, v, hm, out, work
+
+
+def finish(out, work, head_mask):
+    if work is not out:
+        if head_mask is None:
+            out.copy_(work)
+        else:
+            sel = head_mask.to(device=out.device, dtype=torch.bool)
+            out[:, sel] = work[:, sel]
+    return out

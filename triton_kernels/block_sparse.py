@@ -1,0 +1,96 @@
+"""Block-sparse attention: each 64-row query block attends its listed 64-key blocks (token-causal)."""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+
+# BLOCK_D -> (num_warps, num_stages). BLOCK_M = BLOCK_N = 64 are fixed by the 64x64 block semantics: one
+# warpgroup per tile; key blocks are gathered through the index, 2-3 stages hide their loads at D <= 128.
+_CFG = {16: (4, 3), 32: (4, 3), 64: (4, 3), 128: (4, 2), 256: (8, 1)}
+BLOCK = 64
+
+
+@triton.jit
+def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                   S, Hq, G, D, NQB, KMAX, qk_scale,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr):
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    if HAS_HM:
+        if tl.load(HM + h) == 0:
+            return
+    row = bh.to(tl.int64) * NQB + qb  # index tensors are contiguous [B, Hq, NQB, ...]
+    kvh = (h // G).to(tl.int64)
+    m0 = qb * BLOCK_M
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rd = tl.arange(0, BLOCK_D)
+    offs_m = m0 + rm
+    dmask = rd[None, :] < D
+
+    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
+    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # the wrapper compacted each row to its unique causal ids (kb <= qb), so only the diagonal needs j <= i
+    n_sel = tl.load(CNT + row)
+    for s in range(0, n_sel):
+        kb = tl.load(IDX + row * KMAX + s)
+        n0 = tl.cast(kb, tl.int64) * BLOCK_N
+        j = kb * BLOCK_N + rn
+        kmask = j < S
+        k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+        mask = kmask[None, :] & ((kb < qb) | (j[None, :] <= offs_m[:, None]))
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_i[:, None]
+    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
+    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+
+
+def _compact(block_index: torch.Tensor):
+    """Per row: unique ids with 0 <= kb <= qb first (ascending), then padding; returns (ids int32, count int32)."""
+    bi = block_index.to(torch.int64)
+    qb = torch.arange(bi.shape[2], device=bi.device)[:, None]
+    big = torch.iinfo(torch.int64).max
+    x = torch.where((bi >= 0) & (bi <= qb), bi, big).sort(-1).values
+    dup = torch.zeros_like(x, dtype=torch.bool)
+    dup[..., 1:] = x[..., 1:] == x[..., :-1]
+    x = torch.where(dup, big, x).sort(-1).values
+    cnt = (x != big).sum(-1).to(torch.int32).contiguous()
+    return torch.where(x == big, -1, x).to(torch.int32).contiguous(), cnt
+
+
+def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None):
+    """q [B,Hq,S,D], k/v [B,Hkv,S,D], block_index [B,Hq,ceil(S/64),K] int key-block ids (-1 = padding;
+    duplicates and non-causal ids select nothing); head_mask bool [Hq] or None. Returns out [B,Hq,S,D]."""
+    B, Hq, S, D = q.shape
+    q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
+    nqb = triton.cdiv(S, BLOCK)
+    assert block_index.shape[2] == nqb, "block_index must have ceil(S/64) query blocks"
+    ids, cnt = _compact(block_index)
+    bd = block_d(D)
+    warps, stages = _CFG.get(bd, (8, 1))
+    if q.element_size() == 4:  # fp32 tiles take twice the shared memory
+        stages = min(stages, 2)
+    grid = (nqb, B * Hq)
+    _bs_fwd_kernel[grid](
+        q, k, v, work, ids, cnt, hm if hm is not None else cnt,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
+        S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
+        BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        num_warps=warps, num_stages=stages)
+    return finish(out, work, head_mask)

@@ -1,0 +1,98 @@
+"""A-shape / StreamingLLM attention: row i attends j iff j <= i and (j < init_num or i - j < local_window)."""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+
+# BLOCK_D -> (BLOCK_M, num_warps, num_stages). The pattern is element-exact, so BLOCK_M is free: 128 rows halve
+# the K/V re-reads of 64; at BLOCK_D 256 the 128-row fp32 accumulator would spill, so 64 rows there.
+_CFG = {16: (128, 4, 3), 32: (128, 4, 3), 64: (128, 4, 3), 128: (128, 8, 3), 256: (64, 8, 2)}
+BLOCK_N = 64
+
+
+@triton.jit
+def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
+                          sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                          S, Hq, G, D, qk_scale,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                          HAS_HM: tl.constexpr, PREC: tl.constexpr):
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    if HAS_HM:
+        if tl.load(HM + h) == 0:
+            return
+    kvh = (h // G).to(tl.int64)
+    m0 = qb * BLOCK_M
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rd = tl.arange(0, BLOCK_D)
+    offs_m = m0 + rm
+    dmask = rd[None, :] < D
+
+    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
+    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+
+    init = tl.maximum(tl.load(INIT + h), 0)
+    local = tl.maximum(tl.load(LOCAL + h), 0)
+    lo = tl.maximum(m0 - local + 1, 0)  # first key some row of the block sees through its local window
+    end1 = tl.minimum(init, lo)         # sink keys below `lo`: every row of the block attends them
+    hi = tl.minimum(m0 + BLOCK_M, S)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # phase 1: sink keys [0, end1), no mask but the bound
+    for n0 in range(0, end1, BLOCK_N):
+        kmask = (n0 + rn) < end1
+        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
+        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
+        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC)
+
+    # phase 2: keys [lo, hi): causal, and local window or sink
+    for n0 in range(lo, hi, BLOCK_N):
+        j = n0 + rn
+        kmask = j < S
+        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
+        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
+        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+        diff = offs_m[:, None] - j[None, :]
+        mask = (diff >= 0) & ((diff < local) | (j[None, :] < init)) & kmask[None, :]
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_i[:, None]
+    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
+    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+
+
+def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_mask=None, out=None):
+    """q [B,Hq,S,D], k/v [B,Hkv,S,D]; init_num, local_window: int32 [Hq] (per head); head_mask: bool [Hq] or None.
+
+    Returns out [B,Hq,S,D] (dtype of q; written in place if given; heads off in head_mask untouched).
+    """
+    B, Hq, S, D = q.shape
+    q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
+    bd = block_d(D)
+    bm, warps, stages = _CFG.get(bd, (64, 8, 1))
+    if q.element_size() == 4:  # fp32 tiles take twice the shared memory
+        bm, stages = 64, min(stages, 2)
+    init = torch.as_tensor(init_num, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
+    local = torch.as_tensor(local_window, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
+    grid = (triton.cdiv(S, bm), B * Hq)
+    _streaming_fwd_kernel[grid](
+        q, k, v, work, init, local, hm if hm is not None else init,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
+        S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
+        BLOCK_M=bm, BLOCK_N=BLOCK_N, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        num_warps=warps, num_stages=stages)
+    return finish(out, work, head_mask)

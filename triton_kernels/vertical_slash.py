@@ -1,0 +1,108 @@
+"""Block-rounded vertical-slash attention over a VSIndex (docs/DESIGN.md): slash tiles, then uncovered columns."""
+import triton
+import triton.language as tl
+
+from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+from .vertical_slash_index import VSIndex
+
+# BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
+# BLOCK_N to 64 by the tile width, so one warpgroup (4 warps) per 64-row tile; the K/V addresses come from
+# the index (shifted tiles, gathered columns), so deep pipelines gain little: 2-3 stages, 1 at D=256.
+_CFG = {16: (4, 2), 32: (4, 2), 64: (4, 3), 128: (4, 2), 256: (8, 1)}
+BLOCK_M = 64
+BLOCK_N = 64
+
+
+@triton.jit
+def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+                   S, Hq, G, D, NS, NV, NQB, qk_scale,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr):
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    if HAS_HM:
+        if tl.load(HM + h) == 0:
+            return
+    bh64 = bh.to(tl.int64)  # index tensors are contiguous [B, Hq, ...]
+    kvh = (h // G).to(tl.int64)
+    m0 = qb * BLOCK_M
+    rm = tl.arange(0, BLOCK_M)
+    rn = tl.arange(0, BLOCK_N)
+    rd = tl.arange(0, BLOCK_D)
+    offs_m = m0 + rm
+    dmask = rd[None, :] < D
+
+    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
+    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+
+    # phase 1: slash tiles; tile keys [m0 - d, m0 - d + 64), cut at the component end m0 - s_lo + 64
+    t_begin = tl.load(TBEG + bh64 * NQB + qb)
+    t_end = tl.load(TCNT + bh64)
+    for t in range(t_begin, t_end):
+        d = tl.load(TOFF + bh64 * NS + t)
+        s_lo = tl.load(TLO + bh64 * NS + t)
+        n0 = m0 - d
+        j = n0 + rn
+        kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
+        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
+        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
+        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+        mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+
+    # phase 2: vertical columns <= m0 + 63, skipping those a slash range of this block already covers
+    # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63])
+    n_col = tl.load(CCNT + bh64 * NQB + qb)
+    col_base = COLS + bh64 * NV
+    pref = PREF + bh64 * (S + 1)
+    for c0 in range(0, n_col, BLOCK_N):
+        cvalid = (c0 + rn) < n_col
+        col = tl.load(col_base + c0 + rn, mask=cvalid, other=0)
+        lo = tl.minimum(tl.maximum(m0 - col, 0), S)
+        hi = tl.minimum(tl.maximum(m0 - col + BLOCK_M, 0), S)
+        covered = (tl.load(pref + hi, mask=cvalid, other=0) - tl.load(pref + lo, mask=cvalid, other=0)) > 0
+        kmask = cvalid & (col >= 0) & (col < S) & ~covered
+        col64 = col.to(tl.int64)
+        k = tl.load(k_base + col64[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(v_base + col64[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+        mask = kmask[None, :] & (col[None, :] <= offs_m[:, None])
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_i[:, None]
+    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
+    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+
+
+def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None):
+    """q [B,Hq,S,D], k/v [B,Hkv,S,D], index: VSIndex built for [B,Hq] with seq_len S and block 64;
+    head_mask: bool [Hq] or None. Returns out [B,Hq,S,D] (dtype of q; in place if given)."""
+    B, Hq, S, D = q.shape
+    q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
+    idx = VSIndex(*(t.contiguous() for t in index))
+    nqb = triton.cdiv(S, BLOCK_M)
+    assert idx.tile_begin.shape[-1] == nqb and idx.slash_prefix.shape[-1] == S + 1, "index built for another seq_len"
+    bd = block_d(D)
+    warps, stages = _CFG.get(bd, (8, 1))
+    if q.element_size() == 4:  # fp32 tiles take twice the shared memory
+        stages = min(stages, 2)
+    grid = (nqb, B * Hq)
+    _vs_fwd_kernel[grid](
+        q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, idx.columns,
+        idx.column_count, idx.slash_prefix, hm if hm is not None else idx.tile_count,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
+        S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        num_warps=warps, num_stages=stages)
+    return finish(out, work, head_mask)

@@ -1,0 +1,88 @@
+"""Vertical-slash index builder (docs/DESIGN.md "Vertical-slash index layout"): vectorised torch, no host sync."""
+from typing import NamedTuple
+
+import torch
+
+INT32_MAX = 2**31 - 1
+_TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset descending
+
+
+class VSIndex(NamedTuple):
+    tile_offset: torch.Tensor   # [B,H,NS]  int32 d of each tile, descending; tile keys [m0 - d, m0 - d + 64)
+    tile_lo: torch.Tensor       # [B,H,NS]  int32 s_lo of the tile's component: key j valid iff j < m0 - s_lo + 64
+    tile_count: torch.Tensor    # [B,H]     int32 valid tiles
+    tile_begin: torch.Tensor    # [B,H,NQB] int32 first tile with d < m0 + 64
+    columns: torch.Tensor       # [B,H,NV]  int32 sorted unique in-range columns, then INT32_MAX
+    column_count: torch.Tensor  # [B,H,NQB] int32 columns <= m0 + 63
+    slash_prefix: torch.Tensor  # [B,H,S+1] int32 number of selected offsets < x
+
+
+def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: bool) -> torch.Tensor:
+    """Sort the last dim with entries where ~ok and duplicates replaced by `fill` (which sorts last)."""
+    x = torch.where(ok, x, fill).sort(-1, descending=descending).values
+    dup = torch.zeros_like(ok)
+    dup[..., 1:] = x[..., 1:] == x[..., :-1]
+    return torch.where(dup, fill, x).sort(-1, descending=descending).values
+
+
+def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64) -> VSIndex:
+    """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
+
+    Entries outside [0, seq_len) (e.g. -1 padding) and duplicates select nothing. Runs on the inputs' device.
+    """
+    B, H = slash.shape[:2]
+    dev = slash.device
+    S = int(seq_len)
+    nqb = -(-S // block)
+    if slash.shape[-1] == 0:  # keep every tensor non-empty (kernels get a valid pointer)
+        slash = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
+    if vertical.shape[-1] == 0:
+        vertical = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
+    ns = slash.shape[-1]
+    m0 = torch.arange(nqb, device=dev, dtype=torch.int64) * block
+
+    # slash offsets: unique, descending, invalid (-1) last
+    s = slash.to(device=dev, dtype=torch.int64)
+    s = _sorted_unique(s, (s >= 0) & (s < S), -1, descending=True)
+    valid = s >= 0
+    pos = torch.arange(ns, device=dev).expand(B, H, ns)
+
+    # components: a new one starts where the previous offset is more than `block` higher
+    new = valid.clone()
+    new[..., 1:] &= (s[..., :-1] - s[..., 1:]) > block
+    first = torch.cummax(torch.where(new, pos, 0), -1).values  # first position of own component
+    comp = torch.where(valid, new.long().cumsum(-1) - 1, ns)    # component id (ns = dump slot)
+    s_hi = s.gather(-1, first)
+    s_lo = torch.full((B, H, ns + 1), INT32_MAX, dtype=torch.int64, device=dev)
+    s_lo = s_lo.scatter_reduce(-1, comp, s, "amin").gather(-1, comp.clamp_max(ns - 1))
+
+    # tiles d = s_hi, s_hi - 64, ... : ceil((s_hi - s_lo + 64) / 64) per component, <= its offsets count
+    n_tiles = torch.where(new, (s_hi - s_lo + block - 1) // block + 1, 0)
+    incl = n_tiles.cumsum(-1)
+    start = (incl - n_tiles).gather(-1, first)
+    kth = pos - first
+    make = valid & (kth < (s_hi - s_lo + block - 1) // block + 1)
+    dst = torch.where(make, start + kth, ns)
+    tile_offset = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev)
+    tile_offset = tile_offset.scatter(-1, dst, s_hi - block * kth)[..., :ns]
+    tile_lo = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev)
+    tile_lo = tile_lo.scatter(-1, dst, s_lo)[..., :ns]
+    tile_count = incl[..., -1]
+    # tiles with d >= m0 + 64 lie entirely at keys < 0: count them (ascending search on -d)
+    tile_begin = torch.searchsorted((-tile_offset).contiguous(), (-(m0 + block)).expand(B, H, nqb).contiguous(),
+                                    right=True)
+
+    # vertical columns: unique ascending, invalid -> INT32_MAX
+    v = vertical.to(device=dev, dtype=torch.int64)
+    cols = _sorted_unique(v, (v >= 0) & (v < S), INT32_MAX, descending=False)
+    column_count = torch.searchsorted(cols.contiguous(), (m0 + block - 1).expand(B, H, nqb).contiguous(), right=True)
+
+    # slash_prefix[x] = #selected offsets < x
+    cnt = torch.zeros(B, H, S + 1, dtype=torch.int32, device=dev)
+    cnt.scatter_add_(-1, torch.where(valid, s + 1, 0), valid.to(torch.int32))
+    slash_prefix = cnt.cumsum(-1, dtype=torch.int32)
+
+    i32 = torch.int32
+    return VSIndex(tile_offset.to(i32).contiguous(), tile_lo.to(i32).contiguous(), tile_count.to(i32).contiguous(),
+                   tile_begin.to(i32).contiguous(), cols.to(i32).contiguous(), column_count.to(i32).contiguous(),
+                   slash_prefix.contiguous())
