@@ -1,4 +1,4 @@
-"""Compact text tables of benchmark rows (also: `python -m benchmarks.report results/x.csv`)."""
+"""Compact text tables of benchmark rows (`python -m benchmarks.report results/x.csv` prints all of them)."""
 from __future__ import annotations
 
 import csv
@@ -22,6 +22,11 @@ def _len(S) -> str:
     return f"{S // 1048576}M" if S % 1048576 == 0 else (f"{S // 1024}K" if S % 1024 == 0 else str(S))
 
 
+def _short(status: str) -> str:
+    """'oom (smaller S oom)' -> 'oom', 'error: ...' -> 'error', 'skip (time)' -> 'skip'."""
+    return (status or "").split(":")[0].split(" ")[0][:8]
+
+
 def pivot(rows, key, fmt, title) -> str:
     """One block per shape: rows = cases, columns = S, cells = fmt(row[key]) or the status."""
     out = [f"## {title}"]
@@ -35,19 +40,24 @@ def pivot(rows, key, fmt, title) -> str:
             for S in Ss:
                 r = next((x for x in rs if x["case"] == c and int(x["S"]) == S), None)
                 v = _f(r.get(key)) if r else None
-                cells.append(fmt(v) if v is not None else ((r["status"] or "")[:8] if r and r["status"] != "ok" else "-"))
+                cells.append(fmt(v) if v is not None else (_short(r["status"]) if r and r["status"] != "ok" else "-"))
             out.append(f"  {c:20s}" + "".join(f"{x:>9s}" for x in cells))
     return "\n".join(out)
 
 
-def print_tables(rows):
-    print(pivot(rows, "ms", lambda v: f"{v:.3g}", "ms (kernel, index prebuilt)"))
+def print_tables(rows, full: bool = False):
+    """Kept under ~11k characters for 3 shapes x 6 lengths (the lead sees the last 12k of output)."""
+    sparse = [r for r in rows if r["family"] != "dense"]
+    print(pivot(rows, "ms", lambda v: f"{v:.3g}", "ms (kernel, index prebuilt; statuses: oom/error/skip)"))
     print(pivot(rows, "speedup", lambda v: f"{v:.2f}x", "speedup vs cuDNN dense"))
-    print(pivot(rows, "coverage", lambda v: f"{v:.3f}", "coverage (share of causal pairs computed)"))
-    print(pivot(rows, "efficiency", lambda v: f"{v:.2f}", "efficiency (TFLOP/s on computed pairs / cuDNN dense TFLOP/s)"))
-    sparse = [r for r in rows if r["family"] not in ("dense",)]
+    print(pivot(sparse, "efficiency", lambda v: f"{v:.2f}", "efficiency = coverage x speedup (TFLOP/s on computed pairs / cuDNN's)"))
+    print(pivot(sparse, "coverage", lambda v: f"{v:.3f}", "coverage (share of causal pairs computed)"))
     print(pivot(sparse, "index_share", lambda v: f"{100 * v:.0f}%", "index-build share of (index + kernel)"))
-    print(pivot(rows, "peak_extra_mb", lambda v: f"{v:.0f}", "peak extra MiB (kernel)"))
+    if full:
+        print(pivot(sparse, "tile_cov", lambda v: f"{v:.3f}", "flex tiles x block^2 / causal pairs"))
+        print(pivot(rows, "peak_extra_mb", lambda v: f"{v:.0f}", "peak extra MiB (kernel)"))
+        print(pivot(sparse, "op_ms", lambda v: f"{v:.3g}", "ms of the public function (validation + index from sets)"))
+        print(pivot(sparse, "index_ms", lambda v: f"{v:.3g}", "index-build ms"))
 
 
 def crossover(rows, shape, case, with_index: bool):
@@ -87,6 +97,6 @@ def crossover_table(rows) -> str:
 
 if __name__ == "__main__":
     rs = load_csv(sys.argv[1])
-    print_tables(rs)
+    print_tables(rs, full=True)
     if any(r["case"] == "dense-cudnn" for r in rs):
         print(crossover_table(rs))

@@ -46,23 +46,50 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
     L = min(last_q, S)
 
-    qq = q[:, :, S - L:].float().view(B, Hkv, G, L, D)
-    s = torch.matmul(qq, k.float().unsqueeze(2).transpose(-1, -2)) / math.sqrt(D)  # [B, Hkv, G, L, S]
-    pos = torch.arange(S - L, S, device=q.device).view(-1, 1)
-    col = torch.arange(S, device=q.device).view(1, -1)
-    s.masked_fill_(col > pos, float("-inf"))
-    p = torch.softmax(s, dim=-1).view(B, Hq, L, S)
+    vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
+    sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
+    # kv-head chunks bound the fp32 temporaries (scores + one K chunk) by _CHUNK_BYTES,
+    # so the estimate never holds more than last_q x S scores per head of the chunk.
+    per_kv_head = 4 * B * (3 * G * L * (S + 2 * L) + S * D)
+    step = max(1, min(Hkv, _CHUNK_BYTES // max(per_kv_head, 1)))
+    for h0 in range(0, Hkv, step):
+        h1 = min(Hkv, h0 + step)
+        _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G],
+                     sscore[:, h0 * G:h1 * G])
 
-    vscore = p.sum(2)
-    # non-causal entries have probability 0, so clamping their negative offsets to 0 is harmless
-    offset = (pos - col).clamp_(min=0).view(1, 1, -1).expand(B, Hq, -1)
-    sscore = torch.zeros(B, Hq, S, device=q.device).scatter_add_(-1, offset, p.reshape(B, Hq, -1))
     vscore[..., :sink_tokens] = float("inf")
     sscore[..., :local_window] = float("inf")
 
     vertical = vscore.topk(nv, dim=-1).indices
     slash = sscore.topk(ns, dim=-1).indices
     return _pad(vertical, v_budget), _pad(slash, s_budget)
+
+
+_CHUNK_BYTES = 256 << 20
+
+
+def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, sscore: torch.Tensor) -> None:
+    """Column sums and diagonal sums of softmax(q_last k^T) for one chunk of heads, written in place.
+
+    q_last [B, Hc, L, D] (the last L positions), k [B, Hc/G, S, D], vscore/sscore [B, Hc, S].
+    """
+    B, Hc, L, D = q_last.shape
+    Hk, S = k.shape[1], k.shape[2]
+    s = torch.matmul(q_last.float().view(B, Hk, Hc // Hk, L, D),
+                     k.float().unsqueeze(2).transpose(-1, -2)) / math.sqrt(D)  # [B, Hk, G, L, S]
+    pos = torch.arange(S - L, S, device=q_last.device).view(-1, 1)
+    col = torch.arange(S, device=q_last.device).view(1, -1)
+    s.masked_fill_(col > pos, float("-inf"))
+    p = torch.softmax(s, dim=-1).view(B, Hc, L, S)
+    del s
+    vscore.copy_(p.sum(2))
+    # Diagonal sums without scatter: pad L zeros on both sides and view row r shifted left by r
+    # (stride W + 1); column c of that view holds offset pos_r - j = S - c for every row.
+    W = S + 2 * L
+    padded = torch.nn.functional.pad(p, (L, L)).contiguous()
+    del p
+    skew = padded.as_strided((B, Hc, L, S + L), (Hc * L * W, L * W, W + 1, 1))
+    sscore.copy_(skew.sum(2)[..., 1:S + 1].flip(-1))
 
 
 def _pad(idx: torch.Tensor, budget) -> torch.Tensor:
