@@ -89,7 +89,9 @@ def crossover_table(rows) -> str:
         cells = []
         for c in cases:
             a, b = crossover(rows, shape, c, False), crossover(rows, shape, c, True)
-            cells.append(f"{c}: {_len(a) if a else 'never'} / {_len(b) if b else 'never'}")
+            lo = min(int(r["S"]) for r in rows if r["shape"] == shape)
+            name = lambda x: "never" if not x else ("<=" if x == lo else "") + _len(x)  # noqa: E731
+            cells.append(f"{c}: {name(a)} / {name(b)}")
         out.append(f"  {shape:14s} " + "; ".join(cells))
     out.append("  (min_sparse_len: the largest 'kernel + index' value over the patterns used)")
     return "\n".join(out)

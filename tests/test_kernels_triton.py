@@ -141,6 +141,8 @@ def test_vs_index_matches_definition(S, NV, NS):
     slash = rand_index(B, 3, NS, S, "cpu")
     if NS > 8:  # dense runs of offsets: components that merge (gaps <= 64) and ones that do not
         slash[0, 0, 3:8] = torch.tensor([5, 69, 70, 134, 199])
+    if NV > 3:  # columns on the last row of a block (only that row sees them)
+        vert[0, 0, 1:3] = torch.tensor([63, 127])
     idx = build_vertical_slash_index(vert, slash, S)
     cnt = implied_keys(idx, S)
     assert cnt.max() <= 1, "a key is counted twice"
@@ -157,6 +159,10 @@ def test_vs_index_matches_definition(S, NV, NS):
             assert c[:nv].tolist() == sorted({x for x in vert[b, h].tolist() if 0 <= x < S})
             assert (c[nv:] == INT32_MAX).all()
             assert int(idx.slash_prefix[b, h, -1]) == len(uniq)
+            for qb in range(-(-S // 64)):  # tile_begin / column_count are exact (no dead tiles or columns)
+                tb, m0 = int(idx.tile_begin[b, h, qb]), 64 * qb
+                assert (idx.tile_offset[b, h, :tb] >= m0 + 64).all() and (idx.tile_offset[b, h, tb:n] < m0 + 64).all()
+                assert int(idx.column_count[b, h, qb]) == int((c <= m0 + 63).sum())
 
 
 @pytest.mark.parametrize("S", [64, 130])

@@ -75,7 +75,7 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     # vertical columns: unique ascending, invalid -> INT32_MAX
     v = vertical.to(device=dev, dtype=torch.int64)
     cols = _sorted_unique(v, (v >= 0) & (v < S), INT32_MAX, descending=False)
-    column_count = torch.searchsorted(cols.contiguous(), (m0 + block - 2).expand(B, H, nqb).contiguous(), right=True)
+    column_count = torch.searchsorted(cols.contiguous(), (m0 + block - 1).expand(B, H, nqb).contiguous(), right=True)
 
     # slash_prefix[x] = #selected offsets < x
     cnt = torch.zeros(B, H, S + 1, dtype=torch.int32, device=dev)
