@@ -22,7 +22,7 @@ def _tiny_llama() -> torch.nn.Module:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
     )
     cfg._attn_implementation = "sdpa"
@@ -57,14 +57,15 @@ def main(argv=None) -> None:
     torch.manual_seed(1)
     ids = torch.randint(0, model.config.vocab_size, (1, args.seq_len))
 
-    sparse = MInferenceConfig.default(vertical_size=64, slash_size=128, min_sparse_len=256)
-    covering = MInferenceConfig.default(vertical_size=args.seq_len, slash_size=args.seq_len, min_sparse_len=0)
+    sparse = MInferenceConfig(default=("vertical_and_slash", 64, 128), min_sparse_len=256)
+    covering = MInferenceConfig(default=("vertical_and_slash", args.seq_len, args.seq_len), min_sparse_len=0)
 
     report = explain(model, input_ids=ids, config=sparse)
     print(report)
     print()
-    print("Rewritten graph (first capture):")
-    print(report.graphs[0] if report.graphs else "(none)")
+    print("Rewritten attention calls in the captured graph (print(report.graphs[0]) shows all of it):")
+    code = report.graphs[0].code if report.graphs else ""
+    print("\n".join(line for line in code.splitlines() if "minference" in line or "scaled_dot" in line))
 
     with torch.no_grad():
         ref = model(input_ids=ids).logits

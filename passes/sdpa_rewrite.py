@@ -192,7 +192,13 @@ class MInferenceSDPAPass(_Base):
         d = qs[-1]
         if isinstance(d, torch.SymInt) or not head_dim_supported(int(d)):
             return dense(f"head_dim {d} not supported by the sparse kernels")
-        scale = float(a["scale"]) if a["scale"] is not None else 1.0 / math.sqrt(int(d))
+        scale = a["scale"]
+        if scale is None:
+            scale = 1.0 / math.sqrt(int(d))
+        elif not isinstance(scale, torch.fx.Node):
+            scale = float(scale)
+        # else: with dynamic=True Dynamo lifts the module's float `scaling` to a 0-d input and
+        # `.item()`s it; the SymFloat node is passed through to the op unchanged.
 
         mask, padding = a["attn_mask"], None
         if mask is None:

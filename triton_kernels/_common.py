@@ -10,9 +10,9 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 
 
+# TRITON_INTERPRET only: triton 3.6's interpreter turns scalars (stored as shape-(1,) arrays) into loop bounds
+# with int(ndarray), which numpy >= 2.4 rejects, so every runtime-bounded `range` fails. Index the element.
 def _fix_interpreter_index():
-    """TRITON_INTERPRET only: triton 3.6's interpreter turns scalars (stored as shape-(1,) arrays) into loop bounds
-    with int(ndarray), which numpy >= 2.4 rejects, so every runtime-bounded `range` fails. Index the element."""
     from triton.runtime import interpreter
 
     orig = interpreter._patch_lang_tensor
@@ -33,10 +33,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 @triton.jit
 def _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC: tl.constexpr):
-    """One online-softmax step: q [BM,BD], k/v [BN,BD], mask [BM,BN]; qk_scale = scale * log2(e).
-
-    m_i starts at a finite -1e30 (not -inf), so fully masked tiles/rows give p = 0, alpha = 1 and no NaN.
-    """
+    # one online-softmax step: q [BM,BD], k/v [BN,BD], mask [BM,BN]; qk_scale = scale * log2(e).
+    # Callers start m_i at a finite -1e30 (not -inf): fully masked tiles/rows give p = 0, alpha = 1, no NaN.
     qk = tl.dot(q, tl.trans(k), input_precision=PREC)
     qk = tl.where(mask, qk * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(qk, 1))
@@ -48,7 +46,7 @@ def _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC: tl.constexpr):
 
 
 def block_d(D: int) -> int:
-    """Head dim padded to a power of two (>= 16 for tl.dot); loads are masked on d < D."""
+    # head dim padded to a power of two (>= 16 for tl.dot); loads are masked on d < D
     return max(16, triton.next_power_of_2(D))
 
 
@@ -66,8 +64,8 @@ def qk_scale(scale: Optional[float], D: int) -> float:
 
 
 def prepare(q, k, v, head_mask, out):
-    """Returns (q, k, v, head_mask int32 or None, out, work) where the kernel writes `work` (stride(-1) == 1);
-    call `finish(out, work, head_mask)` afterwards."""
+    # -> (q, k, v, head_mask int32 | None, out, work): the kernel writes `work` (stride(-1) == 1), then
+    # finish(out, work, head_mask) copies it into `out` if they differ
     q, k, v = last_dim_contig(q), last_dim_contig(k), last_dim_contig(v)
     hm = None if head_mask is None else head_mask.to(device=q.device, dtype=torch.int32).contiguous()
     if out is None:

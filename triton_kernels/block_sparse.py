@@ -61,7 +61,7 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
 
 
 def _compact(block_index: torch.Tensor):
-    """Per row: unique ids with 0 <= kb <= qb first (ascending), then padding; returns (ids int32, count int32)."""
+    # per row: the unique ids with 0 <= kb <= qb first (ascending), then -1 -> (ids int32, count int32)
     bi = block_index.to(torch.int64)
     qb = torch.arange(bi.shape[2], device=bi.device)[:, None]
     big = torch.iinfo(torch.int64).max
@@ -80,6 +80,8 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     nqb = triton.cdiv(S, BLOCK)
     assert block_index.shape[2] == nqb, "block_index must have ceil(S/64) query blocks"
+    if S == 0:
+        return finish(out, work, head_mask)
     ids, cnt = _compact(block_index)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))

@@ -7,7 +7,7 @@ _SCORE_BYTES = 64 << 20  # per-chunk score matrix; topk/sort temporaries stay wi
 
 
 def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
-    """[B,H,S,D] -> [B,H,ceil(S/block),D] fp32 means over each block's valid rows (no fp32 copy of x)."""
+    # [B,H,S,D] -> [B,H,ceil(S/block),D] fp32 means over each block's valid rows (no fp32 copy of x)
     B, H, S, D = x.shape
     nfull = S // block
     parts = []
@@ -36,6 +36,8 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, torch.
         tk = torch.full((Hq,), int(topk), dtype=torch.int64, device=dev)
         kmax = int(topk)
     kmax = max(1, min(kmax, n))
+    if n == 0:
+        return torch.empty(B, Hq, 0, kmax, dtype=torch.int32, device=dev)
 
     qm = _block_means(q, block).view(B, Hkv, g, n, D)
     km_t = _block_means(k, block).view(B, Hkv, 1, n, D).transpose(-1, -2)

@@ -81,6 +81,8 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
     """
     B, Hq, S, D = q.shape
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
+    if S == 0:
+        return finish(out, work, head_mask)
     bd = block_d(D)
     bm, warps, stages = _CFG.get(bd, (64, 8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory

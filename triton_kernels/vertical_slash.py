@@ -92,6 +92,8 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     idx = VSIndex(*(t.contiguous() for t in index))
     nqb = triton.cdiv(S, BLOCK_M)
     assert idx.tile_begin.shape[-1] == nqb and idx.slash_prefix.shape[-1] == S + 1, "index built for another seq_len"
+    if S == 0:
+        return finish(out, work, head_mask)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory

@@ -18,7 +18,7 @@ class VSIndex(NamedTuple):
 
 
 def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: bool) -> torch.Tensor:
-    """Sort the last dim with entries where ~ok and duplicates replaced by `fill` (which sorts last)."""
+    # sort the last dim with entries where ~ok and duplicates replaced by `fill` (which sorts last)
     x = torch.where(ok, x, fill).sort(-1, descending=descending).values
     dup = torch.zeros_like(ok)
     dup[..., 1:] = x[..., 1:] == x[..., :-1]
