@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
+#   bash benchmarks/gpu_check.sh [tests|memory|quick|full|crossover ...]   (default: tests memory quick)
+# Logs go to $OUT (device tool) or benchmarks/results/.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
+OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+COMMIT=$(cat .commit 2>/dev/null || echo unknown)
+modes=${*:-tests memory quick}
+for m in $modes; do
+  echo "=== $m ==="
+  case $m in
+    tests) timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
+    alltests) timeout 500 python3 -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
+    memory) timeout 300 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
+    quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
+    full) timeout 540 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k,512k,1m --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -80 ;;
+    crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
+  esac
+done
