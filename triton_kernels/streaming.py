@@ -12,6 +12,20 @@ BLOCK_N = 64
 
 
 @triton.jit
+def _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn, S, init, local,
+                    qk_scale, PREC: tl.constexpr, MASKED: tl.constexpr):
+    j = n0 + rn
+    kmask = j < S
+    kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
+    vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
+    k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+    v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+    diff = offs_m[:, None] - j[None, :]
+    mask = (diff >= 0) & ((diff < local) | (j[None, :] < init)) & kmask[None, :]
+    return _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC, MASKED)
+
+
+@triton.jit
 def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                           S, Hq, G, D, qk_scale,
@@ -56,17 +70,20 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
         v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC)
 
-    # phase 2: keys [lo, hi): causal, and local window or sink
-    for n0 in range(lo, hi, BLOCK_N):
-        j = n0 + rn
-        kmask = j < S
-        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
-        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
-        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
-        diff = offs_m[:, None] - j[None, :]
-        mask = (diff >= 0) & ((diff < local) | (j[None, :] < init)) & kmask[None, :]
-        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+    # phase 2: keys [lo, hi): causal, and local window or sink. Keys in [full_lo, m0) are inside every row's
+    # window and below every row, so that middle run needs no mask; the edges [lo, full_lo) and [m0, hi) do.
+    edge = tl.minimum(tl.maximum(m0 + BLOCK_M - local, lo), m0)
+    full_lo = tl.minimum(lo + tl.cdiv(edge - lo, BLOCK_N) * BLOCK_N, hi)  # first tile on lo's grid past the edge
+    full_hi = tl.maximum(full_lo + ((m0 + 1 - full_lo) // BLOCK_N) * BLOCK_N, full_lo)  # tiles ending <= m0
+    for n0 in range(lo, full_lo, BLOCK_N):
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
+                                        S, init, local, qk_scale, PREC, True)
+    for n0 in range(full_lo, full_hi, BLOCK_N):
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
+                                        S, init, local, qk_scale, PREC, False)
+    for n0 in range(full_hi, hi, BLOCK_N):
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
+                                        S, init, local, qk_scale, PREC, True)
 
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_i[:, None]

@@ -19,7 +19,7 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
                    S, Hq, G, D, NS, NV, NQB, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    HAS_HM: tl.constexpr, PREC: tl.constexpr):
-    qb = tl.program_id(0)
+    qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
     h = bh % Hq
@@ -57,8 +57,12 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
         vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
         k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
         v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
-        mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
-        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+        # a tile at key >= 0, inside its component and wholly below the first row of the block is full
+        if (n0 >= 0) & (d >= s_lo) & (d >= BLOCK_M - 1):
+            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
+        else:
+            mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
+            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
     # phase 2: vertical columns <= m0 + 63, skipping those a slash range of this block already covers
     # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63])
