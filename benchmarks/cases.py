@@ -61,6 +61,7 @@ def vs(case, q, k, v, S, seed=0):
 
     return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index),
                     c, index_fn, lambda: vertical_slash_sparse_attention(q, k, v, vert, slash),
+                    tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}")
 
 

@@ -176,14 +176,14 @@ def manual_greedy(model, ids, new: int):
     cache = DynamicCache(config=model.config)
     toks = []
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
         for i in range(new):
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             toks.append(int(nxt[0, 0]))
             if i == new - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            out = model(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=nxt, attention_mask=mask, cache=cache, use_cache=True)
     return toks, time.perf_counter() - t0
 
 

@@ -50,11 +50,11 @@ def print_tables(rows, full: bool = False):
     sparse = [r for r in rows if r["family"] != "dense"]
     print(pivot(rows, "ms", lambda v: f"{v:.3g}", "ms (kernel, index prebuilt; statuses: oom/error/skip)"))
     print(pivot(rows, "speedup", lambda v: f"{v:.2f}x", "speedup vs cuDNN dense"))
-    print(pivot(sparse, "efficiency", lambda v: f"{v:.2f}", "efficiency = coverage x speedup (TFLOP/s on computed pairs / cuDNN's)"))
+    print(pivot(sparse, "efficiency", lambda v: f"{v:.2f}", "efficiency = work x speedup (TFLOP/s on computed tiles (tile_cov) or pairs / cuDNN's)"))
     print(pivot(sparse, "coverage", lambda v: f"{v:.3f}", "coverage (share of causal pairs computed)"))
     print(pivot(sparse, "index_share", lambda v: f"{100 * v:.0f}%", "index-build share of (index + kernel)"))
     if full:
-        print(pivot(sparse, "tile_cov", lambda v: f"{v:.3f}", "flex tiles x block^2 / causal pairs"))
+        print(pivot(sparse, "tile_cov", lambda v: f"{v:.3f}", "tile_cov: computed tiles x block^2 (+ gathered columns) / causal pairs"))
         print(pivot(rows, "peak_extra_mb", lambda v: f"{v:.0f}", "peak extra MiB (kernel)"))
         print(pivot(sparse, "op_ms", lambda v: f"{v:.3g}", "ms of the public function (validation + index from sets)"))
         print(pivot(sparse, "index_ms", lambda v: f"{v:.3g}", "index-build ms"))

@@ -128,7 +128,8 @@ def finish_group(group, S, Hq, D):
         r["tflops"] = R.dense_flops(S, Hq, D) * r["coverage"] / (r["ms"] * 1e-3) / 1e12
         if ref is not None:
             r["speedup"] = ref["ms"] / r["ms"]
-            r["efficiency"] = r["coverage"] * r["speedup"]
+            # efficiency on the work the kernel does: its computed tiles (tile_cov) where known, else pairs
+            r["efficiency"] = (r["tile_cov"] or r["coverage"]) * r["speedup"]
             if ref["case"] != "dense-cudnn":
                 r["note"] = (r.get("note") or "") + " [ref: flash]"
 

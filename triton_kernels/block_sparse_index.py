@@ -3,7 +3,7 @@ from typing import Union
 
 import torch
 
-_SCORE_BYTES = 64 << 20  # per-chunk score matrix; topk/sort temporaries stay within a few times this
+_SCORE_BYTES = 128 << 20  # per-chunk score matrix; topk/sort temporaries stay within a few times this
 
 
 def _block_means(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -50,7 +50,7 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, torch.
         c1 = min(n, c0 + chunk)
         qb = torch.arange(c0, c1, device=dev)[:, None]
         sc = (qm[:, :, :, c0:c1] @ km_t).view(B, Hq, c1 - c0, n)
-        sc = sc.masked_fill(kb > qb, float("-inf")).masked_fill(kb == qb, float("inf"))
+        sc.masked_fill_(kb > qb, float("-inf")).masked_fill_(kb == qb, float("inf"))
         top = sc.topk(kmax, dim=-1).indices                     # descending: diagonal first, non-causal last
         keep = slot < torch.minimum(tk[:, None, None], qb + 1)  # [Hq, C, kmax]
         top = torch.where(keep, top, big).sort(-1).values

@@ -50,7 +50,7 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
     # kv-head chunks bound the fp32 temporaries (scores + one K chunk) by _CHUNK_BYTES,
     # so the estimate never holds more than last_q x S scores per head of the chunk.
-    per_kv_head = 4 * B * (3 * G * L * (S + 2 * L) + S * D)
+    per_kv_head = 4 * B * (2 * G * L * S + S * D)
     step = max(1, min(Hkv, _CHUNK_BYTES // max(per_kv_head, 1)))
     for h0 in range(0, Hkv, step):
         h1 = min(Hkv, h0 + step)
@@ -68,6 +68,20 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
 _CHUNK_BYTES = 256 << 20
 
 
+def _scores(q_last: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, Hk, G, L, D] x [B, Hk, S, D] -> fp32 [B, Hk, G, L, S] (q_last already scaled)."""
+    B, Hk, G, L, D = q_last.shape
+    S = k.shape[2]
+    if q_last.is_cuda and q_last.dtype in (torch.bfloat16, torch.float16):
+        # tensor cores with an fp32 result, and no fp32 copy of K
+        try:
+            return torch.bmm(q_last.reshape(B * Hk, G * L, D), k.reshape(B * Hk, S, D).transpose(1, 2),
+                             out_dtype=torch.float32).view(B, Hk, G, L, S)
+        except (TypeError, RuntimeError, NotImplementedError):  # torch without bmm(out_dtype=)
+            pass
+    return torch.matmul(q_last.float(), k.float().unsqueeze(2).transpose(-1, -2))
+
+
 def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, sscore: torch.Tensor) -> None:
     """Column sums and diagonal sums of softmax(q_last k^T) for one chunk of heads, written in place.
 
@@ -75,21 +89,22 @@ def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, ss
     """
     B, Hc, L, D = q_last.shape
     Hk, S = k.shape[1], k.shape[2]
-    s = torch.matmul(q_last.float().view(B, Hk, Hc // Hk, L, D),
-                     k.float().unsqueeze(2).transpose(-1, -2)) / math.sqrt(D)  # [B, Hk, G, L, S]
-    pos = torch.arange(S - L, S, device=q_last.device).view(-1, 1)
-    col = torch.arange(S, device=q_last.device).view(1, -1)
-    s.masked_fill_(col > pos, float("-inf"))
+    qs = (q_last.float() / math.sqrt(D)).to(q_last.dtype if q_last.is_cuda else torch.float32)
+    s = _scores(qs.view(B, Hk, Hc // Hk, L, D), k)
+    # only the last L columns hold keys beyond some query's position
+    s[..., S - L:].masked_fill_(torch.ones(L, L, dtype=torch.bool, device=s.device).triu_(1), float("-inf"))
     p = torch.softmax(s, dim=-1).view(B, Hc, L, S)
     del s
     vscore.copy_(p.sum(2))
-    # Diagonal sums without scatter: pad L zeros on both sides and view row r shifted left by r
-    # (stride W + 1); column c of that view holds offset pos_r - j = S - c for every row.
-    W = S + 2 * L
-    padded = torch.nn.functional.pad(p, (L, L)).contiguous()
-    del p
-    skew = padded.as_strided((B, Hc, L, S + L), (Hc * L * W, L * W, W + 1, 1))
-    sscore.copy_(skew.sum(2)[..., 1:S + 1].flip(-1))
+    # Diagonal sums without scatter or padding: row r read from column r on (row stride S + 1) lines up
+    # offset pos_r - j = S - L - c in column c for every row, for the offsets 0..S-L ...
+    bulk = p.as_strided((B, Hc, L, S - L + 1), (Hc * L * S, L * S, S + 1, 1)).sum(2)
+    sscore[..., :S - L + 1].copy_(bulk.flip(-1))
+    # ... and the last L-1 offsets (keys below row r's reach: only p[..., :L]) the same way after a pad of L
+    if L > 1:
+        head = torch.nn.functional.pad(p[..., :L], (L, 0)).contiguous()  # [B, Hc, L, 2L]
+        tail = head.as_strided((B, Hc, L, L), (Hc * L * 2 * L, L * 2 * L, 2 * L + 1, 1)).sum(2)
+        sscore[..., S - L + 1:].copy_(tail[..., 1:].flip(-1))
 
 
 def _pad(idx: torch.Tensor, budget) -> torch.Tensor:
