@@ -15,12 +15,12 @@ for m in $modes; do
   case $m in
     tests) timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
     alltests) timeout 500 python3 -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
-    memory) timeout 300 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
+    memory) timeout 60 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
     quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
     full)
-      timeout 290 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k --max-minutes 4.3 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -45
-      timeout 170 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 2.5 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30
-      timeout 100 python3 -m benchmarks.run --shapes qwen2.5-7b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.4 --commit "$COMMIT" --out "$OUT" --tag qwen 2>&1 | tail -30 ;;
+      timeout 270 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k --max-minutes 4.0 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -45
+      timeout 150 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 2.2 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30
+      timeout 90 python3 -m benchmarks.run --shapes qwen2.5-7b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag qwen 2>&1 | tail -30 ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
