@@ -14,9 +14,9 @@ PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
 PATTERN_IDS = {name: i for i, name in enumerate(PATTERNS)}  # ids of minference::sparse_prefill
 
 DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
-# Below this prompt length the op runs dense attention. Placeholder: issue 4 measures the
-# actual sparse/dense crossover on GPU and will replace this value.
-DEFAULT_MIN_SPARSE_LEN = 8192
+# Below this prompt length the op runs dense attention. None = auto: the crossover measured per pattern
+# and budget on an H100 (minference_compile/ops/crossover.py); dense on CPU.
+DEFAULT_MIN_SPARSE_LEN = None
 DEFAULT_LAST_Q = 64
 
 HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
@@ -59,7 +59,7 @@ class MInferenceConfig:
     layers: tuple = ()  # tuple[tuple[tuple[int, HeadEntry], ...], ...]: sparse (head, entry) pairs per layer
     default: HeadEntry = DEFAULT_ENTRY
     starting_layer: int = 0  # layers below stay dense
-    min_sparse_len: int = DEFAULT_MIN_SPARSE_LEN
+    min_sparse_len: int | None = DEFAULT_MIN_SPARSE_LEN  # None: auto (measured crossover per pattern)
     last_q: int = DEFAULT_LAST_Q
     source: str | None = None  # file it came from, for error messages and meta
     scores: tuple = ()  # per layer: tuple of (head, score)
@@ -97,6 +97,8 @@ class MInferenceConfig:
         cfg = cls(layers=tuple(layers), scores=tuple(scores), source=source, **opts)
         for name in ("starting_layer", "min_sparse_len", "last_q"):
             val = getattr(cfg, name)
+            if name == "min_sparse_len" and val is None:
+                continue
             if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                 raise ConfigError(f"{_where(source)}: {name} must be a non-negative integer, got {val!r}")
         return cfg

@@ -218,7 +218,8 @@ class MInferenceSDPAPass(_Base):
 
         ids = [PATTERN_IDS[e[0]] for e in entries]
         vs, ss = list(base["vertical_size"]), list(base["slash_size"])
-        tail = (ids, vs, ss, scale, self.config.min_sparse_len, self.config.last_q)
+        min_len = -1 if self.config.min_sparse_len is None else self.config.min_sparse_len  # -1: auto
+        tail = (ids, vs, ss, scale, min_len, self.config.last_q)
         with graph.inserting_before(node):
             if padding is None:
                 new = graph.call_function(torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu
+from .crossover import auto_min_sparse_len
 from .estimate import device_tensor, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
@@ -118,6 +119,8 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
         raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
                          "2 stream_llm, 3 block_sparse)")
+    if min_sparse_len < 0:  # auto: the measured crossover of this layer's patterns (ops/crossover.py)
+        min_sparse_len = auto_min_sparse_len(patterns, vertical_size, slash_size, q.device.type)
     if S != k.shape[2] or S < min_sparse_len:
         return dense_attention(q, k, v, scale).contiguous()
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting

@@ -1,0 +1,45 @@
+"""Default `min_sparse_len`: the prompt length from which a layer's sparse patterns beat dense attention.
+
+Measured on an H100 (torch 2.11, bf16, benchmarks/results/bench-crossover-*.csv and bench-full-*.csv;
+`python -m benchmarks.run --crossover`), kernel + index build against cuDNN SDPA in the same run:
+
+* A-shape 128 + 4096: 0.94x at 8K, 1.64x at 16K. The kernel runs at ~0.7 of cuDNN's rate on the pairs
+  it keeps, so it wins once coverage (init + local) * S / (S^2 / 2) < ~0.5: S > 4 * (init + local).
+* block-sparse top-100: 0.91x at 16K (index build included), 1.57x at 32K. Coverage 2 * 64 * topk / S
+  and ~0.6 efficiency with a ~12% index share: S > 320 * topk.
+* vertical-slash: coverage depends on the prompt, so a table by slash budget: (1000, 6096) is 0.9x at
+  64K and 1.52x at 128K; (100, 800) is 0.75x at 16K and 1.48x at 32K.
+
+A layer is sparse only when S reaches the largest threshold of the patterns in it, so a layer never
+mixes our dense path with sparse heads below the crossover. On CPU the sparse ops are a masked dense
+computation (a reference path, never faster than SDPA), so "auto" means dense there; pass an explicit
+`min_sparse_len` to run them on CPU.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
+
+
+def _round_up(x: int, to: int = 1024) -> int:
+    return -(-x // to) * to
+
+
+def pattern_min_len(pattern: int, vertical_size: int, slash_size: int) -> int:
+    if pattern == STREAM_LLM:
+        return _round_up(4 * (vertical_size + slash_size))
+    if pattern == BLOCK_SPARSE:
+        return _round_up(320 * vertical_size)
+    if pattern == VERTICAL_SLASH:
+        return 32768 if slash_size <= 1024 else 131072
+    return 0
+
+
+def auto_min_sparse_len(patterns: Sequence[int], vertical_size: Sequence[int], slash_size: Sequence[int],
+                        device_type: str) -> int:
+    """Length from which the layer runs sparse (dense below it); `sys.maxsize` on CPU."""
+    if device_type != "cuda":
+        return sys.maxsize
+    return max((pattern_min_len(p, v, s) for p, v, s in zip(patterns, vertical_size, slash_size)), default=0)
