@@ -42,7 +42,12 @@ def main(argv=None) -> int:
         ax.set_ylabel(a.metric + (" vs cuDNN dense" if a.metric == "speedup" else ""))
         ax.set_title(shape)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    # one legend for all panels: a case missing from the last panel (e.g. flex at one shape) still gets an entry
+    handles = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    axes[0][-1].legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="best")
     fig.tight_layout()
     out = a.output or os.path.splitext(a.csv)[0] + f"-{a.metric}.png"
     fig.savefig(out, dpi=120)
