@@ -126,3 +126,18 @@ def test_inductor_ten_lengths_two_compiles(with_mask):
                                        model(input_ids=ids, attention_mask=am).logits, atol=2e-5, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] <= 2
     torch._dynamo.reset()
+
+
+def test_dynamic_true_symbolic_scale_is_rewritten():
+    # with dynamic=True Dynamo lifts the module's float `scaling` into a 0-d input and .item()s it: the SDPA
+    # scale is then a SymFloat node, which the pass must forward to the op (not try to float() it)
+    model = build("llama")
+    ids = torch.randint(0, 128, (1, 40))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="minference", options={"config": COVER}, dynamic=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=ids).logits, model(input_ids=ids).logits,
+                                   atol=2e-5, rtol=1e-4)
+    report = explain(model, input_ids=ids, config=COVER)
+    assert report.rewritten == 2
+    torch._dynamo.reset()
