@@ -203,6 +203,19 @@ def test_vertical_slash(S, Hq, Hkv, D, dtype, device):
     check(out, naive.vertical_slash_ref(q, k, v, vert, slash), dtype)
 
 
+@pytest.mark.parametrize("block", [16, 32])
+@pytest.mark.parametrize("S,Hq,Hkv,D", [(63, 4, 1, 64), (150, 2, 2, 96)] + ([(1000, 8, 2, 128)] if CUDA else []))
+def test_vertical_slash_finer_blocks(S, Hq, Hkv, D, block, device):
+    # the slash-granularity experiment's kernels: same semantics with `block`-row query blocks
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    vert = rand_index(B, Hq, 5, S, device)
+    slash = rand_index(B, Hq, 9, S, device)
+    idx = build_vertical_slash_index(vert, slash, S, block=block)
+    out = vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), block=block)
+    check(out, naive.vertical_slash_ref(q, k, v, vert, slash, block=block), dtype)
+
+
 @pytest.mark.parametrize("cover", ["columns", "diagonals"])
 @pytest.mark.parametrize("S", [65, 150])
 def test_vertical_slash_covering_is_dense(S, cover, device):

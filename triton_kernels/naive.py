@@ -49,7 +49,7 @@ def streaming_mask(B: int, H: int, S: int, init_num, local_window, device="cpu")
     return m.unsqueeze(0).expand(B, H, S, S).clone()
 
 
-def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int) -> torch.Tensor:
+def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK) -> torch.Tensor:
     """[B,H,S,S] bool, block-rounded vertical-slash: row i of the 64-row block at m0 attends j iff j <= i and
     (j in vertical, or some selected slash offset s has m0 - s <= j < m0 - s + 64). vertical [B,H,NV], slash [B,H,NS];
     entries outside [0, S) select nothing."""
@@ -64,10 +64,10 @@ def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int) -> 
             for s in set(ss[b][h]):
                 if not 0 <= s < S:
                     continue
-                for m0 in range(0, S, BLOCK):
-                    lo, hi = max(0, m0 - s), min(S, m0 - s + BLOCK)
+                for m0 in range(0, S, block):
+                    lo, hi = max(0, m0 - s), min(S, m0 - s + block)
                     if hi > lo:
-                        m[b, h, m0:m0 + BLOCK, lo:hi] = True
+                        m[b, h, m0:m0 + block, lo:hi] = True
     return (m & _causal(S, "cpu")).to(vertical.device)
 
 
@@ -94,8 +94,9 @@ def streaming_ref(q, k, v, init_num, local_window, scale=None):
     return masked_attention_ref(q, k, v, streaming_mask(B, H, S, init_num, local_window, q.device), scale)
 
 
-def vertical_slash_ref(q, k, v, vertical, slash, scale=None):
-    return masked_attention_ref(q, k, v, vertical_slash_mask(vertical, slash, q.shape[2]).to(q.device), scale)
+def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK):
+    mask = vertical_slash_mask(vertical, slash, q.shape[2], block)
+    return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
 def block_sparse_ref(q, k, v, block_index, scale=None):

@@ -89,18 +89,24 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
     tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
 
 
-def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None):
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D], index: VSIndex built for [B,Hq] with seq_len S and block 64;
-    head_mask: bool [Hq] or None. Returns out [B,Hq,S,D] (dtype of q; in place if given)."""
+def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M):
+    """q [B,Hq,S,D], k/v [B,Hkv,S,D], index: VSIndex built for [B,Hq] with seq_len S and `block`;
+    head_mask: bool [Hq] or None. Returns out [B,Hq,S,D] (dtype of q; in place if given).
+
+    `block` (rows per query block = slash tile width) is 64 in the library's semantics; 16 and 32 exist
+    for the slash-granularity experiment (benchmarks/granularity.py): finer blocks compute fewer
+    elements per scattered slash, on smaller matrix products."""
     B, Hq, S, D = q.shape
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     idx = VSIndex(*(t.contiguous() for t in index))
-    nqb = triton.cdiv(S, BLOCK_M)
+    assert block in (16, 32, 64), "block must be 16, 32 or 64"
+    nqb = triton.cdiv(S, block)
     assert idx.tile_begin.shape[-1] == nqb and idx.slash_prefix.shape[-1] == S + 1, "index built for another seq_len"
     if S == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
+    warps = max(1, warps * block // BLOCK_M)  # one warp per 16 rows
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
     grid = (nqb, B * Hq)
@@ -110,6 +116,6 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
         S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)
