@@ -39,3 +39,27 @@ def test_greedy_identical_covering_budgets_1k():
     assert res["compiled"] == res["eager"], (res["eager"], res["compiled"])
     assert res["compiled_again"] == res["eager"]
     assert res["compiled_masked"] == res["eager_masked"], (res["eager_masked"], res["compiled_masked"])
+
+
+def test_pipeline_on_compiled_model():
+    # text-generation pipeline over a model whose forward goes through the backend: same greedy text as eager
+    import torch
+    from transformers import pipeline
+
+    from benchmarks.real_model import load
+    from minference_compile import MInferenceConfig, minference_backend
+
+    model, tok = load(str(MODEL_DIR))
+    prompt = "The three laws of robotics are " * 60  # ~600 tokens: the sparse path runs (min_sparse_len=0)
+    pipe = pipeline("text-generation", model=model, tokenizer=tok)
+    eager = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    config = MInferenceConfig(default=("vertical_and_slash", 4096, 4096), min_sparse_len=0)
+    torch._dynamo.reset()
+    orig = model.forward
+    model.forward = torch.compile(orig, backend=minference_backend, options={"config": config})
+    try:
+        compiled = pipe(prompt, max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    finally:
+        model.forward = orig
+        torch._dynamo.reset()
+    assert compiled == eager
