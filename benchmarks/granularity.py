@@ -19,8 +19,8 @@ from minference_compile.triton_kernels.vertical_slash_index import build_vertica
 
 from . import coverage as cov
 from .indexsets import generate_vs
-from .timing import bench_ms
-from .tune import _len
+from .registry import parse_length
+from .timing import bench_ms, dense_causal_ms, random_qkv
 
 
 def main(argv=None) -> None:
@@ -29,13 +29,10 @@ def main(argv=None) -> None:
     ap.add_argument("--budgets", default="1000/6096,100/800")
     ap.add_argument("--shape", default="32,8,128")
     args = ap.parse_args(argv)
-    S = _len(args.seq)
+    S = parse_length(args.seq)
     hq, hkv, D = (int(x) for x in args.shape.split(","))
-    q = torch.randn(1, hq, S, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    dense_ms = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=True, enable_gqa=True))[0]
+    q, k, v = random_qkv(S, hq, hkv, D)
+    dense_ms = dense_causal_ms(q, k, v)
     print(f"# {torch.cuda.get_device_name()} S={S} {hq}/{hkv}/{D}: SDPA dense {dense_ms:.1f} ms")
     print("budget     block  elem_density  block_cov     ms   speedup  efficiency  vs_block64")
     for budget in args.budgets.split(","):

@@ -15,10 +15,8 @@ from minference_compile.ops import (block_sparse_attention, estimate_vertical_sl
                                     vertical_slash_sparse_attention)
 from minference_compile.ops.library import sparse_prefill
 
-
-def _parse_len(s: str) -> int:
-    s = s.lower()
-    return int(float(s[:-1]) * 1024) if s.endswith("k") else int(s)
+from .registry import parse_length
+from .timing import random_qkv
 
 
 def peak_extra(fn) -> int:
@@ -38,11 +36,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", default="128k")
     ap.add_argument("--shape", default="32,8,128", help="Hq,Hkv,D")
     args = ap.parse_args(argv)
-    S = _parse_len(args.seq)
+    S = parse_length(args.seq)
     Hq, Hkv, D = (int(x) for x in args.shape.split(","))
-    q = torch.randn(1, Hq, S, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, Hkv, S, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
+    q, k, v = random_qkv(S, Hq, Hkv, D)
     vert, slash = estimate_vertical_slash(q, k, 1000, 6096)
     q_bytes = q.numel() * q.element_size()
     cases = {

@@ -40,3 +40,16 @@ def peak_extra_mb(fn, out_bytes: int) -> float:
     peak = torch.cuda.max_memory_allocated()
     del r
     return max(0.0, (peak - base - out_bytes) / 2**20)
+
+
+def random_qkv(S: int, hq: int, hkv: int, D: int, dtype=torch.bfloat16) -> tuple:
+    """Random (never zero) q [1,hq,S,D], k/v [1,hkv,S,D] on the GPU."""
+    q = torch.randn(1, hq, S, D, device="cuda", dtype=dtype)
+    k = torch.randn(1, hkv, S, D, device="cuda", dtype=dtype)
+    return q, k, torch.randn_like(k)
+
+
+def dense_causal_ms(q, k, v) -> float:
+    """Median ms of causal SDPA (default backend choice: cuDNN on Hopper) with GQA."""
+    return bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, enable_gqa=True))[0]

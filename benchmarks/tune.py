@@ -20,13 +20,8 @@ from minference_compile.triton_kernels.block_sparse_index import block_sparse_in
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
 
 from .indexsets import generate_vs
-from .registry import SHAPES
-from .timing import bench_ms
-
-
-def _len(s: str) -> int:
-    s = s.lower()
-    return int(float(s[:-1]) * (1 << 20 if s.endswith("m") else 1024)) if s[-1] in "km" else int(s)
+from .registry import SHAPES, parse_length
+from .timing import bench_ms, dense_causal_ms, random_qkv
 
 
 def _flops(S: int, hq: int, D: int, cov: float) -> float:
@@ -35,12 +30,9 @@ def _flops(S: int, hq: int, D: int, cov: float) -> float:
 
 def sweep(shape: str, S: int) -> None:
     hq, hkv, D = SHAPES[shape]
-    q = torch.randn(1, hq, S, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn_like(k)
+    q, k, v = random_qkv(S, hq, hkv, D)
     bd = max(16, triton.next_power_of_2(D))
-    dense_ms = bench_ms(lambda: torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=True, enable_gqa=True))[0]
+    dense_ms = dense_causal_ms(q, k, v)
     dense_tf = _flops(S, hq, D, 1.0) / dense_ms / 1e9
     print(f"\n## {shape} S={S} D={D}: SDPA (default backend) {dense_ms:.2f} ms = {dense_tf:.0f} TFLOP/s")
 
@@ -81,9 +73,7 @@ def sweep(shape: str, S: int) -> None:
 
 
 def profile_index(S: int) -> None:
-    hq, hkv, D = 32, 8, 128
-    q = torch.randn(1, hq, S, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, S, D, device="cuda", dtype=torch.bfloat16)
+    q, k, _ = random_qkv(S, 32, 8, 128)
     vert, slash = estimate_vertical_slash(q, k, 1000, 6096)
     parts = {
         "estimate_vertical_slash(1000, 6096)": lambda: estimate_vertical_slash(q, k, 1000, 6096),
@@ -113,9 +103,9 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
     if args.profile_seq:
-        profile_index(_len(args.profile_seq))
+        profile_index(parse_length(args.profile_seq))
     for shape in args.shapes.split(","):
-        sweep(shape, _len(args.seq))
+        sweep(shape, parse_length(args.seq))
 
 
 if __name__ == "__main__":
