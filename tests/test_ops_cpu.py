@@ -242,3 +242,21 @@ def test_small_chunks_and_head_steps(monkeypatch):
     assert out[:, ~hm].isnan().all()
     bi = rand_index(2, 8, 4 * 2, 4, 3).view(2, 8, 4, 2)
     close(cpu.block_sparse_attention(q, k, v, bi, 0.125), naive.block_sparse_ref(q, k, v, bi), torch.float32)
+
+
+@pytest.mark.parametrize("q_len", [1, 7])
+def test_masked_prefill_decode_with_padding(q_len):
+    # decode / chunked prefill through sparse_prefill_masked: dense, bottom-right causal AND padding
+    import minference_compile.ops.padded  # noqa: F401
+    torch.manual_seed(q_len)
+    kv_len, B = 50, 2
+    q = torch.randn(B, 4, q_len, 64)
+    k, v = torch.randn(B, 2, kv_len, 64), torch.randn(B, 2, kv_len, 64)
+    pad = torch.ones(B, kv_len, dtype=torch.long)
+    pad[1, :5] = 0  # left padding in the second sequence
+    out = torch.ops.minference.sparse_prefill_masked(q, k, v, pad, [1, 1, 2, 3], [8, 8, 4, 1], [16, 16, 8, 0],
+                                                     0.125, 0, 64)
+    pos = torch.arange(kv_len - q_len, kv_len)[:, None]
+    mask = (torch.arange(kv_len)[None, :] <= pos)[None, None] & pad.bool()[:, None, None, :]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125, enable_gqa=True)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

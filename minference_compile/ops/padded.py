@@ -7,16 +7,12 @@ full S x S mask never exists at once. Rows with no attended key output 0 (DESIGN
 """
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-try:  # the engineer-owned op library; it registers minference::sparse_prefill
-    importlib.import_module("minference_compile.ops.library")
-except ImportError:
-    pass
+from . import library  # noqa: F401  (registers minference::sparse_prefill)
 
 _MASK_ELEMS_PER_CHUNK = 1 << 24  # bounds the per-chunk bool mask (B * rows * S_kv)
 
@@ -54,6 +50,10 @@ def sparse_prefill_masked(
 ) -> torch.Tensor:
     if padding_mask.dim() != 2 or padding_mask.shape[0] != q.shape[0] or padding_mask.shape[1] < k.shape[-2]:
         raise ValueError(f"padding_mask must be [B, >= S_kv], got {tuple(padding_mask.shape)} for k {tuple(k.shape)}")
+    if q.shape[2] != k.shape[2]:
+        # decode / chunked prefill run dense anyway: the padding goes straight into their small
+        # q_len x kv_len mask, with no host check per layer and token
+        return dense_causal_padded(q, k, v, padding_mask, scale if scale else 1.0 / math.sqrt(q.shape[-1]))
     if bool(padding_mask[:, : k.shape[-2]].all()):  # one O(B*S) host check
         return torch.ops.minference.sparse_prefill(
             q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q
