@@ -8,11 +8,11 @@ import math
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import cpu
 from .crossover import auto_min_sparse_len
+from .dense import dense_attention
 from .estimate import device_tensor, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
@@ -57,22 +57,6 @@ def _streaming(q, k, v, init_num: Tensor, local_window: Tensor, scale, head_mask
 
 def _per_head(value: int, q: Tensor) -> Tensor:
     return torch.full((q.shape[1],), value, dtype=torch.int32, device=q.device)
-
-
-def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """Causal SDPA, bottom-right aligned: query row r sits at position kv_len - q_len + r."""
-    sq, skv = q.shape[2], k.shape[2]
-    gqa = q.shape[1] != k.shape[1]
-    if sq == skv:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-    if sq == 1:  # decode: the last position sees every key
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa)
-    # chunked prefill: a q_len x kv_len mask (q_len is the chunk, not the whole sequence)
-    mask = torch.ones(sq, skv, dtype=torch.bool, device=q.device).tril(skv - sq)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
-    if sq > skv:  # rows before the first key attend nothing -> 0 (SDPA would give NaN)
-        out = torch.where(mask.any(-1, keepdim=True), out, torch.zeros_like(out))
-    return out
 
 
 # ---- ops ----
@@ -122,7 +106,7 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if min_sparse_len < 0:  # auto: the measured crossover of this layer's patterns (ops/crossover.py)
         min_sparse_len = auto_min_sparse_len(patterns, vertical_size, slash_size, q.device.type)
     if S != k.shape[2] or S < min_sparse_len:
-        return dense_attention(q, k, v, scale).contiguous()
+        return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
     out = _empty(q)
     present = set(patterns)
