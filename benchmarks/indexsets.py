@@ -116,6 +116,9 @@ def _take(S: int, need: int, fixed: np.ndarray, draw, gap: int, rng) -> np.ndarr
             need -= g.size
             if need <= 0:
                 break
+    if need > 0:  # the templates ran out of distinct distances (budget near S, or far above the captures')
+        free = np.setdiff1d(np.arange(S), np.fromiter(chosen, np.int64, len(chosen)))
+        out.append(rng.choice(free, size=min(need, free.size), replace=False))
     return np.sort(np.concatenate(out))
 
 

@@ -183,3 +183,14 @@ def test_report_and_crossover_from_rows():
     assert report.crossover(rows, "x", "vs", False) == 2048
     assert report.crossover(rows, "x", "vs", True) == 4096  # 2048: 1.5 + 0.5 is not < 2.0
     assert "vs" in report.crossover_table(rows)
+
+
+@pytest.mark.parametrize("S,nv,ns", [(1024, 1000, 6096), (16384, 3500, 100)])
+def test_generator_fills_budgets_beyond_the_templates(S, nv, ns):
+    from benchmarks.indexsets import generate_vs
+
+    v, s = generate_vs(S, 3, nv, ns, seed=1)
+    assert v.shape == (1, 3, min(nv, S)) and s.shape == (1, 3, min(ns, S))
+    for t in (v, s):
+        assert int(t.min()) >= 0 and int(t.max()) < S
+        assert all(len(set(row.tolist())) == row.numel() for row in t[0])
