@@ -325,8 +325,12 @@ def test_block_sparse_index_chunked(monkeypatch):
 def test_block_sparse(S, Hq, Hkv, D, dtype, device):
     q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
     idx = block_sparse_index(q, k, 2)
+    ref = naive.block_sparse_ref(q, k, v, idx)
     out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q))
-    check(out, naive.block_sparse_ref(q, k, v, idx), dtype)
+    check(out, ref, dtype)
+    # the op path passes block_sparse_index's output as already compact (no clean-up sort)
+    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True)
+    check(out, ref, dtype)
 
 
 def test_block_sparse_messy_index(device):

@@ -81,16 +81,22 @@ def _compact(block_index: torch.Tensor):
     return torch.where(x == big, -1, x).to(torch.int32).contiguous(), cnt
 
 
-def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None):
+def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False):
     """q [B,Hq,S,D], k/v [B,Hkv,S,D], block_index [B,Hq,ceil(S/64),K] int key-block ids (-1 = padding;
-    duplicates and non-causal ids select nothing); head_mask bool [Hq] or None. Returns out [B,Hq,S,D]."""
+    duplicates and non-causal ids select nothing); head_mask bool [Hq] or None. Returns out [B,Hq,S,D].
+    compact=True: block_index is block_sparse_index's output (unique causal ids ascending, then -1), so the
+    per-call clean-up sort is skipped."""
     B, Hq, S, D = q.shape
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     nqb = triton.cdiv(S, BLOCK)
     assert block_index.shape[2] == nqb, "block_index must have ceil(S/64) query blocks"
     if S == 0:
         return finish(out, work, head_mask)
-    ids, cnt = _compact(block_index)
+    if compact:  # block_sparse_index's output is already unique causal ids, ascending, then -1: no re-sort
+        ids = block_index.to(torch.int32).contiguous()
+        cnt = (ids >= 0).sum(-1, dtype=torch.int32).contiguous()
+    else:
+        ids, cnt = _compact(block_index)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory

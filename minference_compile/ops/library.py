@@ -45,7 +45,7 @@ def _block_sparse(q, k, v, topk, scale, head_mask=None, out=None):
     if q.device.type == "cpu":
         return cpu.block_sparse_attention(q, k, v, block_index, scale, head_mask, out)
     from ..triton_kernels.block_sparse import block_sparse_attention_fwd
-    return block_sparse_attention_fwd(q, k, v, block_index, scale, head_mask=head_mask, out=out)
+    return block_sparse_attention_fwd(q, k, v, block_index, scale, head_mask=head_mask, out=out, compact=True)
 
 
 def _streaming(q, k, v, init_num: Tensor, local_window: Tensor, scale, head_mask=None, out=None):
