@@ -53,11 +53,13 @@ def vs(case, q, k, v, S, seed=0):
     vert, slash = generate_vs(S, Hq, nv, ns, seed=seed)
     c = float(cov.coverage(vert, slash, S).mean())
     vert, slash = vert.to(q.device), slash.to(q.device)
-    index = build_vertical_slash_index(vert, slash, S)
+    pair = case.params.get("pair")  # None: the library default
+    kw = {} if pair is None else {"pair": pair}
+    index = build_vertical_slash_index(vert, slash, S, **kw)
 
     def index_fn():
         ev, es = estimate_vertical_slash(q, k, nv, ns)
-        return build_vertical_slash_index(ev, es, S)
+        return build_vertical_slash_index(ev, es, S, **kw)
 
     return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index),
                     c, index_fn, lambda: vertical_slash_sparse_attention(q, k, v, vert, slash),
@@ -70,8 +72,10 @@ def bs(case, q, k, v, S):
     from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     topk = case.params["topk"]
+    kw = {} if case.params.get("pair") is None else {"pair": case.params["pair"]}
     idx = block_sparse_index(q, k, topk)
-    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True), cov.block_sparse_coverage(S, topk),
+    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw),
+                    cov.block_sparse_coverage(S, topk),
                     lambda: block_sparse_index(q, k, topk), lambda: block_sparse_attention(q, k, v, topk))
 
 

@@ -28,7 +28,7 @@ def _flops(S: int, hq: int, D: int, cov: float) -> float:
     return 4.0 * D * hq * S * (S + 1) / 2 * cov
 
 
-def sweep(shape: str, S: int) -> None:
+def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
     hq, hkv, D = SHAPES[shape]
     q, k, v = random_qkv(S, hq, hkv, D)
     bd = max(16, triton.next_power_of_2(D))
@@ -37,7 +37,8 @@ def sweep(shape: str, S: int) -> None:
     print(f"\n## {shape} S={S} D={D}: SDPA (default backend) {dense_ms:.2f} ms = {dense_tf:.0f} TFLOP/s")
 
     vert, slash = (t.cuda() for t in generate_vs(S, hq, 1000, 6096, seed=0))
-    vidx = build_vertical_slash_index(vert, slash, S)
+    vidx = build_vertical_slash_index(vert, slash, S, pair=False)
+    vidx_pair = build_vertical_slash_index(vert, slash, S, pair=True)
     bidx = block_sparse_index(q, k, 100)
     from .coverage import coverage  # noqa: PLC0415
     cov_vs = float(coverage(vert.cpu(), slash.cpu(), S).mean())
@@ -45,16 +46,23 @@ def sweep(shape: str, S: int) -> None:
     cov_as = min(1.0, (128 + 4096) * S / (S * (S + 1) / 2))
     runs = {
         "vs": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx), cov_vs, False),
-        "bs": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx), cov_bs, False),
+        "vs+pair": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx_pair),
+                    cov_vs, False),
+        "bs": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=False),
+               cov_bs, False),
+        "bs+pair": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=True),
+                    cov_bs, False),
         "ashape": (streaming, lambda: streaming.streaming_attention_fwd(
             q, k, v, torch.full((hq,), 128, dtype=torch.int32, device="cuda"),
             torch.full((hq,), 4096, dtype=torch.int32, device="cuda")), cov_as, True),
     }
     for name, (mod, fn, cov, has_bm) in runs.items():
+        if only and name not in only:
+            continue
         orig = dict(mod._CFG)
         results = []
         bms = (64, 128) if has_bm else (None,)
-        for bm, warps, stages in itertools.product(bms, (4, 8), (1, 2, 3, 4)):
+        for bm, warps, stages in itertools.product(bms, (4, 8), stages_list):
             mod._CFG[bd] = (bm, warps, stages) if has_bm else (warps, stages)
             try:
                 ms = bench_ms(fn)[0]
@@ -79,6 +87,7 @@ def profile_index(S: int) -> None:
         "estimate_vertical_slash(1000, 6096)": lambda: estimate_vertical_slash(q, k, 1000, 6096),
         "build_vertical_slash_index": lambda: build_vertical_slash_index(vert, slash, S),
         "block_sparse_index(top100)": lambda: block_sparse_index(q, k, 100),
+        "block_sparse_index(top100, impl=torch)": lambda: block_sparse_index(q, k, 100, impl="torch"),
     }
     print(f"\n## index build at S={S}, 32/8/128")
     for name, fn in parts.items():
@@ -100,12 +109,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", default="64k")
     ap.add_argument("--shapes", default="llama3-8b,qwen2.5-0.5b")
     ap.add_argument("--profile-seq", default="128k")
+    ap.add_argument("--stages", default="1,2,3,4")
+    ap.add_argument("--kernels", default="", help="comma list of vs,vs+pair,bs,bs+pair,ashape (default: all)")
     args = ap.parse_args(argv)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
     if args.profile_seq:
         profile_index(parse_length(args.profile_seq))
     for shape in args.shapes.split(","):
-        sweep(shape, parse_length(args.seq))
+        sweep(shape, parse_length(args.seq), [x for x in args.kernels.split(",") if x],
+              tuple(int(x) for x in args.stages.split(",")))
 
 
 if __name__ == "__main__":

@@ -116,17 +116,20 @@ def implied_keys(idx, S):
     """[B,H,S,S] int: how often each (i, j) is visited by the tiles + uncovered columns of the index."""
     Bn, H = idx.tile_count.shape
     cnt = torch.zeros(Bn, H, S, S, dtype=torch.int32)
-    idx = [t.cpu() for t in idx]
-    toff, tlo, tcnt, tbeg, cols, ccnt, pref = idx
+    idx = type(idx)(*(t.cpu() for t in idx))
+    cols, ccnt, pref = idx.columns, idx.column_count, idx.slash_prefix
+    lists = [(idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, 64),
+             (idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, 128)]
     for b in range(Bn):
         for h in range(H):
             for qb in range(-(-S // 64)):
                 m0 = qb * 64
                 rows = slice(m0, min(S, m0 + 64))
-                for t in range(int(tbeg[b, h, qb]), int(tcnt[b, h])):
-                    d, slo = int(toff[b, h, t]), int(tlo[b, h, t])
-                    js = [j for j in range(m0 - d, m0 - d + 64) if 0 <= j < min(S, m0 - slo + 64)]
-                    cnt[b, h, rows, js] += 1
+                for toff, tlo, tcnt, tbeg, width in lists:
+                    for t in range(int(tbeg[b, h, qb]), int(tcnt[b, h])):
+                        d, slo = int(toff[b, h, t]), int(tlo[b, h, t])
+                        js = [j for j in range(m0 - d, m0 - d + width) if 0 <= j < min(S, m0 - slo + 64)]
+                        cnt[b, h, rows, js] += 1
                 for c in cols[b, h, :int(ccnt[b, h, qb])].tolist():
                     lo, hi = min(max(m0 - c, 0), S), min(max(m0 - c + 64, 0), S)
                     if int(pref[b, h, hi] - pref[b, h, lo]) == 0:
@@ -135,25 +138,35 @@ def implied_keys(idx, S):
     return cnt * causal
 
 
+@pytest.mark.parametrize("pair", [False, True])
 @pytest.mark.parametrize("S,NV,NS", [(1, 3, 3), (63, 5, 4), (65, 6, 9), (200, 12, 10), (300, 0, 40), (700, 30, 25)])
-def test_vs_index_matches_definition(S, NV, NS):
+def test_vs_index_matches_definition(S, NV, NS, pair):
     vert = rand_index(B, 3, NV, S, "cpu")
     slash = rand_index(B, 3, NS, S, "cpu")
     if NS > 8:  # dense runs of offsets: components that merge (gaps <= 64) and ones that do not
         slash[0, 0, 3:8] = torch.tensor([5, 69, 70, 134, 199])
+    if NS > 20:  # a long component: 2 and 3 tiles (pair: one wide tile, one wide + one single)
+        slash[1, 1, 10:18] = torch.tensor([40, 60, 100, 150, 260, 300, 330, 390])
     if NV > 3:  # columns on the last row of a block (only that row sees them)
         vert[0, 0, 1:3] = torch.tensor([63, 127])
-    idx = build_vertical_slash_index(vert, slash, S)
+    idx = build_vertical_slash_index(vert, slash, S, pair=pair)
     cnt = implied_keys(idx, S)
     assert cnt.max() <= 1, "a key is counted twice"
     assert torch.equal(cnt > 0, naive.vertical_slash_mask(vert, slash, S))
+    if not pair:
+        assert int(idx.wide_count.sum()) == 0
+    elif NS > 20:
+        assert int(idx.wide_count[1, 1]) > 0
     # layout: tiles descending, <= one tile per selected offset, columns sorted then INT32_MAX
     for b in range(B):
         for h in range(3):
             n = int(idx.tile_count[b, h])
+            nw = int(idx.wide_count[b, h])
             uniq = {s for s in slash[b, h].tolist() if 0 <= s < S}
-            assert n <= len(uniq)
-            assert (idx.tile_offset[b, h, :n].diff() < 0).all()
+            assert n + nw <= len(uniq)
+            assert (idx.tile_offset[b, h, :n].diff() < 0).all() and (idx.wide_offset[b, h, :nw].diff() < 0).all()
+            tw = int(idx.wide_begin[b, h, -1])  # wide tiles of the last block: none entirely at keys < 0
+            assert (idx.wide_offset[b, h, tw:nw] < 64 * (-(-S // 64)) + 64).all()
             c = idx.columns[b, h]
             nv = len({x for x in vert[b, h].tolist() if 0 <= x < S})
             assert c[:nv].tolist() == sorted({x for x in vert[b, h].tolist() if 0 <= x < S})
@@ -166,10 +179,11 @@ def test_vs_index_matches_definition(S, NV, NS):
 
 
 @pytest.mark.parametrize("S", [64, 130])
-def test_vs_index_covering(S):
+@pytest.mark.parametrize("pair", [False, True])
+def test_vs_index_covering(S, pair):
     """All diagonals selected: every causal pair, once."""
     slash = torch.arange(S).expand(1, 1, S)
-    idx = build_vertical_slash_index(torch.full((1, 1, 1), -1), slash, S)
+    idx = build_vertical_slash_index(torch.full((1, 1, 1), -1), slash, S, pair=pair)
     cnt = implied_keys(idx, S)
     assert torch.equal(cnt, torch.ones(S, S, dtype=torch.int32).tril().expand(1, 1, S, S))
 
@@ -194,11 +208,15 @@ def test_vs_index_no_host_sync():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
-def test_vertical_slash(S, Hq, Hkv, D, dtype, device):
+@pytest.mark.parametrize("pair", [False, True])
+def test_vertical_slash(S, Hq, Hkv, D, dtype, pair, device):
     q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
     vert = rand_index(B, Hq, 7, S, device)
     slash = rand_index(B, Hq, 6, S, device)
-    idx = build_vertical_slash_index(vert, slash, S)
+    if S > 64:  # runs of offsets: components of 2+ tiles (wide tiles, cut at the component end, + singles)
+        runs = [torch.arange(0, S // 3, 20), S // 3 + 70 + torch.arange(0, 40, 15), S * 3 // 4 + torch.arange(0, S // 3, 50)]
+        slash = torch.cat([slash, torch.cat(runs).to(device).expand(B, Hq, -1)], -1)
+    idx = build_vertical_slash_index(vert, slash, S, pair=pair)
     out = vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q))
     check(out, naive.vertical_slash_ref(q, k, v, vert, slash), dtype)
 
@@ -224,8 +242,10 @@ def test_vertical_slash_covering_is_dense(S, cover, device):
     full = torch.arange(S, device=device).expand(B, 4, S)
     none = torch.full((B, 4, 2), -1, device=device)
     vert, slash = (full, none) if cover == "columns" else (none, full)
-    out = vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, S), 0.3, out=nan_out(q))
-    check(out, naive.dense_causal_ref(q, k, v, 0.3), dtype)
+    for pair in (False, True):
+        idx = build_vertical_slash_index(vert, slash, S, pair=pair)
+        out = vertical_slash_attention_fwd(q, k, v, idx, 0.3, out=nan_out(q))
+        check(out, naive.dense_causal_ref(q, k, v, 0.3), dtype)
 
 
 def test_vertical_slash_head_mask_and_layout(device):
@@ -275,7 +295,7 @@ def test_streaming_head_mask_and_layout(device):
 # block-sparse index and attention
 
 
-def check_selection(idx, scores, topk):
+def check_selection(idx, scores, topk, rtol=1e-3):
     """idx is a valid top-k: ascending unique causal ids, diagonal first in rank, count min(topk, qb + 1), and no
     unselected causal block scores above a selected one (beyond rounding)."""
     idx, scores = idx.cpu(), scores
@@ -292,32 +312,69 @@ def check_selection(idx, scores, topk):
                 rest = [float(scores[b, h, qb, x]) for x in range(qb) if x not in sel]
                 chosen = [float(scores[b, h, qb, x]) for x in sel if x != qb]
                 if rest and chosen:
-                    assert min(chosen) >= max(rest) - 1e-3 * (1 + abs(max(rest)))
+                    assert min(chosen) >= max(rest) - rtol * (1 + abs(max(rest)))
 
 
-@pytest.mark.parametrize("topk", [1, 3, 100, "per_head"])
-@pytest.mark.parametrize("S,Hq,Hkv", [(1, 2, 1), (63, 2, 2), (200, 4, 1), (700, 7, 1)])
-def test_block_sparse_index(S, Hq, Hkv, topk, device):
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("topk", [1, 2, 5, 100, "per_head"])
+@pytest.mark.parametrize("S,Hq,Hkv", [(1, 2, 1), (63, 2, 2), (65, 4, 4), (200, 4, 1), (700, 7, 1)])
+def test_block_sparse_index(S, Hq, Hkv, topk, impl, device):
     if topk == "per_head":
-        topk = torch.tensor([0, 1, 2, 5, 3, 4, 2][:Hq], dtype=torch.int32, device=device)
-    q = torch.randn(B, Hq, S, 32, device=device) + 0.5  # offset: means of q/k are not ~0
-    k = torch.randn(B, Hkv, S, 32, device=device) + 0.5
-    idx = block_sparse_index(q, k, topk)
+        topk = torch.tensor([0, 1, 2, 5, 3, 100, 2][:Hq], dtype=torch.int32, device=device)
+    # offsets: means of q/k are not ~0; k's alternate in sign over D, so scores take both signs
+    q = torch.randn(B, Hq, S, 32, device=device) + 0.5
+    k = torch.randn(B, Hkv, S, 32, device=device) + 0.5 * (1 - 2 * (torch.arange(32, device=device) % 2))
+    idx = block_sparse_index(q, k, topk, impl=impl)
     n = -(-S // 64)
     kmax = int(topk.max()) if isinstance(topk, torch.Tensor) else topk
     assert idx.shape == (B, Hq, n, max(1, min(kmax, n))) and idx.dtype == torch.int32
     check_selection(idx, naive.block_scores_ref(q, k), topk.cpu() if isinstance(topk, torch.Tensor) else topk)
-    if not CUDA:  # same fp32 arithmetic on CPU: the exact reference must agree
+    if not CUDA:  # same fp32 arithmetic on CPU: the exact reference must agree (ties: see the test below)
         assert torch.equal(idx, naive.block_sparse_index_ref(q, k, topk))
 
 
-def test_block_sparse_index_chunked(monkeypatch):
-    """A tiny chunk budget (one query block per chunk) gives the same index."""
+@pytest.mark.parametrize("topk", [2, 4, 100, "per_head"])
+def test_block_sparse_index_ties(topk, device):
+    """Exactly equal scores: the Triton path keeps the lowest kb among equals, which is the reference's stable
+    sort. Small-integer rows constant per block and a 32-row last block keep every mean and score exact in fp32
+    on any device; key blocks repeat 3 patterns, so most candidates tie."""
+    S, Hq, Hkv, D = 672, 4, 2, 16
+    n = -(-S // 64)
+    if topk == "per_head":
+        topk = torch.tensor([0, 3, 5, 100], dtype=torch.int32, device=device)
+    kpat = torch.randint(-2, 3, (B, Hkv, 3, D)).float()
+    k = kpat[:, :, torch.arange(n) % 3].repeat_interleave(64, 2)[:, :, :S].to(device)
+    qm = torch.randint(-2, 3, (B, Hq, n, D)).float()
+    qm[:, :, 3] = 0  # row 3: all candidates score 0
+    q = qm.repeat_interleave(64, 2)[:, :, :S].to(device)
+    idx = block_sparse_index(q, k, topk, impl="triton")
+    check_selection(idx, naive.block_scores_ref(q, k), topk.cpu() if isinstance(topk, torch.Tensor) else topk)
+    assert torch.equal(idx, naive.block_sparse_index_ref(q, k, topk))
+
+
+@pytest.mark.skipif(not CUDA, reason="half-precision score GEMM runs on CUDA only")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_block_sparse_index_half_scores(dtype):
+    """bf16/fp16 q, k: scores from half-rounded means (tensor cores). A valid top-k of the fp32 scores up to that
+    rounding (~2^-8 relative), the layout exact."""
+    q = (torch.randn(B, 8, 3000, 128, device="cuda") + 0.5).to(dtype)
+    k = (torch.randn(B, 2, 3000, 128, device="cuda") + 0.5 * (1 - 2 * (torch.arange(128, device="cuda") % 2))).to(dtype)
+    idx = block_sparse_index(q, k, 7)
+    ref = naive.block_scores_ref(q.float(), k.float())
+    check_selection(idx, ref, 7, rtol=2e-2)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_block_sparse_index_chunked(impl, device, monkeypatch):
+    """A tiny chunk budget (one query block per chunk; Triton: one row per program) gives the same index."""
     from minference_compile.triton_kernels import block_sparse_index as mod
-    q, k = torch.randn(1, 2, 400, 16), torch.randn(1, 1, 400, 16)
-    full = block_sparse_index(q, k, 3)
+    q, k = torch.randn(1, 2, 400, 16, device=device), torch.randn(1, 1, 400, 16, device=device)
+    full = block_sparse_index(q, k, 3, impl=impl)
     monkeypatch.setattr(mod, "_SCORE_BYTES", 1)
-    assert torch.equal(mod.block_sparse_index(q, k, 3), full)
+    monkeypatch.setattr(mod, "_SELECT_LANES", 1)
+    assert torch.equal(mod.block_sparse_index(q, k, 3, impl=impl), full)
+    if not CUDA:
+        assert torch.equal(full, naive.block_sparse_index_ref(q, k, 3))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -331,6 +388,17 @@ def test_block_sparse(S, Hq, Hkv, D, dtype, device):
     # the op path passes block_sparse_index's output as already compact (no clean-up sort)
     out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True)
     check(out, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+@pytest.mark.parametrize("pair", [False, True])
+def test_block_sparse_pairs(S, Hq, Hkv, D, dtype, pair, device):
+    """Rows with 1..5 listed blocks: the paired 64x128 steps, the odd single block and the diagonal."""
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    idx = block_sparse_index(q, k, torch.tensor([5, 4, 3, 2, 1, 5, 4, 3][:Hq], device=device))
+    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True, pair=pair)
+    check(out, naive.block_sparse_ref(q, k, v, idx), dtype)
 
 
 def test_block_sparse_messy_index(device):

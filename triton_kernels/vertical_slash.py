@@ -15,7 +15,7 @@ BLOCK_N = 64
 
 
 @triton.jit
-def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
+def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COLS, CCNT, PREF, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    S, Hq, G, D, NS, NV, NQB, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -45,7 +45,27 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, COLS, CCNT, PREF, HM,
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
-    # phase 1: slash tiles; tile keys [m0 - d, m0 - d + 64), cut at the component end m0 - s_lo + 64
+    # phase 1a: double-width slash tiles (pair=True index): keys [m0 - d, m0 - d + 128), same cut
+    rw = tl.arange(0, 2 * BLOCK_N)
+    w_begin = tl.load(WBEG + bh64 * NQB + qb)
+    w_end = tl.load(WCNT + bh64)
+    for t in range(w_begin, w_end):
+        d = tl.load(WOFF + bh64 * NS + t)
+        s_lo = tl.load(WLO + bh64 * NS + t)
+        n0 = m0 - d
+        j = n0 + rw
+        kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
+        kp = k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :]
+        vp = v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :]
+        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+        if (n0 >= 0) & (d - BLOCK_N >= s_lo) & (d - BLOCK_N >= BLOCK_M - 1):
+            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
+        else:
+            mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
+            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+
+    # phase 1b: slash tiles; tile keys [m0 - d, m0 - d + 64), cut at the component end m0 - s_lo + 64
     t_begin = tl.load(TBEG + bh64 * NQB + qb)
     t_end = tl.load(TCNT + bh64)
     for t in range(t_begin, t_end):
@@ -111,7 +131,8 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
         stages = min(stages, 2)
     grid = (nqb, B * Hq)
     _vs_fwd_kernel[grid](
-        q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, idx.columns,
+        q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin,
+        idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, idx.columns,
         idx.column_count, idx.slash_prefix, hm if hm is not None else idx.tile_count,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),

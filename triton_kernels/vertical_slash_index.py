@@ -4,6 +4,7 @@ from typing import NamedTuple
 import torch
 
 INT32_MAX = 2**31 - 1
+PAIR = False  # default tile pairing, chosen by measurement (benchmarks/NOTES.md)
 _TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset descending
 
 
@@ -15,6 +16,11 @@ class VSIndex(NamedTuple):
     columns: torch.Tensor       # [B,H,NV]  int32 sorted unique in-range columns, then INT32_MAX
     column_count: torch.Tensor  # [B,H,NQB] int32 columns <= m0 + 63
     slash_prefix: torch.Tensor  # [B,H,S+1] int32 number of selected offsets < x
+    # pair=True: double-width tiles, keys [m0 - d, m0 - d + 128), same layout; the tile_* lists keep the rest
+    wide_offset: torch.Tensor   # [B,H,NS]
+    wide_lo: torch.Tensor       # [B,H,NS]
+    wide_count: torch.Tensor    # [B,H]
+    wide_begin: torch.Tensor    # [B,H,NQB] first wide tile with d < m0 + 128
 
 
 def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: bool) -> torch.Tensor:
@@ -25,10 +31,12 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
     return torch.where(dup, fill, x).sort(-1, descending=descending).values
 
 
-def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64) -> VSIndex:
+def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
+                               pair: bool = PAIR) -> VSIndex:
     """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
 
     Entries outside [0, seq_len) (e.g. -1 padding) and duplicates select nothing. Runs on the inputs' device.
+    pair: merge each component's tiles two by two into double-width tiles (fewer, wider kernel steps).
     """
     B, H = slash.shape[:2]
     dev = slash.device
@@ -56,21 +64,25 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     s_lo = torch.full((B, H, ns + 1), INT32_MAX, dtype=torch.int64, device=dev)
     s_lo = s_lo.scatter_reduce(-1, comp, s, "amin").gather(-1, comp.clamp_max(ns - 1))
 
-    # tiles d = s_hi, s_hi - 64, ... : ceil((s_hi - s_lo + 64) / 64) per component, <= its offsets count
-    n_tiles = torch.where(new, (s_hi - s_lo + block - 1) // block + 1, 0)
-    incl = n_tiles.cumsum(-1)
-    start = (incl - n_tiles).gather(-1, first)
+    # tiles d = s_hi, s_hi - 64, ... : T = ceil((s_hi - s_lo + 64) / 64) per component, <= its offsets count.
+    # pair=True: the first 2 * (T // 2) of them as T // 2 double-width tiles, the odd last one single
+    T = (s_hi - s_lo + block - 1) // block + 1
+    W = T // 2 if pair else torch.zeros_like(T)
     kth = pos - first
-    make = valid & (kth < (s_hi - s_lo + block - 1) // block + 1)
-    dst = torch.where(make, start + kth, ns)
-    tile_offset = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev)
-    tile_offset = tile_offset.scatter(-1, dst, s_hi - block * kth)[..., :ns]
-    tile_lo = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev)
-    tile_lo = tile_lo.scatter(-1, dst, s_lo)[..., :ns]
-    tile_count = incl[..., -1]
-    # tiles with d >= m0 + 64 lie entirely at keys < 0: count them (ascending search on -d)
-    tile_begin = torch.searchsorted((-tile_offset).contiguous(), (-(m0 + block)).expand(B, H, nqb).contiguous(),
-                                    right=True)
+
+    def emit(count, d, width):
+        # scatter each component's first `count` tiles (offsets d(kth)) to the front, descending
+        n_tiles = torch.where(new, count, 0)
+        incl = n_tiles.cumsum(-1)
+        dst = torch.where(valid & (kth < count), (incl - n_tiles).gather(-1, first) + kth, ns)
+        off = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev).scatter(-1, dst, d)[..., :ns]
+        lo = torch.full((B, H, ns + 1), _TILE_PAD, dtype=torch.int64, device=dev).scatter(-1, dst, s_lo)[..., :ns]
+        # tiles with d >= m0 + width lie entirely at keys < 0: count them (ascending search on -d)
+        begin = torch.searchsorted((-off).contiguous(), (-(m0 + width)).expand(B, H, nqb).contiguous(), right=True)
+        return off, lo, incl[..., -1], begin
+
+    tile_offset, tile_lo, tile_count, tile_begin = emit(T - 2 * W, s_hi - 2 * block * W - block * kth, block)
+    wide = emit(W, s_hi - 2 * block * kth, 2 * block)
 
     # vertical columns: unique ascending, invalid -> INT32_MAX
     v = vertical.to(device=dev, dtype=torch.int64)
@@ -85,4 +97,4 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     i32 = torch.int32
     return VSIndex(tile_offset.to(i32).contiguous(), tile_lo.to(i32).contiguous(), tile_count.to(i32).contiguous(),
                    tile_begin.to(i32).contiguous(), cols.to(i32).contiguous(), column_count.to(i32).contiguous(),
-                   slash_prefix.contiguous())
+                   slash_prefix.contiguous(), *(t.to(i32).contiguous() for t in wide))
