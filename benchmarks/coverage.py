@@ -149,12 +149,14 @@ def tile_density(tile_mask_counts: int, S: int, block: int) -> float:
 
 
 def vs_block_coverage(index, S: int, block: int = 64) -> np.ndarray:
-    """Work the VS kernel really does, per head: its 64x64 slash tiles plus 64-row gathered columns, over the
+    """Work the VS kernel really does, per head: its 64x64 slash tiles (a paired 64x128 tile counts two) plus
+    64-row gathered columns, over the
     causal S(S+1)/2 pairs (the issue's "coverage": computed blocks plus gathered columns).
 
     index: a VSIndex (triton_kernels.vertical_slash_index) for [B, H]; O(NQB) per head.
     """
     tiles = (index.tile_count.unsqueeze(-1).long() - index.tile_begin.long()).clamp_(min=0).sum(-1)
+    wide = (index.wide_count.unsqueeze(-1).long() - index.wide_begin.long()).clamp_(min=0).sum(-1)  # 2 tiles each
     cols = index.column_count.long().sum(-1)
-    work = (tiles * block * block + cols * block).double().cpu().numpy()
+    work = ((tiles + 2 * wide) * block * block + cols * block).double().cpu().numpy()
     return work / (S * (S + 1) / 2)

@@ -47,7 +47,7 @@ def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
     runs = {
         "vs": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx), cov_vs, False),
         "vs+pair": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx_pair),
-                    cov_vs, False),
+                    cov_vs, False, "_CFG_WIDE"),
         "bs": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=False),
                cov_bs, False),
         "bs+pair": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=True),
@@ -56,14 +56,15 @@ def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
             q, k, v, torch.full((hq,), 128, dtype=torch.int32, device="cuda"),
             torch.full((hq,), 4096, dtype=torch.int32, device="cuda")), cov_as, True),
     }
-    for name, (mod, fn, cov, has_bm) in runs.items():
+    for name, (mod, fn, cov, has_bm, *attr) in runs.items():
         if only and name not in only:
             continue
-        orig = dict(mod._CFG)
+        table = getattr(mod, attr[0] if attr else "_CFG")  # the config table this variant reads
+        orig = dict(table)
         results = []
         bms = (64, 128) if has_bm else (None,)
         for bm, warps, stages in itertools.product(bms, (4, 8), stages_list):
-            mod._CFG[bd] = (bm, warps, stages) if has_bm else (warps, stages)
+            table[bd] = (bm, warps, stages) if has_bm else (warps, stages)
             try:
                 ms = bench_ms(fn)[0]
             except Exception as e:  # out of shared memory / registers for this config
@@ -71,8 +72,8 @@ def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
                 continue
             eff = _flops(S, hq, D, cov) / ms / 1e9 / dense_tf
             results.append((ms, bm, warps, stages, eff))
-        mod._CFG.clear()
-        mod._CFG.update(orig)
+        table.clear()
+        table.update(orig)
         results.sort()
         cur = orig.get(bd)
         print(f"  {name:7s} cov={cov:.3f} current {cur}; best 4:")

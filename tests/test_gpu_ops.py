@@ -62,8 +62,17 @@ def test_mixed_layer_matches_cpu_path():
     args = ([0, 1, 2, 3, 1, 2, 3, 0], [0, 200, 64, 10, 1000, 128, 20, 0], [0, 500, 512, 0, 2000, 1024, 0, 0],
             0.125, 0, 64)
     gpu = sparse_prefill(q, k, v, *args)
-    cpu = sparse_prefill(q.cpu().float(), k.cpu().float(), v.cpu().float(), *args)
-    assert _rel(gpu.cpu(), cpu) < 2e-2
+    qc, kc, vc = q.cpu().float(), k.cpu().float(), v.cpu().float()
+    cpu = sparse_prefill(qc, kc, vc, *args)
+    bs = [h for h, p in enumerate(args[0]) if p == 3]
+    rest = [h for h in range(8) if h not in bs]
+    assert _rel(gpu[:, rest].cpu(), cpu[:, rest]) < 2e-2
+    # block-sparse heads: bf16 inputs are pooled and scored on tensor cores in bf16, so near-tied key blocks may
+    # be picked differently from the fp32 CPU path: check them against the reference on the GPU's own selection
+    idx = block_sparse_index(q, k, torch.tensor([x if p == 3 else 1 for p, x in zip(args[0], args[1])]))
+    ref = naive.block_sparse_ref(qc, kc, vc, idx.cpu(), 0.125)
+    assert _rel(gpu[:, bs].cpu(), ref[:, bs]) < 2e-2
+    assert _rel(gpu[:, bs].cpu(), cpu[:, bs]) < 1e-1  # and the selections mostly agree
 
 
 def test_estimate_matches_cpu():

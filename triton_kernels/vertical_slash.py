@@ -10,6 +10,8 @@ from .vertical_slash_index import VSIndex
 # the index (shifted tiles, gathered columns) and the loop branches per tile, so the software pipeline
 # does not pay: measured on H100 at 64K (benchmarks/tune.py), 1 stage beats 2-4 by 14% (D=128) and 29% (D=64).
 _CFG = {16: (4, 1), 32: (4, 1), 64: (4, 1), 128: (4, 1), 256: (8, 1)}
+# with paired (64x128) slash tiles, H100 at 64K: 3 stages best at D=128 (1% over 2), 2 at D=64 (1% over 3)
+_CFG_WIDE = {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 3), 256: (8, 1)}
 BLOCK_M = 64
 BLOCK_N = 64
 
@@ -19,7 +21,7 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    S, Hq, G, D, NS, NV, NQB, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HAS_HM: tl.constexpr, PREC: tl.constexpr):
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -46,24 +48,25 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
 
     # phase 1a: double-width slash tiles (pair=True index): keys [m0 - d, m0 - d + 128), same cut
-    rw = tl.arange(0, 2 * BLOCK_N)
-    w_begin = tl.load(WBEG + bh64 * NQB + qb)
-    w_end = tl.load(WCNT + bh64)
-    for t in range(w_begin, w_end):
-        d = tl.load(WOFF + bh64 * NS + t)
-        s_lo = tl.load(WLO + bh64 * NS + t)
-        n0 = m0 - d
-        j = n0 + rw
-        kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
-        kp = k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :]
-        vp = v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :]
-        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
-        if (n0 >= 0) & (d - BLOCK_N >= s_lo) & (d - BLOCK_N >= BLOCK_M - 1):
-            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
-        else:
-            mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
-            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+    if WIDE:  # constexpr: without wide tiles the loop is not compiled (its 64x128 registers cost ~8%)
+        rw = tl.arange(0, 2 * BLOCK_N)
+        w_begin = tl.load(WBEG + bh64 * NQB + qb)
+        w_end = tl.load(WCNT + bh64)
+        for t in range(w_begin, w_end):
+            d = tl.load(WOFF + bh64 * NS + t)
+            s_lo = tl.load(WLO + bh64 * NS + t)
+            n0 = m0 - d
+            j = n0 + rw
+            kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
+            kp = k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :]
+            vp = v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :]
+            k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+            v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+            if (n0 >= 0) & (d - BLOCK_N >= s_lo) & (d - BLOCK_N >= BLOCK_M - 1):
+                acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
+            else:
+                mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
+                acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
     # phase 1b: slash tiles; tile keys [m0 - d, m0 - d + 64), cut at the component end m0 - s_lo + 64
     t_begin = tl.load(TBEG + bh64 * NQB + qb)
@@ -125,18 +128,20 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     if S == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
-    warps, stages = _CFG.get(bd, (8, 1))
+    wide = idx.wide_offset.shape[-1] > 0
+    warps, stages = (_CFG_WIDE if wide else _CFG).get(bd, (8, 1))
     warps = max(1, warps * block // BLOCK_M)  # one warp per 16 rows
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
     grid = (nqb, B * Hq)
     _vs_fwd_kernel[grid](
         q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin,
-        idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, idx.columns,
+        idx.wide_offset if wide else idx.tile_offset, idx.wide_lo if wide else idx.tile_lo, idx.wide_count,
+        idx.wide_begin, idx.columns,
         idx.column_count, idx.slash_prefix, hm if hm is not None else idx.tile_count,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
         S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), WIDE=wide,
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

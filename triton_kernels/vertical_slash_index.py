@@ -16,9 +16,10 @@ class VSIndex(NamedTuple):
     columns: torch.Tensor       # [B,H,NV]  int32 sorted unique in-range columns, then INT32_MAX
     column_count: torch.Tensor  # [B,H,NQB] int32 columns <= m0 + 63
     slash_prefix: torch.Tensor  # [B,H,S+1] int32 number of selected offsets < x
-    # pair=True: double-width tiles, keys [m0 - d, m0 - d + 128), same layout; the tile_* lists keep the rest
-    wide_offset: torch.Tensor   # [B,H,NS]
-    wide_lo: torch.Tensor       # [B,H,NS]
+    # pair=True: double-width tiles, keys [m0 - d, m0 - d + 128), same layout; the tile_* lists keep the rest.
+    # pair=False: NW = 0 and counts 0
+    wide_offset: torch.Tensor   # [B,H,NW]
+    wide_lo: torch.Tensor       # [B,H,NW]
     wide_count: torch.Tensor    # [B,H]
     wide_begin: torch.Tensor    # [B,H,NQB] first wide tile with d < m0 + 128
 
@@ -82,7 +83,10 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
         return off, lo, incl[..., -1], begin
 
     tile_offset, tile_lo, tile_count, tile_begin = emit(T - 2 * W, s_hi - 2 * block * W - block * kth, block)
-    wide = emit(W, s_hi - 2 * block * kth, 2 * block)
+    if pair:
+        wide = emit(W, s_hi - 2 * block * kth, 2 * block)
+    else:  # no wide tiles: empty lists tell the kernel to compile without the wide loop (its registers cost ~8%)
+        wide = (tile_offset[..., :0], tile_lo[..., :0], torch.zeros_like(tile_count), torch.zeros_like(tile_begin))
 
     # vertical columns: unique ascending, invalid -> INT32_MAX
     v = vertical.to(device=dev, dtype=torch.int64)
