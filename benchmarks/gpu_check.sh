@@ -13,7 +13,7 @@ modes=${*:-tests memory quick}
 for m in $modes; do
   echo "=== $m ==="
   case $m in
-    tests) timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
+    tests) timeout 250 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
     alltests) timeout 500 python3 -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     memory) timeout 60 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
     quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
@@ -24,6 +24,8 @@ for m in $modes; do
     variants)  # tile pairing on/off (sweep at 64K, then both at 128K in one runner pass) + index-build profile
       timeout 330 python3 -m benchmarks.tune --seq 64k --shapes llama3-8b,qwen2.5-0.5b --kernels vs,vs+pair,bs,bs+pair --stages 1,2,3 --profile-seq 128k 2>&1 | tee "$OUT/tune_pair.log" | tail -80
       timeout 200 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100-nopair,bs-top100+pair --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag pair 2>&1 | tail -30 ;;
+    pairab)  # VS tile pairing on/off, same run: both shapes, 64K and 128K
+      timeout 300 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 64k,128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100 --max-minutes 4.5 --commit "$COMMIT" --out "$OUT" --tag pairab 2>&1 | tail -40 ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
