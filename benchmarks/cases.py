@@ -47,14 +47,14 @@ def dense(case, q, k, v, S):
 def vs(case, q, k, v, S, seed=0):
     from minference_compile.ops import estimate_vertical_slash, vertical_slash_sparse_attention
     from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
-    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
+    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
     nv, ns = case.params["nv"], case.params["ns"]
     Hq = q.shape[1]
     vert, slash = generate_vs(S, Hq, nv, ns, seed=seed)
     c = float(cov.coverage(vert, slash, S).mean())
     vert, slash = vert.to(q.device), slash.to(q.device)
-    pair = case.params.get("pair")  # None: the library default
-    kw = {} if pair is None else {"pair": pair}
+    pair = case.params.get("pair")
+    kw = {"pair": pair_for(q.shape[-1]) if pair is None else pair}  # None: what the op path does
     index = build_vertical_slash_index(vert, slash, S, **kw)
 
     def index_fn():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
-#   bash benchmarks/gpu_check.sh [tests|alltests|memory|quick|full|variants|tune|crossover ...]   (default: tests memory quick)
+#   bash benchmarks/gpu_check.sh [tests|alltests|memory|quick|full|long|variants|pairab|tune|crossover ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -10,6 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 COMMIT=$(cat .commit 2>/dev/null || echo unknown)
 modes=${*:-tests memory quick}
+TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096,flex-bs-top100,flex-vs-1000/6096
 for m in $modes; do
   echo "=== $m ==="
   case $m in
@@ -17,13 +18,11 @@ for m in $modes; do
     alltests) timeout 500 python3 -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     memory) timeout 60 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
     quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
-    full)
-      timeout 270 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k --max-minutes 4.0 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -45
-      timeout 150 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 2.2 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30
-      timeout 90 python3 -m benchmarks.run --shapes qwen2.5-7b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag qwen 2>&1 | tail -30 ;;
-    variants)  # tile pairing on/off (sweep at 64K, then both at 128K in one runner pass) + index-build profile
-      timeout 330 python3 -m benchmarks.tune --seq 64k --shapes llama3-8b,qwen2.5-0.5b --kernels vs,vs+pair,bs,bs+pair --stages 1,2,3 --profile-seq 128k 2>&1 | tee "$OUT/tune_pair.log" | tail -80
-      timeout 200 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100-nopair,bs-top100+pair --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag pair 2>&1 | tail -30 ;;
+    full)  # the committed table, part 1: llama3-8b 16K-256K (all backends), the other two shapes at 128K
+      timeout 270 python3 -m benchmarks.run --shapes llama3-8b --lengths 16k,32k,64k,128k,256k --cases $TABLE_CASES --max-minutes 4.0 --commit "$COMMIT" --out "$OUT" --tag llama 2>&1 | tail -45
+      timeout 120 python3 -m benchmarks.run --shapes qwen2.5-7b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.6 --commit "$COMMIT" --out "$OUT" --tag qwen 2>&1 | tail -30 ;;
+    long)  # part 2: llama3-8b at 512K and 1M
+      timeout 400 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 6.0 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30 ;;
     pairab)  # VS tile pairing on/off, same run: both shapes, 64K and 128K
       timeout 300 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 64k,128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100 --max-minutes 4.5 --commit "$COMMIT" --out "$OUT" --tag pairab 2>&1 | tail -40 ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;

@@ -4,7 +4,14 @@ from typing import NamedTuple
 import torch
 
 INT32_MAX = 2**31 - 1
-PAIR = False  # default tile pairing, chosen by measurement (benchmarks/NOTES.md)
+PAIR = False  # builder default; the op path asks pair_for(head_dim)
+
+
+def pair_for(head_dim: int) -> bool:
+    """Whether to pair slash tiles into 64x128 tiles for this head dim. H100, 64K-128K (benchmarks/NOTES.md #11):
+    2-6% faster at D=128 with the seed's budgets (a tie at small budgets), 10-19% slower at D=64 (the wider tile's
+    registers cost more occupancy than the halved loop steps save)."""
+    return head_dim > 64
 _TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset descending
 
 

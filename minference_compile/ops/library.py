@@ -34,8 +34,8 @@ def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None):
     if q.device.type == "cpu":
         return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
-    from ..triton_kernels.vertical_slash_index import build_vertical_slash_index
-    index = build_vertical_slash_index(vertical, slash, q.shape[2])
+    from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
+    index = build_vertical_slash_index(vertical, slash, q.shape[2], pair=pair_for(q.shape[-1]))
     return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
 
 
