@@ -155,8 +155,5 @@ def vs_block_coverage(index, S: int, block: int = 64) -> np.ndarray:
 
     index: a VSIndex (triton_kernels.vertical_slash_index) for [B, H]; O(NQB) per head.
     """
-    tiles = (index.tile_count.unsqueeze(-1).long() - index.tile_begin.long()).clamp_(min=0).sum(-1)
-    wide = (index.wide_count.unsqueeze(-1).long() - index.wide_begin.long()).clamp_(min=0).sum(-1)  # 2 tiles each
-    cols = index.column_count.long().sum(-1)
-    work = ((tiles + 2 * wide) * block * block + cols * block).double().cpu().numpy()
-    return work / (S * (S + 1) / 2)
+    from minference_compile.triton_kernels.vertical_slash_index import work_share
+    return work_share(index, S, block).double().cpu().numpy()

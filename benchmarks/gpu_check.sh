@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
-#   bash benchmarks/gpu_check.sh [tests|alltests|memory|quick|full|long|variants|pairab|tune|crossover ...]   (default: tests memory quick)
+#   bash benchmarks/gpu_check.sh [tests|alltests|memory|quick|full|long|variants|pairab|guard|tune|crossover ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -14,7 +14,7 @@ TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128
 for m in $modes; do
   echo "=== $m ==="
   case $m in
-    tests) timeout 250 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
+    tests) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_triton.py tests/test_gpu_ops.py tests/test_ops_cpu.py::test_sparse_prefill_vs_max_work 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
     alltests) timeout 500 python3 -m pytest -q -p no:cacheprovider 2>&1 | tee "$OUT/tests_all.log" | tail -25 ;;
     memory) timeout 60 python3 -m benchmarks.memory --seq 128k --shape 32,8,128 2>&1 | tee "$OUT/memory.log" ;;
     quick) timeout 400 python3 -m benchmarks.run --quick --commit "$COMMIT" --out "$OUT" 2>&1 | tail -60 ;;
@@ -25,6 +25,7 @@ for m in $modes; do
       timeout 400 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 6.0 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30 ;;
     pairab)  # VS tile pairing on/off, same run: both shapes, 64K and 128K
       timeout 300 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 64k,128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100 --max-minutes 4.5 --commit "$COMMIT" --out "$OUT" --tag pairab 2>&1 | tail -40 ;;
+    guard) timeout 120 python3 -m benchmarks.guard --seq 128k 2>&1 | tee "$OUT/guard.log" ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac

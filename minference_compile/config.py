@@ -18,6 +18,7 @@ DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
 # and budget on an H100 (minference_compile/ops/crossover.py); dense on CPU.
 DEFAULT_MIN_SPARSE_LEN = None
 DEFAULT_LAST_Q = 64
+DEFAULT_VS_MAX_WORK = 0.5  # H100: VS runs at 0.55-0.62 of cuDNN's rate, +3-7% index build (benchmarks/NOTES.md)
 
 HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
 
@@ -61,6 +62,10 @@ class MInferenceConfig:
     starting_layer: int = 0  # layers below stay dense
     min_sparse_len: int | None = DEFAULT_MIN_SPARSE_LEN  # None: auto (measured crossover per pattern)
     last_q: int = DEFAULT_LAST_Q
+    # CUDA: a layer of vertical-slash (and dense) heads whose estimated index would compute more than this share
+    # of the causal pairs runs dense (cuDNN) instead: at ~0.6 of cuDNN's rate such a layer cannot win. 1.0 = never.
+    # (CPU runs the sparse reference path regardless.)
+    vs_max_work: float = DEFAULT_VS_MAX_WORK
     source: str | None = None  # file it came from, for error messages and meta
     scores: tuple = ()  # per layer: tuple of (head, score)
 
@@ -70,7 +75,7 @@ class MInferenceConfig:
         """``data``: the seed's list of per-layer dicts, or ``{"layers": [...], "starting_layer": ..}``."""
         opts = {}
         if isinstance(data, Mapping):
-            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q") if k in data}
+            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q", "vs_max_work") if k in data}
             if "default" in data:
                 opts["default"] = _parse_entry(data["default"], source, None, "default")
             data = data.get("layers", [])
@@ -101,6 +106,9 @@ class MInferenceConfig:
                 continue
             if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                 raise ConfigError(f"{_where(source)}: {name} must be a non-negative integer, got {val!r}")
+        w = cfg.vs_max_work
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
+            raise ConfigError(f"{_where(source)}: vs_max_work must be a number in (0, 1], got {w!r}")
         return cfg
 
     @classmethod
@@ -156,7 +164,8 @@ class MInferenceConfig:
     def fingerprint(self) -> str:
         """Stable text of everything that changes the rewrite (for the pass uuid)."""
         return json.dumps(
-            [self.to_list(), list(self.default), self.starting_layer, self.min_sparse_len, self.last_q], sort_keys=True
+            [self.to_list(), list(self.default), self.starting_layer, self.min_sparse_len, self.last_q,
+             self.vs_max_work], sort_keys=True
         )
 
 

@@ -68,6 +68,15 @@ def test_parse_errors_name_file_layer_head(tmp_path, data, words):
         assert w in str(e.value)
 
 
+def test_vs_max_work():
+    assert MInferenceConfig().vs_max_work == 0.5
+    assert as_config({"layers": [], "vs_max_work": 1.0}).vs_max_work == 1.0
+    for bad in (0, -0.1, 1.5, "0.5", True):
+        with pytest.raises(ConfigError, match="vs_max_work must be a number in \\(0, 1\\]"):
+            MInferenceConfig.from_dict({"layers": [], "vs_max_work": bad})
+    assert MInferenceSDPAPass(MInferenceConfig()).uuid() != MInferenceSDPAPass(MInferenceConfig(vs_max_work=1.0)).uuid()
+
+
 def test_bad_json_names_file():
     with pytest.raises(ConfigError, match="bad_json.json: bad JSON"):
         MInferenceConfig.from_json(FIX / "bad_json.json")

@@ -97,7 +97,7 @@ def test_compiled_llama_on_gpu(with_mask):
     model = LlamaForCausalLM(cfg).eval().cuda().to(torch.bfloat16)
     ids = torch.randint(0, 256, (1, 1500), device="cuda")
     kw = {"attention_mask": torch.ones_like(ids)} if with_mask else {}
-    config = MInferenceConfig(default=("vertical_and_slash", 1500, 1500), min_sparse_len=0)
+    config = MInferenceConfig(default=("vertical_and_slash", 1500, 1500), min_sparse_len=0, vs_max_work=1.0)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=minference_backend, options={"config": config})
     with torch.no_grad():

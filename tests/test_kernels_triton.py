@@ -178,6 +178,25 @@ def test_vs_index_matches_definition(S, NV, NS, pair):
                 assert int(idx.column_count[b, h, qb]) == int((c <= m0 + 63).sum())
 
 
+@pytest.mark.parametrize("pair", [False, True])
+def test_vs_work_share(pair):
+    """work_share = the area of the tiles and column rows the kernel visits (masked parts included) / causal pairs."""
+    from minference_compile.triton_kernels.vertical_slash_index import work_share
+    S = 700
+    vert, slash = rand_index(B, 3, 30, S, "cpu"), rand_index(B, 3, 25, S, "cpu")
+    slash[1, 1, 10:18] = torch.tensor([40, 60, 100, 150, 260, 300, 330, 390])
+    idx = build_vertical_slash_index(vert, slash, S, pair=pair)
+    area = torch.zeros(B, 3)
+    for b in range(B):
+        for h in range(3):
+            for qb in range(-(-S // 64)):
+                area[b, h] += 64 * 64 * max(0, int(idx.tile_count[b, h]) - int(idx.tile_begin[b, h, qb]))
+                area[b, h] += 64 * 128 * max(0, int(idx.wide_count[b, h]) - int(idx.wide_begin[b, h, qb]))
+                area[b, h] += 64 * int(idx.column_count[b, h, qb])
+    assert torch.allclose(work_share(idx, S), area / (S * (S + 1) / 2))
+    assert (work_share(idx, S) >= naive.vertical_slash_mask(vert, slash, S).float().mean((-1, -2)) * 2 * S / (S + 1)).all()
+
+
 @pytest.mark.parametrize("S", [64, 130])
 @pytest.mark.parametrize("pair", [False, True])
 def test_vs_index_covering(S, pair):

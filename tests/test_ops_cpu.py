@@ -140,6 +140,45 @@ def test_sparse_prefill_mixed_heads():
     assert (vert[:, [0, 2, 3, 5, 6, 7]] == -1).all()
 
 
+@pytest.mark.parametrize("dense_heads", [False, True])
+def test_sparse_prefill_vs_max_work(dense_heads):
+    """vs_max_work (CUDA only): a VS (+ dense) layer whose estimated index computes more than that share of the
+    causal pairs runs dense; below it, in a layer with other sparse patterns, or on CPU, the VS heads stay sparse."""
+    from minference_compile.ops import library
+    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    S, D, sc = 640, 64, 0.125
+    q, k, v = qkv(S, 4, 2, D, torch.float32, seed=3)
+    pats = [1, 0, 1, 1] if dense_heads else [1, 1, 1, 1]
+    vs = [4 if p else 0 for p in pats]
+    ss = [6 if p else 0 for p in pats]  # <= 6 slashes + 4 columns of 640: work ~0.2-0.4 with the 64-row rounding
+    sel = torch.tensor([p == 1 for p in pats])
+    dense = naive.dense_causal_ref(q, k, v, sc)
+    for dev in devices:
+        tol = TOL[torch.float32] if dev == "cpu" else dict(atol=1e-4, rtol=1e-4)  # GPU: fp32 dots, other order
+        qd, kd, vd = (t.to(dev) for t in (q, k, v))
+        vert, slash = (t.cpu() for t in estimate_vertical_slash(qd, kd, vs, ss, 64, 30, 100))  # what the op sees
+        work = float(work_share(build_vertical_slash_index(vert, slash, S), S)[:, sel].mean())
+        assert 0.15 < work < 0.85
+        sparse = {1: naive.vertical_slash_ref(q, k, v, vert, slash, sc), 0: dense}
+        assert not torch.allclose(sparse[1][:, 0], dense[:, 0], atol=1e-3)  # the two paths give different outputs
+        n0 = library.VS_DENSE_FALLBACKS[0]
+        out = _mp.sparse_prefill(qd, kd, vd, pats, vs, ss, sc, 0, 64, min(1.0, work + 0.1)).cpu()  # under: sparse
+        assert library.VS_DENSE_FALLBACKS[0] == n0
+        for h, p in enumerate(pats):
+            torch.testing.assert_close(out[:, h], sparse[p][:, h], **tol)
+        out = _mp.sparse_prefill(qd, kd, vd, pats, vs, ss, sc, 0, 64, work - 0.1).cpu()  # over it: dense on CUDA
+        if dev == "cuda":
+            assert library.VS_DENSE_FALLBACKS[0] == n0 + 1
+            torch.testing.assert_close(out, dense, **tol)
+        else:
+            assert library.VS_DENSE_FALLBACKS[0] == n0
+            torch.testing.assert_close(out[:, 0], sparse[1][:, 0], **tol)
+        # a layer that also has A-shape heads keeps its VS heads sparse whatever the work
+        out = _mp.sparse_prefill(qd, kd, vd, pats[:3] + [2], vs[:3] + [4], ss[:3] + [64], sc, 0, 64, 0.01).cpu()
+        torch.testing.assert_close(out[:, 0], sparse[1][:, 0], **tol)
+
+
 def bottom_right_ref(q, k, v, scale):
     """Explicit bottom-right causal mask: query row r sits at position kv_len - q_len + r."""
     sq, skv = q.shape[2], k.shape[2]

@@ -109,3 +109,12 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     return VSIndex(tile_offset.to(i32).contiguous(), tile_lo.to(i32).contiguous(), tile_count.to(i32).contiguous(),
                    tile_begin.to(i32).contiguous(), cols.to(i32).contiguous(), column_count.to(i32).contiguous(),
                    slash_prefix.contiguous(), *(t.to(i32).contiguous() for t in wide))
+
+
+def work_share(index: VSIndex, seq_len: int, block: int = 64) -> torch.Tensor:
+    """[B,H] fp32: the pairs the kernel computes for this index (block x block slash tiles, a wide tile counting
+    two, plus block-row gathered columns) over the S(S+1)/2 causal pairs. O(NQB) per head, on the index's device."""
+    tiles = (index.tile_count.unsqueeze(-1) - index.tile_begin).clamp(min=0).sum(-1, dtype=torch.float32)
+    wide = (index.wide_count.unsqueeze(-1) - index.wide_begin).clamp(min=0).sum(-1, dtype=torch.float32)
+    cols = index.column_count.sum(-1, dtype=torch.float32)
+    return ((tiles + 2 * wide) * block * block + cols * block) / (seq_len * (seq_len + 1) / 2)

@@ -4,6 +4,7 @@ The ops do not validate (the public functions in api.py do). Outputs are always 
 (fake and real alike), so Inductor's assumed layout matches what the kernels write.
 Triton modules are imported inside the CUDA paths only.
 """
+import logging
 import math
 from typing import List, Optional, Tuple
 
@@ -17,6 +18,8 @@ from .estimate import device_tensor, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
 DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
+VS_DENSE_FALLBACKS = [0]  # layers sent to dense by sparse_prefill's vs_max_work check (CUDA), for tests and stats
+log = logging.getLogger("minference_compile")
 SINK_TOKENS, LOCAL_WINDOW = 30, 100  # estimate defaults used by sparse_prefill
 
 
@@ -30,12 +33,13 @@ def _empty(q: Tensor) -> Tensor:
 
 # ---- device dispatch of the pattern kernels (head_mask / out: kernel-level conventions) ----
 
-def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None):
+def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None, index=None):
     if q.device.type == "cpu":
         return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
     from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
-    index = build_vertical_slash_index(vertical, slash, q.shape[2], pair=pair_for(q.shape[-1]))
+    if index is None:
+        index = build_vertical_slash_index(vertical, slash, q.shape[2], pair=pair_for(q.shape[-1]))
     return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
 
 
@@ -93,9 +97,10 @@ def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size
 
 @torch.library.custom_op("minference::sparse_prefill", mutates_args=(), schema=(
     "(Tensor q, Tensor k, Tensor v, int[] patterns, int[] vertical_size, int[] slash_size, float scale,"
-    " int min_sparse_len, int last_q) -> Tensor"))
+    " int min_sparse_len, int last_q, float vs_max_work=1.0) -> Tensor"))
 def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
-                   slash_size: List[int], scale: float, min_sparse_len: int, last_q: int) -> Tensor:
+                   slash_size: List[int], scale: float, min_sparse_len: int, last_q: int,
+                   vs_max_work: float = 1.0) -> Tensor:
     S = q.shape[2]
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
@@ -117,16 +122,29 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     def budget(p: int, fill: int) -> List[int]:
         return [s if x == p else fill for x, s in zip(patterns, vertical_size)]
 
+    vs_index = None
+    if VERTICAL_SLASH in present:  # first: a too-dense estimate can send the whole layer to cuDNN
+        slash_budget = [s if x == VERTICAL_SLASH else 0 for x, s in zip(patterns, slash_size)]
+        vertical, slash = _estimate(q, k, budget(VERTICAL_SLASH, 0), slash_budget, last_q, SINK_TOKENS,
+                                    LOCAL_WINDOW)
+        if q.device.type == "cuda":  # CPU runs the masked reference path: no speed to protect there
+            from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for, work_share
+            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]))
+            work = 0.0
+            if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
+                work = float(work_share(vs_index, S)[:, heads(VERTICAL_SLASH)].mean())  # one host sync
+            if work > vs_max_work:
+                VS_DENSE_FALLBACKS[0] += 1
+                log.info("vertical-slash layer at S=%d would compute %.2f of the causal pairs (> vs_max_work %.2f): "
+                         "running it dense", S, work, vs_max_work)
+                return dense_attention(q, k, v, scale)
     if DENSE in present:
         if q.device.type == "cpu":
             cpu.causal_attention(q, k, v, scale, heads(DENSE), out)
         else:  # streaming with init_num >= S is dense causal attention
             _streaming(q, k, v, _per_head(S, q), _per_head(S, q), scale, heads(DENSE), out)
     if VERTICAL_SLASH in present:
-        slash_budget = [s if x == VERTICAL_SLASH else 0 for x, s in zip(patterns, slash_size)]
-        vertical, slash = _estimate(q, k, budget(VERTICAL_SLASH, 0), slash_budget, last_q, SINK_TOKENS,
-                                    LOCAL_WINDOW)
-        _vertical_slash(q, k, v, vertical, slash, scale, heads(VERTICAL_SLASH), out)
+        _vertical_slash(q, k, v, vertical, slash, scale, heads(VERTICAL_SLASH), out, vs_index)
     if STREAM_LLM in present:
         init = device_tensor(vertical_size, q.device)
         local = device_tensor(slash_size, q.device)

@@ -27,6 +27,7 @@ def sparse_prefill_masked(
     scale: float,
     min_sparse_len: int,
     last_q: int,
+    vs_max_work: float = 1.0,
 ) -> torch.Tensor:
     if padding_mask.dim() != 2 or padding_mask.shape[0] != q.shape[0] or padding_mask.shape[1] < k.shape[-2]:
         raise ValueError(f"padding_mask must be [B, >= S_kv], got {tuple(padding_mask.shape)} for k {tuple(k.shape)}")
@@ -36,7 +37,7 @@ def sparse_prefill_masked(
         return dense_attention(q, k, v, _scale(q, scale), _keep(padding_mask, k))
     if bool(padding_mask[:, : k.shape[-2]].all()):  # one O(B*S) host check
         return torch.ops.minference.sparse_prefill(
-            q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q
+            q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work
         ).contiguous()  # the fake below promises a contiguous result
     return dense_attention(q, k, v, _scale(q, scale), _keep(padding_mask, k))
 
@@ -50,5 +51,5 @@ def _keep(padding_mask, k):
 
 
 @sparse_prefill_masked.register_fake
-def _(q, k, v, padding_mask, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q):
+def _(q, k, v, padding_mask, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work=1.0):
     return q.new_empty(q.shape)

@@ -1,0 +1,44 @@
+"""What the vs_max_work check costs and saves: `sparse_prefill` on an all-VS layer vs cuDNN, same run.
+
+    python -m benchmarks.guard [--seq 128k] [--shape llama3-8b]
+
+Random q/k give the estimate spread-out slashes; the work share it implies is printed. vs_max_work = 1.0 runs
+the sparse kernel whatever the work; a limit under the work sends the layer to cuDNN after the estimate (the
+check's whole cost: estimate + index build + one host sync).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from minference_compile.ops import library
+from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
+
+from .registry import SHAPES, VS_DEFAULT, parse_length
+from .timing import bench_ms, dense_causal_ms, random_qkv
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seq", default="128k")
+    ap.add_argument("--shape", default="llama3-8b")
+    a = ap.parse_args(argv)
+    S = parse_length(a.seq)
+    hq, hkv, D = SHAPES[a.shape]
+    q, k, v = random_qkv(S, hq, hkv, D)
+    nv, ns = VS_DEFAULT
+    pats, vs, ss = [1] * hq, [nv] * hq, [ns] * hq
+    vert, slash = library._estimate(q, k, vs, ss, 64, library.SINK_TOKENS, library.LOCAL_WINDOW)
+    work = float(work_share(build_vertical_slash_index(vert, slash, S), S).mean())
+    dense = dense_causal_ms(q, k, v)
+    print(f"# {torch.cuda.get_device_name()} {a.shape} S={S}: cuDNN {dense:.2f} ms; VS ({nv}, {ns}) work {work:.3f}")
+    for limit in (1.0, max(0.01, work - 0.05)):
+        n0 = library.VS_DENSE_FALLBACKS[0]
+        ms = bench_ms(lambda: torch.ops.minference.sparse_prefill(q, k, v, pats, vs, ss, D ** -0.5, 0, 64, limit))[0]
+        fell = library.VS_DENSE_FALLBACKS[0] > n0
+        print(f"  vs_max_work={limit:.2f}: {ms:8.2f} ms = {dense / ms:.2f}x cuDNN ({'dense fallback' if fell else 'sparse'})")
+
+
+if __name__ == "__main__":
+    main()
