@@ -33,11 +33,19 @@ def main(argv=None) -> None:
     work = float(work_share(build_vertical_slash_index(vert, slash, S), S).mean())
     dense = dense_causal_ms(q, k, v)
     print(f"# {torch.cuda.get_device_name()} {a.shape} S={S}: cuDNN {dense:.2f} ms; VS ({nv}, {ns}) work {work:.3f}")
+    from minference_compile.ops.dense import dense_attention
+    parts = {"dense_attention (the fallback's SDPA call)": lambda: dense_attention(q, k, v, D ** -0.5),
+             "estimate_vertical_slash": lambda: library._estimate(q, k, vs, ss, 64, library.SINK_TOKENS,
+                                                                  library.LOCAL_WINDOW),
+             "build_vertical_slash_index": lambda: build_vertical_slash_index(vert, slash, S, pair=D > 64)}
+    for name, fn in parts.items():
+        print(f"  {name:45s} {bench_ms(fn)[0]:8.2f} ms")
     for limit in (1.0, max(0.01, work - 0.05)):
         n0 = library.VS_DENSE_FALLBACKS[0]
         ms = bench_ms(lambda: torch.ops.minference.sparse_prefill(q, k, v, pats, vs, ss, D ** -0.5, 0, 64, limit))[0]
         fell = library.VS_DENSE_FALLBACKS[0] > n0
         print(f"  vs_max_work={limit:.2f}: {ms:8.2f} ms = {dense / ms:.2f}x cuDNN ({'dense fallback' if fell else 'sparse'})")
+    print(f"  cuDNN again: {dense_causal_ms(q, k, v):.2f} ms")
 
 
 if __name__ == "__main__":
