@@ -18,7 +18,9 @@ DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
 # and budget on an H100 (minference_compile/ops/crossover.py); dense on CPU.
 DEFAULT_MIN_SPARSE_LEN = None
 DEFAULT_LAST_Q = 64
-DEFAULT_VS_MAX_WORK = 0.5  # H100: VS runs at 0.55-0.62 of cuDNN's rate, +3-7% index build (benchmarks/NOTES.md)
+# Both paths pay the estimate, so sparse wins iff work < its efficiency (share of cuDNN's rate): 0.55-0.62 at
+# D=128 on an H100 (0.55 on a near-dense index), 0.65-0.72 at D=64 (benchmarks/NOTES.md #12)
+DEFAULT_VS_MAX_WORK = 0.55
 
 HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
 
@@ -63,7 +65,7 @@ class MInferenceConfig:
     min_sparse_len: int | None = DEFAULT_MIN_SPARSE_LEN  # None: auto (measured crossover per pattern)
     last_q: int = DEFAULT_LAST_Q
     # CUDA: a layer of vertical-slash (and dense) heads whose estimated index would compute more than this share
-    # of the causal pairs runs dense (cuDNN) instead: at ~0.6 of cuDNN's rate such a layer cannot win. 1.0 = never.
+    # of the causal pairs runs dense (cuDNN) instead: at ~0.55 of cuDNN's rate such a layer cannot win. 1.0 = never.
     # (CPU runs the sparse reference path regardless.)
     vs_max_work: float = DEFAULT_VS_MAX_WORK
     source: str | None = None  # file it came from, for error messages and meta

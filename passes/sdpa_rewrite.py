@@ -6,7 +6,7 @@ Form 1 (transformers 5.24, no attention_mask), GQA K/V un-repeated::
                 %q, %keys, %values, attn_mask=None, is_causal=True, enable_gqa=True, scale=0.25)
   ->
     %attn = call_function[minference.sparse_prefill.default](
-                %q, %keys, %values, [1, 1, 2, 1], [1000, ...], [6096, ...], 0.25, -1, 64, 0.5)
+                %q, %keys, %values, [1, 1, 2, 1], [1000, ...], [6096, ...], 0.25, -1, 64, 0.55)
                 # patterns, vertical / slash budgets, scale, min_sparse_len (-1: auto), last_q, vs_max_work
 
 Form 2 (transformers 5.17; 5.24 with an attention_mask): K/V repeated, boolean mask built from aranges::
@@ -18,7 +18,7 @@ Form 2 (transformers 5.17; 5.24 with an attention_mask): K/V repeated, boolean m
     %attn  = call_function[torch._C._nn.scaled_dot_product_attention](%q, %k_rep, %v_rep, attn_mask=%mask, is_causal=False)
   ->
     %attn  = call_function[minference.sparse_prefill_masked.default](
-                 %q, %keys, %values, %l_kwargs_attention_mask_, [...], [...], [...], 0.25, -1, 64, 0.5)
+                 %q, %keys, %values, %l_kwargs_attention_mask_, [...], [...], [...], 0.25, -1, 64, 0.55)
     (the mask and repeat_kv nodes are now dead and removed: no S x S tensor is built)
 
 Every SDPA node gets ``node.meta["minference"]`` (:class:`SDPAMatch`): rewritten, or dense + reason.

@@ -69,7 +69,7 @@ def test_parse_errors_name_file_layer_head(tmp_path, data, words):
 
 
 def test_vs_max_work():
-    assert MInferenceConfig().vs_max_work == 0.5
+    assert MInferenceConfig().vs_max_work == 0.55
     assert as_config({"layers": [], "vs_max_work": 1.0}).vs_max_work == 1.0
     for bad in (0, -0.1, 1.5, "0.5", True):
         with pytest.raises(ConfigError, match="vs_max_work must be a number in \\(0, 1\\]"):
