@@ -50,6 +50,32 @@ def _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC: tl.constexpr, MASKE
     return acc, m_new, l_i
 
 
+@triton.jit
+def _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # the program's query rows [m0, m0 + BLOCK_M) of head (b, h); rows >= S and columns >= D read as 0
+    rm = tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    ptr = Q + b * sqb + h.to(tl.int64) * sqh + (m0 + rm).to(tl.int64)[:, None] * sqm + rd[None, :]
+    return tl.load(ptr, mask=((m0 + rm)[:, None] < S) & (rd[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _softmax_init(BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # (acc, m_i, l_i) before the first tile; m_i starts finite (see _attn_tile)
+    return (tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32), tl.full([BLOCK_M], -1e30, dtype=tl.float32),
+            tl.zeros([BLOCK_M], dtype=tl.float32))
+
+
+@triton.jit
+def _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    # acc / l_i into the output rows [m0, m0 + BLOCK_M); a row that attended no key (l_i == 0) stores 0
+    rm = tl.arange(0, BLOCK_M)
+    rd = tl.arange(0, BLOCK_D)
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    ptr = O + b * sob + h.to(tl.int64) * soh + (m0 + rm).to(tl.int64)[:, None] * som + rd[None, :]
+    tl.store(ptr, o.to(O.dtype.element_ty), mask=((m0 + rm)[:, None] < S) & (rd[None, :] < D))
+
+
 def block_d(D: int) -> int:
     # head dim padded to a power of two (>= 16 for tl.dot); loads are masked on d < D
     return max(16, triton.next_power_of_2(D))

@@ -3,7 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
+                      qk_scale)
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M = BLOCK_N = 64 are fixed by the 64x64 block semantics: one
 # warpgroup per tile. Measured on H100 at 64K top-100 (benchmarks/tune.py): 3 stages best at D=128 (2% over
@@ -35,14 +36,11 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
-    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
     # the wrapper compacted each row to its unique causal ids (kb <= qb) in ascending order, so only the last
     # one can be the diagonal block: the others are full 64x64 blocks below it and need no mask
@@ -77,10 +75,7 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
         mask = kmask[None, :] & ((kb < qb) | (j[None, :] <= offs_m[:, None]))
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
-    l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    o = acc / l_i[:, None]
-    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
-    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
 
 
 def _compact(block_index: torch.Tensor):

@@ -3,7 +3,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
+                      qk_scale)
 
 # BLOCK_D -> (BLOCK_M, num_warps, num_stages). The pattern is element-exact, so BLOCK_M is free: 128 rows halve
 # the K/V re-reads of 64; at BLOCK_D 256 the 128-row fp32 accumulator would spill, so 64 rows there.
@@ -48,8 +49,7 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
-    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
@@ -59,9 +59,7 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
     end1 = tl.minimum(init, lo)         # sink keys below `lo`: every row of the block attends them
     hi = tl.minimum(m0 + BLOCK_M, S)
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
     # phase 1: sink keys [0, end1), no mask but the bound
     for n0 in range(0, end1, BLOCK_N):
@@ -87,10 +85,7 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
         acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
                                         S, init, local, qk_scale, PREC, True)
 
-    l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    o = acc / l_i[:, None]
-    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
-    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
 
 
 def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_mask=None, out=None):

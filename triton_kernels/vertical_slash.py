@@ -2,7 +2,8 @@
 import triton
 import triton.language as tl
 
-from ._common import _attn_tile, block_d, dot_precision, finish, prepare, qk_scale
+from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
+                      qk_scale)
 from .vertical_slash_index import VSIndex
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
@@ -14,6 +15,29 @@ _CFG = {16: (4, 1), 32: (4, 1), 64: (4, 1), 128: (4, 1), 256: (8, 1)}
 _CFG_WIDE = {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 3), 256: (8, 1)}
 BLOCK_M = 64
 BLOCK_N = 64
+
+
+@triton.jit
+def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0, d, s_lo, S, qk_scale,
+                WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr):
+    # keys [m0 - d, m0 - d + WIDTH), cut at the component end m0 - s_lo + BLOCK_M
+    rw = tl.arange(0, WIDTH)
+    n0 = m0 - d
+    j = n0 + rw
+    kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
+    k = tl.load(k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask,
+                other=0.0)
+    v = tl.load(v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask,
+                other=0.0)
+    # full: at key >= 0, its last 64-key part (offset d_last) inside the component and wholly below the block's
+    # first row
+    d_last = d - WIDTH + BLOCK_M
+    if (n0 >= 0) & (d_last >= s_lo) & (d_last >= BLOCK_M - 1):
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
+    else:
+        mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
+        acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -38,55 +62,25 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q_base = Q + b * sqb + h.to(tl.int64) * sqh + m0.to(tl.int64) * sqm
-    q = tl.load(q_base + rm[:, None] * sqm + rd[None, :], mask=(offs_m[:, None] < S) & dmask, other=0.0)
+    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
-    # phase 1a: double-width slash tiles (pair=True index): keys [m0 - d, m0 - d + 128), same cut
-    if WIDE:  # constexpr: without wide tiles the loop is not compiled (its 64x128 registers cost ~8%)
-        rw = tl.arange(0, 2 * BLOCK_N)
+    # phase 1: slash tiles, double-width ones first (pair=True index; constexpr WIDE: without them the loop is
+    # not compiled, its 64x128 registers cost ~8%), then single ones
+    if WIDE:
         w_begin = tl.load(WBEG + bh64 * NQB + qb)
-        w_end = tl.load(WCNT + bh64)
-        for t in range(w_begin, w_end):
-            d = tl.load(WOFF + bh64 * NS + t)
-            s_lo = tl.load(WLO + bh64 * NS + t)
-            n0 = m0 - d
-            j = n0 + rw
-            kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
-            kp = k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :]
-            vp = v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :]
-            k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-            v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
-            if (n0 >= 0) & (d - BLOCK_N >= s_lo) & (d - BLOCK_N >= BLOCK_M - 1):
-                acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
-            else:
-                mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
-                acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
-
-    # phase 1b: slash tiles; tile keys [m0 - d, m0 - d + 64), cut at the component end m0 - s_lo + 64
+        for t in range(w_begin, tl.load(WCNT + bh64)):
+            acc, m_i, l_i = _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0,
+                                        tl.load(WOFF + bh64 * NS + t), tl.load(WLO + bh64 * NS + t), S, qk_scale,
+                                        2 * BLOCK_N, BLOCK_M, PREC)
     t_begin = tl.load(TBEG + bh64 * NQB + qb)
-    t_end = tl.load(TCNT + bh64)
-    for t in range(t_begin, t_end):
-        d = tl.load(TOFF + bh64 * NS + t)
-        s_lo = tl.load(TLO + bh64 * NS + t)
-        n0 = m0 - d
-        j = n0 + rn
-        kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
-        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
-        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
-        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
-        # a tile at key >= 0, inside its component and wholly below the first row of the block is full
-        if (n0 >= 0) & (d >= s_lo) & (d >= BLOCK_M - 1):
-            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
-        else:
-            mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
-            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
+    for t in range(t_begin, tl.load(TCNT + bh64)):
+        acc, m_i, l_i = _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0,
+                                    tl.load(TOFF + bh64 * NS + t), tl.load(TLO + bh64 * NS + t), S, qk_scale,
+                                    BLOCK_N, BLOCK_M, PREC)
 
     # phase 2: vertical columns <= m0 + 63, skipping those a slash range of this block already covers
     # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63])
@@ -106,10 +100,7 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
         mask = kmask[None, :] & (col[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
-    l_i = tl.where(l_i == 0.0, 1.0, l_i)
-    o = acc / l_i[:, None]
-    o_base = O + b * sob + h.to(tl.int64) * soh + m0.to(tl.int64) * som
-    tl.store(o_base + rm[:, None] * som + rd[None, :], o.to(O.dtype.element_ty), mask=(offs_m[:, None] < S) & dmask)
+    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
 
 
 def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M):
