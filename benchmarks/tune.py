@@ -28,7 +28,7 @@ def _flops(S: int, hq: int, D: int, cov: float) -> float:
     return 4.0 * D * hq * S * (S + 1) / 2 * cov
 
 
-def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
+def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4), ashape_bn=(64,)) -> None:
     hq, hkv, D = SHAPES[shape]
     q, k, v = random_qkv(S, hq, hkv, D)
     bd = max(16, triton.next_power_of_2(D))
@@ -63,22 +63,28 @@ def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4)) -> None:
         orig = dict(table)
         results = []
         bms = (64, 128) if has_bm else (None,)
-        for bm, warps, stages in itertools.product(bms, (4, 8), stages_list):
+        bns = ashape_bn if has_bm else (None,)  # A-shape only: key tile width (streaming._BLOCK_N)
+        orig_bn = dict(streaming._BLOCK_N)
+        for bm, bn, warps, stages in itertools.product(bms, bns, (4, 8), stages_list):
             table[bd] = (bm, warps, stages) if has_bm else (warps, stages)
+            if bn:
+                streaming._BLOCK_N[bd] = bn
             try:
                 ms = bench_ms(fn)[0]
             except Exception as e:  # out of shared memory / registers for this config
-                print(f"  {name:7s} bm={bm} w={warps} s={stages}: {type(e).__name__}")
+                print(f"  {name:7s} bm={bm} bn={bn} w={warps} s={stages}: {type(e).__name__}")
                 continue
             eff = _flops(S, hq, D, cov) / ms / 1e9 / dense_tf
-            results.append((ms, bm, warps, stages, eff))
+            results.append((ms, bm, bn, warps, stages, eff))
         table.clear()
         table.update(orig)
+        streaming._BLOCK_N.clear()
+        streaming._BLOCK_N.update(orig_bn)
         results.sort()
         cur = orig.get(bd)
         print(f"  {name:7s} cov={cov:.3f} current {cur}; best 4:")
-        for ms, bm, warps, stages, eff in results[:4]:
-            print(f"    bm={bm} warps={warps} stages={stages}: {ms:8.3f} ms  efficiency {eff:.2f}")
+        for ms, bm, bn, warps, stages, eff in results[:4]:
+            print(f"    bm={bm} bn={bn} warps={warps} stages={stages}: {ms:8.3f} ms  efficiency {eff:.2f}")
 
 
 def profile_index(S: int) -> None:
@@ -111,6 +117,7 @@ def main(argv=None) -> None:
     ap.add_argument("--shapes", default="llama3-8b,qwen2.5-0.5b")
     ap.add_argument("--profile-seq", default="128k")
     ap.add_argument("--stages", default="1,2,3,4")
+    ap.add_argument("--ashape-bn", default="64", help="A-shape key tile widths to sweep, e.g. 64,128")
     ap.add_argument("--kernels", default="", help="comma list of vs,vs+pair,bs,bs+pair,ashape (default: all)")
     args = ap.parse_args(argv)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
@@ -118,7 +125,7 @@ def main(argv=None) -> None:
         profile_index(parse_length(args.profile_seq))
     for shape in args.shapes.split(","):
         sweep(shape, parse_length(args.seq), [x for x in args.kernels.split(",") if x],
-              tuple(int(x) for x in args.stages.split(",")))
+              tuple(int(x) for x in args.stages.split(",")), tuple(int(x) for x in args.ashape_bn.split(",")))
 
 
 if __name__ == "__main__":

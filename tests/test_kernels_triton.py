@@ -291,6 +291,20 @@ def test_streaming(S, Hq, Hkv, D, dtype, device):
     check(out, naive.streaming_ref(q, k, v, init, local), dtype)
 
 
+@pytest.mark.parametrize("S,Hq,Hkv,D", [(65, 7, 1, 64), (200, 4, 1, 96), (300, 2, 2, 128)]
+                         + ([(1000, 8, 2, 128)] if CUDA else []))
+def test_streaming_128_key_tiles(S, Hq, Hkv, D, device, monkeypatch):
+    """The A-shape kernel with 128-key tiles (a tuning option): same edges, sinks and windows."""
+    from minference_compile.triton_kernels import streaming
+    monkeypatch.setattr(streaming, "_BLOCK_N", {64: 128, 128: 128})
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    init = torch.tensor([0, 4, 130, 1, 33, 0, 9, 2], dtype=torch.int32)[:Hq].to(device)
+    local = torch.tensor([1, 0, 100, 129, 7, 200, 64, 300], dtype=torch.int32)[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q))
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+
+
 @pytest.mark.parametrize("init,local", [(200, 1), (0, 200), (1 << 30, 0)])
 def test_streaming_covering_is_dense(init, local, device):
     dtype, S = DTYPES[0], 200

@@ -11,7 +11,7 @@ from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d
 # Measured on H100 at 64K, 128 + 4096 (benchmarks/tune.py): D=128 (128, 8, 3) ties the best (64, 4, 2);
 # D=64 (128, 4, 4) is best, 3% over 3 stages.
 _CFG = {16: (128, 4, 4), 32: (128, 4, 4), 64: (128, 4, 4), 128: (128, 8, 3), 256: (64, 8, 2)}
-BLOCK_N = 64
+_BLOCK_N = {}  # BLOCK_D -> key tile width where measured to beat 64
 
 
 @triton.jit
@@ -109,6 +109,6 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
         S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
-        BLOCK_M=bm, BLOCK_N=BLOCK_N, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        BLOCK_M=bm, BLOCK_N=_BLOCK_N.get(bd, 64), BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)
