@@ -1,14 +1,16 @@
 """Default `min_sparse_len`: the prompt length from which a layer's sparse patterns beat dense attention.
 
-Measured on an H100 (torch 2.11, bf16, benchmarks/results/bench-crossover-*.csv and bench-full-*.csv;
-`python -m benchmarks.run --crossover`), kernel + index build against cuDNN SDPA in the same run:
+Measured on an H100 (torch 2.11, bf16, llama3-8b shape, benchmarks/results/bench-crossover-*.csv and
+bench-full-*.csv; `python -m benchmarks.run --crossover`), kernel + index build against cuDNN SDPA in the same run:
 
-* A-shape 128 + 4096: 0.94x at 8K, 1.64x at 16K. The kernel runs at ~0.7 of cuDNN's rate on the pairs
+* A-shape 128 + 4096: 0.94x at 8K, 1.54-1.64x at 16K. The kernel runs at ~0.7 of cuDNN's rate on the pairs
   it keeps, so it wins once coverage (init + local) * S / (S^2 / 2) < ~0.5: S > 4 * (init + local).
-* block-sparse top-100: 0.91x at 16K (index build included), 1.57x at 32K. Coverage 2 * 64 * topk / S
-  and ~0.6 efficiency with a ~12% index share: S > 320 * topk.
-* vertical-slash: coverage depends on the prompt, so a table by slash budget: (1000, 6096) is 0.9x at
-  64K and 1.52x at 128K; (100, 800) is 0.75x at 16K and 1.48x at 32K.
+* block-sparse top-100: 0.93x at 16K (index build included), 1.88x at 32K. Coverage 2 * 64 * topk / S
+  and ~0.65 efficiency with a 3-10% index share: S > 320 * topk.
+* vertical-slash: coverage depends on the prompt, so a table by slash budget: (1000, 6096) is 0.9-0.96x at
+  64K and 1.52-1.57x at 128K; (100, 800) is 0.75x at 16K and 1.48-1.55x at 32K (generated index sets). On
+  CUDA, `sparse_prefill` also checks the estimated index itself (`vs_max_work`, config.py) and runs a VS layer
+  dense when its work share exceeds the kernel's efficiency.
 
 A layer is sparse only when S reaches the largest threshold of the patterns in it, so a layer never
 mixes our dense path with sparse heads below the crossover. On CPU the sparse ops are a masked dense
