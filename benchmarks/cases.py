@@ -72,10 +72,8 @@ def bs(case, q, k, v, S):
     from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     topk = case.params["topk"]
-    kw = {} if case.params.get("pair") is None else {"pair": case.params["pair"]}
     idx = block_sparse_index(q, k, topk)
-    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw),
-                    cov.block_sparse_coverage(S, topk),
+    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True), cov.block_sparse_coverage(S, topk),
                     lambda: block_sparse_index(q, k, topk), lambda: block_sparse_attention(q, k, v, topk))
 
 

@@ -35,13 +35,11 @@ CASES = [
     Case("flex-ashape-128+4096", "flex-ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
     Case("flex-bs-top100", "flex-bs", {"topk": TOPK}),
     Case("flex-vs-1000/6096", "flex-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
-    # tile-pairing experiment (benchmarks/NOTES.md): forced on / off whatever the library default is
+    # VS tile-pairing experiment (benchmarks/NOTES.md #11): forced on / off whatever the library default is
     Case("vs-1000/6096+pair", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "pair": True}),
     Case("vs-1000/6096-nopair", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "pair": False}),
     Case("vs-100/800+pair", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "pair": True}),
     Case("vs-100/800-nopair", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "pair": False}),
-    Case("bs-top100+pair", "bs", {"topk": TOPK, "pair": True}),
-    Case("bs-top100-nopair", "bs", {"topk": TOPK, "pair": False}),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

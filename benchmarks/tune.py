@@ -48,10 +48,7 @@ def sweep(shape: str, S: int, only=None, stages_list=(1, 2, 3, 4), ashape_bn=(64
         "vs": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx), cov_vs, False),
         "vs+pair": (vertical_slash, lambda: vertical_slash.vertical_slash_attention_fwd(q, k, v, vidx_pair),
                     cov_vs, False, "_CFG_WIDE"),
-        "bs": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=False),
-               cov_bs, False),
-        "bs+pair": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True, pair=True),
-                    cov_bs, False),
+        "bs": (block_sparse, lambda: block_sparse.block_sparse_attention_fwd(q, k, v, bidx, compact=True), cov_bs, False),
         "ashape": (streaming, lambda: streaming.streaming_attention_fwd(
             q, k, v, torch.full((hq,), 128, dtype=torch.int32, device="cuda"),
             torch.full((hq,), 4096, dtype=torch.int32, device="cuda")), cov_as, True),
@@ -118,7 +115,7 @@ def main(argv=None) -> None:
     ap.add_argument("--profile-seq", default="128k")
     ap.add_argument("--stages", default="1,2,3,4")
     ap.add_argument("--ashape-bn", default="64", help="A-shape key tile widths to sweep, e.g. 64,128")
-    ap.add_argument("--kernels", default="", help="comma list of vs,vs+pair,bs,bs+pair,ashape (default: all)")
+    ap.add_argument("--kernels", default="", help="comma list of vs,vs+pair,bs,ashape (default: all)")
     args = ap.parse_args(argv)
     print(f"# {torch.cuda.get_device_name()} torch {torch.__version__} triton {triton.__version__}")
     if args.profile_seq:

@@ -157,6 +157,9 @@ class MInferenceConfig:
             raise ConfigError(
                 f"{_where(self.source, len(self.layers) - 1)}: config has {len(self.layers)} layers, model has {num_layers}"
             )
+        return self.check_heads(num_heads)
+
+    def check_heads(self, num_heads: int) -> "MInferenceConfig":
         for li, heads in enumerate(self.layers):
             for h, _ in heads:
                 if h >= num_heads:

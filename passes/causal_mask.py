@@ -106,6 +106,12 @@ _NOTE = {  # why common non-causal terms are refused
 }
 
 
+def _target_note(n: fx.Node) -> tuple:
+    """(target name, why it is refused or "")"""
+    tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+    return tgt, _NOTE.get(str(tgt).strip("_"), "")
+
+
 class _Eval:
     def __init__(self) -> None:
         self.memo: dict = {}
@@ -120,8 +126,7 @@ class _Eval:
         return self.memo[n]
 
     def _fail(self, n: fx.Node) -> None:
-        tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
-        note = _NOTE.get(str(tgt).strip("_"), "")
+        tgt, note = _target_note(n)
         raise _Fail(f"unrecognised mask node {n.name} ({n.op} {tgt})" + (f": {note}" if note else ""))
 
     def _eval(self, n: fx.Node) -> Any:
@@ -243,8 +248,7 @@ def _known_terms(mask: fx.Node, limit: int = 256) -> str:
         if n in seen:
             continue
         seen.add(n)
-        tgt = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-        note = _NOTE.get(str(tgt).strip("_"))
+        note = _target_note(n)[1]
         if note and n.op in ("call_function", "call_method"):
             notes.append(f"{note} at {n.name}")
         todo.extend(n.all_input_nodes)

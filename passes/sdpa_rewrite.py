@@ -132,7 +132,7 @@ class MInferenceSDPAPass(_Base):
 
     def __init__(self, config: ConfigLike = None):
         self.config: MInferenceConfig = as_config(config)
-        self.matches: list[SDPAMatch] = []
+        self._heads_checked: set = set()
 
     def uuid(self) -> str:
         return hashlib.sha256((_source_text() + self.config.fingerprint()).encode()).hexdigest()
@@ -150,7 +150,6 @@ class MInferenceSDPAPass(_Base):
         log.info("minference: %d SDPA nodes, %d rewritten, %d dense", len(matches), n_rw, len(matches) - n_rw)
         for m in matches:
             log.debug("minference: %s layer %d: %s (%s)", m.node, m.layer, "sparse" if m.rewritten else "dense", m.reason)
-        self.matches.extend(matches)
         return matches
 
     def _handle(self, graph: fx.Graph, node: fx.Node, order: int) -> SDPAMatch:
@@ -181,7 +180,9 @@ class MInferenceSDPAPass(_Base):
             return dense("head counts unknown or not divisible")
         if hq != hkv and k0 is k and not a["enable_gqa"]:
             return dense("K/V heads differ from Q heads without repeat_kv or enable_gqa")
-        self.config.validate_for(self.config.num_layers, hq)  # raises naming file/layer/head
+        if hq not in self._heads_checked:  # raises naming file/layer/head
+            self.config.check_heads(hq)
+            self._heads_checked.add(hq)
         if a["dropout_p"] not in (0, 0.0):
             return dense("dropout_p != 0")
         if all(e[0] == "dense" for e in entries):
@@ -201,7 +202,7 @@ class MInferenceSDPAPass(_Base):
         if mask is None:
             if not a["is_causal"]:
                 return dense("no mask and is_causal=False (bidirectional / single-token decode)")
-            if not known_eq(qs[-2], shape_of(k0)[-2]):
+            if not known_eq(qs[-2], ks[-2]):
                 return dense("is_causal=True with q_len != kv_len (SDPA aligns top-left)")
             form = "is_causal"
         else:

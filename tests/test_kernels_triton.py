@@ -425,12 +425,11 @@ def test_block_sparse(S, Hq, Hkv, D, dtype, device):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
-@pytest.mark.parametrize("pair", [False, True])
-def test_block_sparse_pairs(S, Hq, Hkv, D, dtype, pair, device):
-    """Rows with 1..5 listed blocks: the paired 64x128 steps, the odd single block and the diagonal."""
+def test_block_sparse_rows_of_1_to_5_blocks(S, Hq, Hkv, D, dtype, device):
+    """Rows with 1..5 listed blocks (per-head topk): the unmasked off-diagonal steps and the diagonal."""
     q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
     idx = block_sparse_index(q, k, torch.tensor([5, 4, 3, 2, 1, 5, 4, 3][:Hq], device=device))
-    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True, pair=pair)
+    out = block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True)
     check(out, naive.block_sparse_ref(q, k, v, idx), dtype)
 
 

@@ -11,7 +11,6 @@ from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d
 # 2), 2 stages at D=64 (7% over 3); 8 warps always slower.
 _CFG = {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 3), 256: (8, 1)}
 BLOCK = 64
-PAIR = False  # 64x128 tiles from two listed blocks; chosen by measurement (benchmarks/NOTES.md)
 
 
 @triton.jit
@@ -19,7 +18,7 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    S, Hq, G, D, NQB, KMAX, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HAS_HM: tl.constexpr, PREC: tl.constexpr, PAIR: tl.constexpr):
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr):
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -45,21 +44,7 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
     # the wrapper compacted each row to its unique causal ids (kb <= qb) in ascending order, so only the last
     # one can be the diagonal block: the others are full 64x64 blocks below it and need no mask
     n_sel = tl.load(CNT + row)
-    n_pre = 0
-    if PAIR:
-        # two listed blocks per step as one 64x128 tile: half the loop steps and softmax rescales, and a
-        # wider product (the two 64-key halves are separate contiguous loads)
-        rp = tl.arange(0, 2 * BLOCK_N)
-        half = (rp >= BLOCK_N).to(tl.int64)
-        n_pre = ((n_sel - 1) // 2) * 2
-        for s in range(0, n_pre, 2):
-            kb0 = tl.cast(tl.load(IDX + row * KMAX + s), tl.int64)
-            kb1 = tl.cast(tl.load(IDX + row * KMAX + s + 1), tl.int64)
-            kpos = (kb0 + half * (kb1 - kb0)) * BLOCK_N + (rp % BLOCK_N)
-            k = tl.load(k_base + kpos[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
-            v = tl.load(v_base + kpos[:, None] * svn + rd[None, :], mask=dmask, other=0.0)
-            acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, dmask, qk_scale, PREC, MASKED=False)
-    for s in range(n_pre, n_sel - 1):
+    for s in range(0, n_sel - 1):
         kb = tl.load(IDX + row * KMAX + s)
         n0 = tl.cast(kb, tl.int64) * BLOCK_N
         k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
@@ -91,11 +76,11 @@ def _compact(block_index: torch.Tensor):
     return torch.where(x == big, -1, x).to(torch.int32).contiguous(), cnt
 
 
-def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False, pair=PAIR):
+def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False):
     """q [B,Hq,S,D], k/v [B,Hkv,S,D], block_index [B,Hq,ceil(S/64),K] int key-block ids (-1 = padding;
     duplicates and non-causal ids select nothing); head_mask bool [Hq] or None. Returns out [B,Hq,S,D].
     compact=True: block_index is block_sparse_index's output (unique causal ids ascending, then -1), so the
-    per-call clean-up sort is skipped. pair: two blocks per loop step (64x128 tiles)."""
+    per-call clean-up sort is skipped."""
     B, Hq, S, D = q.shape
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     nqb = triton.cdiv(S, BLOCK)
@@ -117,6 +102,6 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
         S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
-        BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), PAIR=bool(pair),
+        BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

@@ -1,8 +1,10 @@
 """Block-sparse key-block selection by mean pooling (docs/DESIGN.md "Block-sparse"): chunked scores (torch),
 top-k per row by a Triton radix select (CUDA) or torch topk + sort."""
-from typing import Union
+from typing import Sequence, Union
 
 import torch
+
+from ._torch_util import bmm_fp32_out, device_tensor
 
 _SCORE_BYTES = 128 << 20  # per-chunk score matrix; topk/sort temporaries stay within a few times this
 _SELECT_LANES = 2048  # Triton select (a power of 2): shorter score rows share a program, R * NP lanes
@@ -24,20 +26,20 @@ def _scores(qm: torch.Tensor, km: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     # [N,M,D] @ [N,D,K] -> fp32 [N,M,K]. Half-precision inputs: means rounded to that dtype, fp32 accumulation on
     # tensor cores (an fp32 SIMT GEMM was 0.6 ms of ~2 ms at 128K); selection can differ only among scores within
     # that rounding. fp32 inputs keep the exact fp32 product (the CPU tests compare ids exactly).
-    if dtype in (torch.float16, torch.bfloat16) and qm.is_cuda:
-        try:
-            return torch.bmm(qm.to(dtype), km.to(dtype), out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):  # torch without bmm(out_dtype=)
-            pass
+    if dtype in (torch.float16, torch.bfloat16):
+        sc = bmm_fp32_out(qm.to(dtype), km.to(dtype))
+        if sc is not None:
+            return sc
     return torch.bmm(qm, km)
 
 
-def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, torch.Tensor], block: int = 64,
-                       impl: str = "auto") -> torch.Tensor:
-    """q [B,Hq,S,D], k [B,Hkv,S,D], topk int or int [Hq] -> [B,Hq,NQB,Kmax] int32, Kmax = clamp(max topk, 1, NQB).
+def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequence[int], torch.Tensor],
+                       block: int = 64, impl: str = "auto") -> torch.Tensor:
+    """q [B,Hq,S,D], k [B,Hkv,S,D], topk int, or per head a list or int tensor [Hq] -> [B,Hq,NQB,Kmax] int32,
+    Kmax = clamp(max topk, 1, NQB).
 
     Row (b, h, qb): the diagonal block and the highest-scoring causal key blocks, min(topk[h], qb + 1) ids in
-    all, ascending, then -1. A tensor topk costs one host sync (its max sets the output width).
+    all, ascending, then -1. A tensor topk costs one host sync (its max sets the output width); a list none.
     impl: "triton" (radix select; equal scores: the lowest kb wins), "torch" (topk + sort; tie order unspecified),
     "auto" = triton on CUDA, torch otherwise.
     """
@@ -49,6 +51,9 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, torch.
     if isinstance(topk, torch.Tensor):
         tk = topk.to(device=dev, dtype=torch.int64).reshape(-1).expand(Hq)
         kmax = int(tk.max())
+    elif isinstance(topk, (list, tuple)):  # per head, known on the host: no sync
+        tk = device_tensor(topk, dev, torch.int64).expand(Hq)
+        kmax = max(topk)
     else:
         tk = torch.full((Hq,), int(topk), dtype=torch.int64, device=dev)
         kmax = int(topk)

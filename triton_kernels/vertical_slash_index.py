@@ -4,7 +4,6 @@ from typing import NamedTuple
 import torch
 
 INT32_MAX = 2**31 - 1
-PAIR = False  # builder default; the op path asks pair_for(head_dim)
 
 
 def pair_for(head_dim: int) -> bool:
@@ -12,6 +11,8 @@ def pair_for(head_dim: int) -> bool:
     2-6% faster at D=128 with the seed's budgets (a tie at small budgets), 10-19% slower at D=64 (the wider tile's
     registers cost more occupancy than the halved loop steps save)."""
     return head_dim > 64
+
+
 _TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset descending
 
 
@@ -40,7 +41,7 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
 
 
 def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
-                               pair: bool = PAIR) -> VSIndex:
+                               pair: bool = False) -> VSIndex:
     """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
 
     Entries outside [0, seq_len) (e.g. -1 padding) and duplicates select nothing. Runs on the inputs' device.

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from . import library  # noqa: F401  (registers the ops)
-from .estimate import estimate_vertical_slash as _estimate_per_head
+from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate_per_head
 from .validate import check_budget, check_index, check_index_range, check_int, check_qkv
 
 _ops = torch.ops.minference
@@ -53,7 +53,7 @@ def streaming_forward(q: Tensor, k: Tensor, v: Tensor, init_num: int, local_wind
 
 def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: Union[int, Sequence[int], Tensor],
                             slash_size: Union[int, Sequence[int], Tensor], last_q: int = 64,
-                            sink_tokens: int = 30, local_window: int = 100):
+                            sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
     """Vertical columns and slash offsets per head from the softmax of the last `last_q` queries.
 
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vertical [B, Hq, min(V, S)] int32,

@@ -4,7 +4,10 @@ from typing import Sequence, Union
 
 import torch
 
+from ..triton_kernels._torch_util import bmm_fp32_out, device_tensor
+
 Budget = Union[int, Sequence[int], torch.Tensor]
+SINK_TOKENS, LOCAL_WINDOW = 30, 100  # the seed's estimate defaults: always-kept first columns / diagonals
 
 
 def _budget(size: Budget, hq: int, device) -> tuple:
@@ -20,16 +23,9 @@ def _budget(size: Budget, hq: int, device) -> tuple:
     return max(sizes), device_tensor(sizes, device, torch.long)
 
 
-def device_tensor(values: Sequence[int], device, dtype=torch.int32) -> torch.Tensor:
-    """Host list -> tensor on `device` without a device sync (pinned, non-blocking copy)."""
-    t = torch.tensor(list(values), dtype=dtype)
-    if torch.device(device).type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Budget, slash_size: Budget,
-                            last_q: int = 64, sink_tokens: int = 30, local_window: int = 100):
+                            last_q: int = 64, sink_tokens: int = SINK_TOKENS,
+                            local_window: int = LOCAL_WINDOW):
     """Pick vertical columns and slash offsets per head from the attention of the last queries.
 
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vertical [B, Hq, min(V, S)] int32 key columns,
@@ -72,13 +68,9 @@ def _scores(q_last: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[B, Hk, G, L, D] x [B, Hk, S, D] -> fp32 [B, Hk, G, L, S] (q_last already scaled)."""
     B, Hk, G, L, D = q_last.shape
     S = k.shape[2]
-    if q_last.is_cuda and q_last.dtype in (torch.bfloat16, torch.float16):
-        # tensor cores with an fp32 result, and no fp32 copy of K
-        try:
-            return torch.bmm(q_last.reshape(B * Hk, G * L, D), k.reshape(B * Hk, S, D).transpose(1, 2),
-                             out_dtype=torch.float32).view(B, Hk, G, L, S)
-        except (TypeError, RuntimeError, NotImplementedError):  # torch without bmm(out_dtype=)
-            pass
+    s = bmm_fp32_out(q_last.reshape(B * Hk, G * L, D), k.reshape(B * Hk, S, D).transpose(1, 2))
+    if s is not None:  # bf16/fp16 on CUDA: tensor cores with an fp32 result, and no fp32 copy of K
+        return s.view(B, Hk, G, L, S)
     return torch.matmul(q_last.float(), k.float().unsqueeze(2).transpose(-1, -2))
 
 

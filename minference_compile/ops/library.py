@@ -11,16 +11,15 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..triton_kernels._torch_util import device_tensor
 from . import cpu
-from .crossover import auto_min_sparse_len
+from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH, auto_min_sparse_len
 from .dense import dense_attention
-from .estimate import device_tensor, estimate_vertical_slash as _estimate
+from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
-DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
 VS_DENSE_FALLBACKS = [0]  # layers sent to dense by sparse_prefill's vs_max_work check (CUDA), for tests and stats
 log = logging.getLogger("minference_compile")
-SINK_TOKENS, LOCAL_WINDOW = 30, 100  # estimate defaults used by sparse_prefill
 
 
 def _scale(q: Tensor, scale: Optional[float]) -> float:
@@ -113,11 +112,16 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if S != k.shape[2] or S < min_sparse_len:
         return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
-    out = _empty(q)
     present = set(patterns)
+    masks = {}
 
-    def heads(p: int) -> Tensor:
-        return device_tensor([x == p for x in patterns], q.device, torch.bool)
+    def heads(p: int) -> Optional[Tensor]:
+        # one pattern in the layer: no mask (the kernels compile without it); else one device copy per pattern
+        if present == {p}:
+            return None
+        if p not in masks:
+            masks[p] = device_tensor([x == p for x in patterns], q.device, torch.bool)
+        return masks[p]
 
     def budget(p: int, fill: int) -> List[int]:
         return [s if x == p else fill for x, s in zip(patterns, vertical_size)]
@@ -132,17 +136,25 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
             vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]))
             work = 0.0
             if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
-                work = float(work_share(vs_index, S)[:, heads(VERTICAL_SLASH)].mean())  # one host sync
+                # mean over the VS heads (the others' budgets are 0); float() is the one host sync
+                share = work_share(vs_index, S)
+                vs_heads = heads(VERTICAL_SLASH)
+                if vs_heads is not None:
+                    share = share * vs_heads
+                n_vs = q.shape[0] * sum(p == VERTICAL_SLASH for p in patterns)
+                work = float(share.sum()) / n_vs
             if work > vs_max_work:
                 VS_DENSE_FALLBACKS[0] += 1
                 log.info("vertical-slash layer at S=%d would compute %.2f of the causal pairs (> vs_max_work %.2f): "
                          "running it dense", S, work, vs_max_work)
                 return dense_attention(q, k, v, scale)
+    out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
     if DENSE in present:
         if q.device.type == "cpu":
             cpu.causal_attention(q, k, v, scale, heads(DENSE), out)
         else:  # streaming with init_num >= S is dense causal attention
-            _streaming(q, k, v, _per_head(S, q), _per_head(S, q), scale, heads(DENSE), out)
+            whole = _per_head(S, q)
+            _streaming(q, k, v, whole, whole, scale, heads(DENSE), out)
     if VERTICAL_SLASH in present:
         _vertical_slash(q, k, v, vertical, slash, scale, heads(VERTICAL_SLASH), out, vs_index)
     if STREAM_LLM in present:
@@ -151,7 +163,7 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
         _streaming(q, k, v, init, local, scale, heads(STREAM_LLM), out)
     if BLOCK_SPARSE in present:
         topks = {s for x, s in zip(patterns, vertical_size) if x == BLOCK_SPARSE}
-        topk = topks.pop() if len(topks) == 1 else device_tensor(budget(BLOCK_SPARSE, 1), q.device)
+        topk = topks.pop() if len(topks) == 1 else budget(BLOCK_SPARSE, 1)  # a list: its max needs no sync
         _block_sparse(q, k, v, topk, scale, heads(BLOCK_SPARSE), out)
     return out
 
@@ -159,12 +171,8 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
 @vertical_slash_attention.register_fake
 @block_sparse_attention.register_fake
 @streaming_attention.register_fake
-def _attention_fake(q, k, v, *args) -> Tensor:
-    return _empty(q)
-
-
 @sparse_prefill.register_fake
-def _sparse_prefill_fake(q, k, v, *args) -> Tensor:
+def _attention_fake(q, k, v, *args) -> Tensor:
     return _empty(q)
 
 

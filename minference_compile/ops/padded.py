@@ -7,8 +7,6 @@ chunk so the full S x S mask never exists at once. Rows with no attended key out
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import library  # noqa: F401  (registers minference::sparse_prefill)
@@ -34,16 +32,12 @@ def sparse_prefill_masked(
     if q.shape[2] != k.shape[2]:
         # decode / chunked prefill run dense anyway: the padding goes straight into their small
         # q_len x kv_len mask, with no host check per layer and token
-        return dense_attention(q, k, v, _scale(q, scale), _keep(padding_mask, k))
+        return dense_attention(q, k, v, scale, _keep(padding_mask, k))
     if bool(padding_mask[:, : k.shape[-2]].all()):  # one O(B*S) host check
         return torch.ops.minference.sparse_prefill(
             q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work
-        ).contiguous()  # the fake below promises a contiguous result
-    return dense_attention(q, k, v, _scale(q, scale), _keep(padding_mask, k))
-
-
-def _scale(q, scale: float) -> float:
-    return scale if scale else 1.0 / math.sqrt(q.shape[-1])
+        )
+    return dense_attention(q, k, v, scale, _keep(padding_mask, k))
 
 
 def _keep(padding_mask, k):
