@@ -122,6 +122,42 @@ def unrepeat_kv(n: fx.Node) -> fx.Node:
     return n
 
 
+def _producers(n: fx.Node, stop: fx.Node) -> list:
+    """The nodes from ``n`` back to ``stop`` along first arguments (the repeat_kv chain ``unrepeat_kv`` skipped)."""
+    out = []
+    while n is not stop and isinstance(n, fx.Node) and n.args and isinstance(n.args[0], fx.Node):
+        out.append(n)
+        n = n.args[0]
+    return out
+
+
+def _erase_unused(candidates: list) -> None:
+    """Erase the candidates left without users, consumers first.
+
+    Never ``graph.eliminate_dead_code()``: a Dynamo graph holds side effects FX sees as dead, e.g. the
+    tensor-parallel ``copy_(out, wait_tensor(all_reduce(out)))`` whose result nobody reads; removing it
+    dropped o_proj's all-reduce under ``tp_plan`` (issue 13: rel err 0.95).
+    """
+    pending = {n: None for n in candidates}
+    changed = True
+    while changed:
+        changed = False
+        for n in list(pending):
+            if n.graph is not None and not n.users and n.op != "placeholder" and _erasable(n):
+                n.graph.erase_node(n)
+                del pending[n]
+                changed = True
+
+
+def _erasable(n: fx.Node) -> bool:
+    """Only value-producing nodes: no in-place methods / mutating ops."""
+    if n.op == "call_method":
+        return not str(n.target).endswith("_")
+    if n.op == "call_function":
+        return not n.is_impure()
+    return False
+
+
 def _source_text() -> str:
     mods = ("minference_compile.config", "minference_compile.passes.causal_mask", __name__)
     return "".join(inspect.getsource(sys.modules[m]) for m in mods if m in sys.modules)
@@ -133,6 +169,7 @@ class MInferenceSDPAPass(_Base):
     def __init__(self, config: ConfigLike = None):
         self.config: MInferenceConfig = as_config(config)
         self._heads_checked: set = set()
+        self._dead_candidates: list = []  # producers of rewritten SDPA inputs that may now be unused
 
     def uuid(self) -> str:
         return hashlib.sha256((_source_text() + self.config.fingerprint()).encode()).hexdigest()
@@ -144,8 +181,8 @@ class MInferenceSDPAPass(_Base):
             if node.op == "call_function" and node.target in SDPA_TARGETS:
                 matches.append(self._handle(graph, node, order))
                 order += 1
-        if any(m.rewritten for m in matches):
-            graph.eliminate_dead_code()  # drops mask aranges/compares and repeat_kv of rewritten layers
+        _erase_unused(self._dead_candidates)  # mask aranges/compares and repeat_kv of rewritten layers
+        self._dead_candidates = []
         n_rw = sum(m.rewritten for m in matches)
         log.info("minference: %d SDPA nodes, %d rewritten, %d dense", len(matches), n_rw, len(matches) - n_rw)
         for m in matches:
@@ -223,6 +260,9 @@ class MInferenceSDPAPass(_Base):
                 new = graph.call_function(torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)
             else:
                 new = graph.call_function(torch.ops.minference.sparse_prefill_masked.default, (q, k0, v0, padding) + tail)
+        self._dead_candidates += _producers(k, k0) + _producers(v, v0)
+        if mask is not None:
+            self._dead_candidates += [mask, *proof.nodes]
         new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "minference"})
         m = SDPAMatch(rewritten=True, reason=form, **base)
         new.meta["minference"] = m
