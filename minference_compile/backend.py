@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from typing import Any, Optional
 
 import torch
@@ -29,14 +30,27 @@ def run_passes(gm: torch.fx.GraphModule, config: ConfigLike = None) -> list:
     return matches
 
 
+_hinted = [False]
+
+
 def minference_backend(gm: torch.fx.GraphModule, example_inputs, options: Optional[dict] = None, **kwargs: Any):
     opts = dict(options or {})
     config = opts.pop("config", kwargs.pop("config", None))
     kwargs.pop("mode", None)  # torch.compile(mode=...) is Inductor's business; not forwarded here
-    run_passes(gm, config)
+    t0 = time.perf_counter()
+    matches = run_passes(gm, config)
+    n = sum(m.rewritten for m in matches)
+    log.info("minference: graph with %d SDPA node(s): %d rewritten, %d dense; compiling with Inductor ...",
+             len(matches), n, len(matches) - n)
+    if matches and not _hinted[0]:
+        _hinted[0] = True
+        log.info("minference: note: `torch.compile(model).generate(...)` runs the *uncompiled* model (torch "
+                 "compiles __call__ only); use minference_compile.compile(model) to cover generate and pipeline")
     from torch._inductor.compile_fx import compile_fx
 
-    return compile_fx(gm, example_inputs, config_patches=opts or None)
+    compiled = compile_fx(gm, example_inputs, config_patches=opts or None)
+    log.info("minference: graph compiled in %.1f s", time.perf_counter() - t0)
+    return compiled
 
 
 def make_backend(config: ConfigLike = None, **inductor_options: Any):

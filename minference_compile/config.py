@@ -30,12 +30,20 @@ class ConfigError(ValueError):
 
 
 def _where(source, layer=None, head=None) -> str:
-    parts = [str(source or "<dict>")]
+    parts = [str(source or "<config>")]
     if layer is not None:
         parts.append(f"layer {layer}")
     if head is not None:
         parts.append(f"head {head}")
     return ", ".join(parts)
+
+
+# The smallest value each pattern's kernel accepts for its two slots (the public functions check the same):
+# vertical-slash needs >= 1 column and >= 1 diagonal; A-shape init may be 0 (a pure sliding window), local >= 1;
+# block-sparse needs topk >= 1 (its second slot is unused).
+_MINIMUM = {"dense": (0, 0), "vertical_and_slash": (1, 1), "stream_llm": (0, 1), "block_sparse": (1, 0)}
+_SLOTS = {"vertical_and_slash": ("vertical_size", "slash_size"), "stream_llm": ("init_num", "local_window_num"),
+          "block_sparse": ("topk", "(unused)"), "dense": ("(unused)", "(unused)")}
 
 
 def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
@@ -44,11 +52,11 @@ def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
     pattern, v, s = raw[0], raw[1], raw[2]
     if pattern not in PATTERNS:
         raise ConfigError(f"{_where(source, layer, head)}: unknown pattern {pattern!r} (known: {', '.join(PATTERNS)})")
-    for name, val in (("vertical_size", v), ("slash_size", s)):
+    for name, val, lo in zip(_SLOTS[pattern], (v, s), _MINIMUM[pattern]):
         if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
-            raise ConfigError(f"{_where(source, layer, head)}: {name} must be an integer, got {val!r}")
-        if val < 0:
-            raise ConfigError(f"{_where(source, layer, head)}: negative {name} {val}")
+            raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be an integer, got {val!r}")
+        if val < lo:
+            raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be >= {lo}, got {val}")
     return (pattern, int(v), int(s))
 
 
@@ -70,6 +78,30 @@ class MInferenceConfig:
     vs_max_work: float = DEFAULT_VS_MAX_WORK
     source: str | None = None  # file it came from, for error messages and meta
     scores: tuple = ()  # per layer: tuple of (head, score)
+    # A per-layer config must cover every layer of the model it is used with (the pass raises otherwise);
+    # True lets layers beyond the file use `default` (and a longer file than the model pass `validate_for`).
+    allow_layer_mismatch: bool = False
+
+    def __post_init__(self) -> None:
+        """Validate whatever way the config was built (constructor, dict, JSON): errors name source/layer/head."""
+        object.__setattr__(self, "default", _parse_entry(self.default, self.source, None, "default"))
+        for name in ("starting_layer", "last_q"):
+            val = getattr(self, name)
+            if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name == "last_q" else 0):
+                raise ConfigError(f"{_where(self.source)}: {name} must be a {'positive' if name == 'last_q' else 'non-negative'} "
+                                  f"integer, got {val!r}")
+        m = self.min_sparse_len
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
+            raise ConfigError(f"{_where(self.source)}: min_sparse_len must be None (auto) or a non-negative integer, got {m!r}")
+        w = self.vs_max_work
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
+            raise ConfigError(f"{_where(self.source)}: vs_max_work must be a number in (0, 1], got {w!r}")
+        if not isinstance(self.layers, tuple):
+            raise ConfigError(f"{_where(self.source)}: layers must be a tuple of per-layer (head, entry) pairs; "
+                              "use MInferenceConfig.from_dict for the seed's list format")
+        for li, heads in enumerate(self.layers):
+            for h, entry in heads:
+                _parse_entry(entry, self.source, li, h)
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -77,7 +109,8 @@ class MInferenceConfig:
         """``data``: the seed's list of per-layer dicts, or ``{"layers": [...], "starting_layer": ..}``."""
         opts = {}
         if isinstance(data, Mapping):
-            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q", "vs_max_work") if k in data}
+            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q", "vs_max_work",
+                                         "allow_layer_mismatch") if k in data}
             if "default" in data:
                 opts["default"] = _parse_entry(data["default"], source, None, "default")
             data = data.get("layers", [])
@@ -101,17 +134,7 @@ class MInferenceConfig:
             layers.append(tuple(sorted(heads)))
             scores.append(tuple(sorted(sc)))
         opts.update(overrides)
-        cfg = cls(layers=tuple(layers), scores=tuple(scores), source=source, **opts)
-        for name in ("starting_layer", "min_sparse_len", "last_q"):
-            val = getattr(cfg, name)
-            if name == "min_sparse_len" and val is None:
-                continue
-            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-                raise ConfigError(f"{_where(source)}: {name} must be a non-negative integer, got {val!r}")
-        w = cfg.vs_max_work
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
-            raise ConfigError(f"{_where(source)}: vs_max_work must be a number in (0, 1], got {w!r}")
-        return cfg
+        return cls(layers=tuple(layers), scores=tuple(scores), source=source, **opts)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **overrides) -> "MInferenceConfig":
@@ -153,9 +176,11 @@ class MInferenceConfig:
         return tuple(self.head_entry(layer, h) for h in range(num_heads))
 
     def validate_for(self, num_layers: int, num_heads: int) -> "MInferenceConfig":
-        if len(self.layers) > num_layers:
+        """Raise ConfigError unless this config fits a model of ``num_layers`` x ``num_heads`` (q heads)."""
+        if self.layers and len(self.layers) != num_layers and not self.allow_layer_mismatch:
             raise ConfigError(
-                f"{_where(self.source, len(self.layers) - 1)}: config has {len(self.layers)} layers, model has {num_layers}"
+                f"{_where(self.source)}: config has {len(self.layers)} layers, the model has {num_layers} "
+                "(set allow_layer_mismatch=True to use `default` for missing layers / ignore extra ones)"
             )
         return self.check_heads(num_heads)
 
@@ -170,7 +195,7 @@ class MInferenceConfig:
         """Stable text of everything that changes the rewrite (for the pass uuid)."""
         return json.dumps(
             [self.to_list(), list(self.default), self.starting_layer, self.min_sparse_len, self.last_q,
-             self.vs_max_work], sort_keys=True
+             self.vs_max_work, self.allow_layer_mismatch], sort_keys=True
         )
 
 
@@ -185,7 +210,10 @@ def as_config(config: ConfigLike) -> MInferenceConfig:
         return config
     if isinstance(config, (str, os.PathLike)):
         return MInferenceConfig.from_json(config)
-    return MInferenceConfig.from_dict(config)
+    if isinstance(config, (Mapping, list, tuple)):
+        return MInferenceConfig.from_dict(config)
+    raise ConfigError(f"config must be a MInferenceConfig, a dict or list in the seed's format, or a JSON path; "
+                      f"got {type(config).__name__} {config!r:.60}")
 
 
 def get_support_models() -> list:

@@ -11,10 +11,20 @@ transformers' ``sdpa_mask`` (non-vmap path, 5.17 and 5.24) builds, in the Dynamo
     result_2  = result_1 & pad.to(device)
     mask      = result_2.expand(B, -1, q_len, kv_len)
 
-We evaluate that producer subgraph abstractly: every node maps to an index vector, TRUE, a CAUSAL
-atom, a PAD atom or a conjunction of atoms. Any node we do not understand (a ``q_idx - window``
-term, ``|``, ``==`` of packed-sequence ids, float/additive masks, vmap) makes the proof fail with a
-reason naming that node, and the layer stays dense.
+Without a cache transformers masks by *positions* instead of aranges, and adds packed-sequence ids::
+
+    pos  = position_ids (a graph input) or arange(S).unsqueeze(0)        seg = cumsum(diff(pos, prepend=pos[:, :1] - 1) != 1, -1)
+    le   = pos[batch, kv_indices] <= pos[batch, q_indices]             eq  = seg[batch, q_indices] == seg[batch, kv_indices]
+
+With arange positions both reduce statically (to CAUSAL and TRUE). With a user ``position_ids`` input they
+reduce to CAUSAL iff every row is one sequence (``diff(pos) == 1``): the proof returns that input as
+``positions`` and the op checks it at run time (several packed sequences -> exact dense). A sliding
+window adds ``kv_indices > q_indices - W`` (a WINDOW atom): the proof returns ``window = W``.
+
+We evaluate that producer subgraph abstractly: every node maps to an index vector, TRUE, a CAUSAL,
+PAD, WINDOW or POSITIONS atom, or a conjunction of atoms. Any node we do not understand (``|``,
+chunked-attention ``//``, float/additive masks, vmap) makes the proof fail with a reason naming that
+node, and the layer stays dense.
 """
 from __future__ import annotations
 
@@ -33,6 +43,8 @@ class MaskProof:
     reason: str = ""
     padding: Optional[fx.Node] = None  # 2D [B, >= kv_len] graph input, bool-castable; None = no padding term
     nodes: tuple = ()  # the mask's producer nodes (dead after the rewrite unless shared)
+    positions: Optional[fx.Node] = None  # [B or 1, S] position_ids input checked at run time (one sequence per row)
+    window: int = 0  # sliding window W (> 0: also q - kv < W)
 
 
 class _Fail(Exception):
@@ -74,6 +86,23 @@ class _Idx:  # _Range broadcast onto one of the 4 mask axes (0 batch, 2 q, 3 kv)
     rng: _Range
 
 
+@dataclasses.dataclass(frozen=True)
+class _Pos:  # a [1 or B, L] position tensor: arange + offset (rng) or the graph input `node`
+    rng: Optional[_Range] = None
+    node: Optional[fx.Node] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seg:  # packed-sequence ids cumsum(diff(pos) != 1) of a _Pos
+    pos: _Pos
+
+
+@dataclasses.dataclass(frozen=True)
+class _At:  # a _Pos / _Seg gathered at [batch_indices, idx] (idx an _Idx on axis 2 or 3)
+    src: Any
+    idx: _Idx
+
+
 _TRUE = ("true",)
 _FULL = slice(None, None, None)
 
@@ -93,13 +122,16 @@ def _offset_val(off: Any) -> Any:
 _AND = {operator.and_, torch.logical_and, torch.bitwise_and, "__and__", "logical_and", "bitwise_and", "logical_and_"}
 _LE = {operator.le, torch.le, "le", "__le__"}
 _GE = {operator.ge, torch.ge, "ge", "__ge__"}
+_GT = {operator.gt, torch.gt, "gt", "__gt__"}
+_LT = {operator.lt, torch.lt, "lt", "__lt__"}
+_NE = {operator.ne, torch.ne, "ne", "__ne__"}
+_EQ = {operator.eq, torch.eq, "eq", "__eq__"}
 _SAME = {"to", "expand", "contiguous", "bool", "clone", "expand_as"}
 _NOTE = {  # why common non-causal terms are refused
-    "sub": "sliding-window / chunk term (q_idx - window)",
-    "gt": "sliding-window term (kv_idx > q_idx - window)",
+    "sub": "window / chunk term with a non-constant width",
     "lt": "window/chunk comparison",
     "or_": "or-overlay (bidirectional/prefix/block mask)",
-    "eq": "packed-sequence / document mask (== of segment ids)",
+    "eq": "document / segment mask (== of ids not derived from position_ids)",
     "where": "float/additive mask",
     "floordiv": "chunked attention term",
     "tanh": "soft-capping",
@@ -154,6 +186,46 @@ class _Eval:
             x, y = self(lo), self(hi)
             if isinstance(x, _Idx) and isinstance(y, _Idx) and x.axis == 3 and y.axis == 2:
                 return ("causal", y.rng, x.rng)
+            if (isinstance(x, _At) and isinstance(y, _At) and x.src == y.src and isinstance(x.src, _Pos)
+                    and x.idx.axis == 3 and y.idx.axis == 2):
+                # pos[kv] <= pos[q] with input positions: causal iff each row is one sequence (checked at run time)
+                return ("and", ("causal", y.idx.rng, x.idx.rng), ("positions", x.src.node))
+            self._fail(n)
+        if t in _GT or t in _LT:
+            big, small = (a[0], a[1]) if t in _GT else (a[1], a[0])  # big > small
+            x, y = self(big), self(small)
+            if isinstance(x, _Idx) and x.axis == 3 and isinstance(y, tuple) and y[0] == "shift" and y[1].axis == 2:
+                return ("window", y[1].rng, x.rng, y[2])  # kv > q - W
+            self._fail(n)
+        if t in (operator.sub, torch.sub, "sub", "__sub__") and len(a) == 2:
+            x = self(a[0])
+            if isinstance(x, _Idx) and isinstance(a[1], int) and a[1] > 0:
+                return ("shift", x, a[1])
+            self._fail(n)
+        if t in ("unsqueeze",) or t is torch.unsqueeze:
+            x = self(a[0])
+            if isinstance(x, _Range) and a[1:] in ((0,), ()) and kw.get("dim", 0) == 0:
+                return _Pos(rng=x)
+            self._fail(n)
+        if t in ("cumsum",) or t is torch.cumsum:
+            x = self(a[0])
+            dim = a[1] if len(a) > 1 else kw.get("dim")
+            if isinstance(x, tuple) and x[0] == "breaks" and dim in (-1, 1):
+                return _Seg(x[1])
+            self._fail(n)
+        if t in _NE and len(a) == 2 and a[1] == 1:
+            x = self(a[0])
+            if isinstance(x, tuple) and x[0] == "diff":
+                return ("breaks", x[1])
+            self._fail(n)
+        if t is torch.diff or t == "diff":
+            return ("diff", self._diff(n, a, kw))
+        if t in _EQ and len(a) == 2:
+            x, y = self(a[0]), self(a[1])
+            if (isinstance(x, _At) and isinstance(y, _At) and isinstance(x.src, _Seg) and x.src == y.src
+                    and {x.idx.axis, y.idx.axis} == {2, 3}):
+                pos = x.src.pos
+                return _TRUE if pos.node is None else ("positions", pos.node)  # arange positions: one sequence
             self._fail(n)
         if t in _AND:
             x, y = self(a[0]), self(a[1])
@@ -174,11 +246,41 @@ class _Eval:
             full = [i for i, s in enumerate(idx) if s == _FULL]
             if len(full) == 1 and all(s is None for i, s in enumerate(idx) if i != full[0]) and full[0] in (0, 2, 3):
                 return _Idx(full[0], x)
-        if isinstance(x, tuple) and x[0] == "input" and isinstance(idx, tuple) and len(idx) == 2:
-            b, k = self(idx[0]), self(idx[1])
-            if isinstance(b, _Idx) and b.axis == 0 and isinstance(k, _Idx) and k.axis == 3:
-                return ("pad", x[1], k.rng)
-        raise _Fail(f"unrecognised indexing at {n.name} (not padding_mask[batch_idx, kv_idx])")
+        if isinstance(idx, tuple) and len(idx) == 2 and isinstance(idx[0], fx.Node) and isinstance(idx[1], fx.Node):
+            b, i = self(idx[0]), self(idx[1])
+            if isinstance(b, _Idx) and b.axis == 0 and isinstance(i, _Idx) and i.axis in (2, 3):
+                if isinstance(x, tuple) and x[0] == "input":  # padding mask or position_ids: the consumer decides
+                    return _At(_Pos(node=x[1]), i)
+                if isinstance(x, _Pos) and x.rng is not None:  # arange positions: pos[idx] = idx + offset
+                    return _Idx(i.axis, _Range(i.rng.length, _add_offset(i.rng.offset, x.rng.offset)))
+                if isinstance(x, (_Pos, _Seg)):
+                    return _At(x, i)
+        raise _Fail(f"unrecognised indexing at {n.name} (not padding_mask / positions [batch_idx, idx])")
+
+    def _diff(self, n: fx.Node, a, kw) -> _Pos:
+        """``torch.diff(pos, prepend=pos[:, :1] - 1, dim=-1)``: transformers' packed-sequence breaks."""
+        src = a[0]
+        pre = kw.get("prepend")
+        pos = self(src)
+        if isinstance(pos, tuple) and pos[0] == "input":
+            pos = _Pos(node=pos[1])
+        ok = (isinstance(pos, _Pos) and kw.get("dim", -1) in (-1, 1) and len(a) == 1 and isinstance(pre, fx.Node)
+              and pre.target in (operator.sub, "sub") and pre.args[1] == 1 and isinstance(pre.args[0], fx.Node))
+        first = pre.args[0] if ok else None
+        ok = ok and first.target is operator.getitem and first.args[1] == (_FULL, slice(None, 1, None))
+        if not ok or not _same_source(first.args[0], src):
+            raise _Fail(f"unrecognised position diff at {n.name}")
+        self.nodes += [pre, first]
+        return pos
+
+
+def _same_source(x: fx.Node, y: fx.Node) -> bool:
+    """x and y are the same tensor up to expand/unsqueeze views of it."""
+    def root(n):
+        while isinstance(n, fx.Node) and n.op == "call_method" and n.target in ("expand", "contiguous"):
+            n = n.args[0]
+        return n
+    return root(x) is root(y)
 
 
 def _is_scalar(x: Any) -> bool:
@@ -192,8 +294,10 @@ def _atoms(x: Any, n: fx.Node) -> tuple:
         return ()
     if isinstance(x, tuple) and x[0] == "and":
         return x[1:]
-    if isinstance(x, tuple) and x[0] in ("causal", "pad"):
+    if isinstance(x, tuple) and x[0] in ("causal", "pad", "window", "positions"):
         return (x,)
+    if isinstance(x, _At) and isinstance(x.src, _Pos) and x.src.node is not None and x.idx.axis == 3:
+        return (("pad", x.src.node, x.idx.rng),)  # padding_mask[batch_idx, kv_idx]
     raise _Fail(f"non-boolean operand of & at {n.name}")
 
 
@@ -204,7 +308,8 @@ def _len_val(length: Any) -> Any:
 
 
 def prove_causal_mask(mask: fx.Node, q: fx.Node, k: fx.Node) -> MaskProof:
-    """Is ``mask`` (for SDPA(q, k, ...)) exactly bottom-right causal, optionally AND padding[b, kv]?"""
+    """Is ``mask`` (for SDPA(q, k, ...)) exactly bottom-right causal, optionally AND padding[b, kv], AND a
+    sliding window, AND one-sequence-per-row positions (the last two returned for the op to handle)?"""
     ev = _Eval()
     try:
         val = mask.meta.get("example_value", mask.meta.get("val"))
@@ -218,8 +323,14 @@ def prove_causal_mask(mask: fx.Node, q: fx.Node, k: fx.Node) -> MaskProof:
         pads = [x for x in atoms if x[0] == "pad"]
         if not causal:
             raise _Fail("no causal term (bidirectional mask)")
+        windows = [x for x in atoms if x[0] == "window"]
+        positions = {x[1] for x in atoms if x[0] == "positions"}
+        if len(positions) > 1:
+            raise _Fail("several position_ids inputs")
+        if len({w[3] for w in windows}) > 1:
+            raise _Fail("several sliding windows")
         qs, ks = shape_of(q), shape_of(k)
-        for _, qr, kr in causal:
+        for _, qr, kr, *_ in causal + windows:
             if not (known_eq(_len_val(qr.length), qs[-2]) and known_eq(_len_val(kr.length), ks[-2])):
                 raise _Fail("mask aranges do not match the q/kv lengths")
             # kv + kv_off <= q + q_off  is bottom-right causal iff q_off - kv_off == kv_len - q_len
@@ -234,7 +345,8 @@ def prove_causal_mask(mask: fx.Node, q: fx.Node, k: fx.Node) -> MaskProof:
                 if not known_eq(_offset_val(p[2].offset), 0):
                     raise _Fail("padding mask indexed with a kv offset (cache in use)")
             padding = pads[0][1]
-        return MaskProof(True, "", padding, tuple(ev.nodes))
+        return MaskProof(True, "", padding, tuple(ev.nodes), next(iter(positions), None),
+                         windows[0][3] if windows else 0)
     except _Fail as e:
         terms = _known_terms(mask)
         return MaskProof(False, f"{terms} [{e}]" if terms else str(e))

@@ -41,9 +41,12 @@ import torch.nn.functional as F
 
 from minference_compile.ops import head_dim_supported  # also registers minference::sparse_prefill
 import minference_compile.ops.padded  # noqa: F401  (registers minference::sparse_prefill_masked)
-from minference_compile.config import PATTERN_IDS, ConfigLike, MInferenceConfig, as_config
+import minference_compile.ops.local  # noqa: F401  (registers minference::local_attention)
+from minference_compile.config import PATTERN_IDS, ConfigError, ConfigLike, MInferenceConfig, as_config
+from minference_compile.ops.decide import resolve_min_sparse_len
 
 from .causal_mask import known_eq, prove_causal_mask, shape_of
+from .tensor_parallel import check_groups, head_shard
 
 try:
     from torch._inductor.custom_graph_pass import CustomGraphPass as _Base
@@ -59,20 +62,59 @@ _SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scal
 
 @dataclasses.dataclass(frozen=True)
 class SDPAMatch:
-    """What the pass decided for one SDPA node (``node.meta["minference"]``)."""
+    """What the pass decided for one SDPA node (``node.meta["minference"]``).
+
+    ``rewritten`` says the node now calls our op; what that op *runs* at a given length is decided at run
+    time (``min_sparse_len``, ``vs_max_work``, padding, packed sequences): ``at_length`` predicts the
+    length rule, ``minference_compile.runtime_stats()`` records what ran.
+    """
 
     layer: int
     layer_source: str  # "nn_module_stack" or "order" (no module path found)
     module: str
-    q_heads: Optional[int]
+    q_heads: Optional[int]  # heads this node holds (this rank's, under tensor parallelism)
     kv_heads: Optional[int]
-    patterns: tuple  # per q-head pattern names
+    patterns: tuple  # per q-head pattern names (of the heads this node holds)
     vertical_size: tuple
     slash_size: tuple
     config_source: Optional[str]
     rewritten: bool
-    reason: str  # form rewritten ("is_causal", "causal mask", "causal+padding mask") or why dense
+    reason: str  # form rewritten ("is_causal", "causal mask", "causal+padding mask", ...) or why dense
     node: str = ""
+    op: str = ""  # the minference op the node now calls
+    min_sparse_len: int = -1  # as passed to the op (-1: auto, resolved per device at run time)
+    device: str = ""  # device type of the traced tensors
+    window: int = 0  # sliding window (local_attention) or 0
+    tp: str = ""  # tensor parallel: "rank r/w: q heads a-b of H" or ""
+
+    def at_length(self, length: int, device: Optional[str] = None) -> str:
+        """What this node runs for a prompt of ``length`` tokens on ``device`` (default: the traced one),
+        before the data-dependent checks (vs_max_work, padding, packed sequences), which are named."""
+        if not self.rewritten:
+            return "dense: " + self.reason
+        dev = device or self.device or "cpu"
+        if self.window:
+            from minference_compile.ops.decide import resolve_min_sparse_len
+
+            if length <= self.window:
+                return f"dense: sliding window {self.window} >= length"
+            t, how = resolve_min_sparse_len(self.min_sparse_len, [2], [0], [self.window], dev)
+            return (f"sparse: A-shape 0 + {self.window} (exact sliding window)" if length >= t else
+                    f"dense: sliding window, length < {how} {'(dense on ' + dev + ')' if t > 1 << 60 else t}")
+        from minference_compile.ops.decide import length_decision
+
+        ids = [PATTERN_IDS[p] for p in self.patterns]
+        sparse, why = length_decision(ids, self.vertical_size, self.slash_size, length, length, self.min_sparse_len, dev)
+        if not sparse:
+            return "dense: " + why
+        checks = []
+        if dev == "cuda" and "vertical_and_slash" in self.patterns:
+            checks.append("vs_max_work on the estimate")
+        if "padding" in self.reason:
+            checks.append("padding")
+        if "position" in self.reason:
+            checks.append("one sequence per row")
+        return "sparse: " + why + (f" (run-time check: {', '.join(checks)})" if checks else "")
 
 
 _PATH_PREFIX = re.compile(r"^L(\[[^\]]*\])+")  # L['self'] / L['args'][0]
@@ -159,7 +201,8 @@ def _erasable(n: fx.Node) -> bool:
 
 
 def _source_text() -> str:
-    mods = ("minference_compile.config", "minference_compile.passes.causal_mask", __name__)
+    mods = ("minference_compile.config", "minference_compile.passes.causal_mask",
+            "minference_compile.passes.tensor_parallel", __name__)
     return "".join(inspect.getsource(sys.modules[m]) for m in mods if m in sys.modules)
 
 
@@ -201,11 +244,27 @@ class MInferenceSDPAPass(_Base):
         ks = shape_of(k0)
         hq = int(qs[1]) if qs is not None and not isinstance(qs[1], torch.SymInt) else None
         hkv = int(ks[1]) if ks is not None and not isinstance(ks[1], torch.SymInt) else None
-        entries = self.config.layer_entries(layer, hq) if hq else ()
+        d = qs[-1] if qs is not None else None
+        qval = q.meta.get("example_value", q.meta.get("val"))
+        device = getattr(getattr(qval, "device", None), "type", "") or ""
+        shard, tp = None, ""
+        if hq and hkv and isinstance(d, int):
+            shard = head_shard(q, hq, d)
+            if shard is not None:
+                check_groups(shard, head_shard(k0, hkv, d))
+                tp = (f"rank {shard.rank}/{shard.world}: q heads {shard.offset}-{shard.offset + hq - 1} "
+                      f"of {shard.total}")
+        total = shard.total if shard else hq
+        self._check_config(layer, total)
+        entries = ()
+        if hq:
+            entries = self.config.layer_entries(layer, total)[shard.offset:shard.offset + hq] if shard else \
+                self.config.layer_entries(layer, hq)
         base = dict(
             layer=layer, layer_source=layer_source, module=module, q_heads=hq, kv_heads=hkv,
             patterns=tuple(e[0] for e in entries), vertical_size=tuple(e[1] for e in entries),
             slash_size=tuple(e[2] for e in entries), config_source=self.config.source, node=node.name,
+            device=device, tp=tp,
         )
 
         def dense(reason: str) -> SDPAMatch:
@@ -217,14 +276,11 @@ class MInferenceSDPAPass(_Base):
             return dense("head counts unknown or not divisible")
         if hq != hkv and k0 is k and not a["enable_gqa"]:
             return dense("K/V heads differ from Q heads without repeat_kv or enable_gqa")
-        if hq not in self._heads_checked:  # raises naming file/layer/head
-            self.config.check_heads(hq)
-            self._heads_checked.add(hq)
         if a["dropout_p"] not in (0, 0.0):
             return dense("dropout_p != 0")
-        if all(e[0] == "dense" for e in entries):
-            return dense("config: all heads dense" + (" (below starting_layer)" if layer < self.config.starting_layer else ""))
-        d = qs[-1]
+        if shard is None and _distributed() and len(set(self.config.layer_entries(layer, hq))) > 1:
+            return dense("distributed run without DTensor-sharded projections: the config's per-head entries "
+                         "cannot be mapped to this rank's heads")
         if isinstance(d, torch.SymInt) or not head_dim_supported(int(d)):
             return dense(f"head_dim {d} not supported by the sparse kernels")
         scale = a["scale"]
@@ -235,7 +291,7 @@ class MInferenceSDPAPass(_Base):
         # else: with dynamic=True Dynamo lifts the module's float `scaling` to a 0-d input and
         # `.item()`s it; the SymFloat node is passed through to the op unchanged.
 
-        mask, padding = a["attn_mask"], None
+        mask, proof = a["attn_mask"], None
         if mask is None:
             if not a["is_causal"]:
                 return dense("no mask and is_causal=False (bidirectional / single-token decode)")
@@ -248,24 +304,73 @@ class MInferenceSDPAPass(_Base):
             proof = prove_causal_mask(mask, q, k0)
             if not proof.ok:
                 return dense(proof.reason)
-            padding = proof.padding
-            form = "causal+padding mask" if padding is not None else "causal mask"
-
+            form = "causal" + "".join(t for c, t in ((proof.padding, "+padding"), (proof.positions, "+positions"))
+                                      if c is not None) + " mask"
+        min_len = -1 if self.config.min_sparse_len is None else self.config.min_sparse_len  # -1: auto
+        if proof is not None and proof.window:
+            # a sliding-window layer: exact local attention, whatever the config says for its heads
+            new = self._insert(graph, node, torch.ops.minference.local_attention.default,
+                               (q, k0, v0, proof.padding, proof.positions, proof.window, scale, min_len, layer))
+            base.update(patterns=("stream_llm",) * hq, vertical_size=(0,) * hq, slash_size=(proof.window,) * hq)
+            return self._done(node, new, k, k0, v, v0, mask, proof, base, f"sliding window {proof.window} ({form})",
+                              op="local_attention", window=proof.window, min_sparse_len=min_len)
+        if all(e[0] == "dense" for e in entries):
+            return dense("config: all heads dense" + (" (below starting_layer)" if layer < self.config.starting_layer else ""))
         ids = [PATTERN_IDS[e[0]] for e in entries]
         vs, ss = list(base["vertical_size"]), list(base["slash_size"])
-        min_len = -1 if self.config.min_sparse_len is None else self.config.min_sparse_len  # -1: auto
-        tail = (ids, vs, ss, scale, min_len, self.config.last_q, float(self.config.vs_max_work))
+        tp_world = shard.world if shard else 1
+        if shard and min_len < 0 and device:
+            # every rank must take the same length decision: resolve "auto" from the whole layer's heads
+            g = self.config.layer_entries(layer, total)
+            min_len = resolve_min_sparse_len(-1, [PATTERN_IDS[e[0]] for e in g], [e[1] for e in g],
+                                             [e[2] for e in g], device)[0]
+        if tp_world > 1 and not _world_is(tp_world):
+            tp_world = 1  # the TP group is not the whole world (DP x TP): vs_max_work decides per rank, see DESIGN.md
+        tail = (ids, vs, ss, scale, min_len, self.config.last_q, float(self.config.vs_max_work), layer, tp_world)
+        if proof is not None and (proof.padding is not None or proof.positions is not None):
+            new = self._insert(graph, node, torch.ops.minference.sparse_prefill_masked.default,
+                               (q, k0, v0, proof.padding, proof.positions) + tail)
+            op = "sparse_prefill_masked"
+        else:
+            new = self._insert(graph, node, torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)
+            op = "sparse_prefill"
+        return self._done(node, new, k, k0, v, v0, mask, proof, base, form, op=op, min_sparse_len=min_len)
+
+    def _check_config(self, layer: int, heads: Optional[int]) -> None:
+        """Raise ConfigError (naming file, layer, head) when the config does not fit this model."""
+        cfg = self.config
+        if cfg.layers and layer >= len(cfg.layers) and not cfg.allow_layer_mismatch:
+            raise ConfigError(f"{cfg.source or '<config>'}: has {len(cfg.layers)} layers, the model has layer {layer} "
+                              "(set allow_layer_mismatch=True to use `default` for the missing layers)")
+        if heads and heads not in self._heads_checked:
+            cfg.check_heads(heads)
+            self._heads_checked.add(heads)
+
+    @staticmethod
+    def _insert(graph: fx.Graph, node: fx.Node, target, args: tuple) -> fx.Node:
         with graph.inserting_before(node):
-            if padding is None:
-                new = graph.call_function(torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)
-            else:
-                new = graph.call_function(torch.ops.minference.sparse_prefill_masked.default, (q, k0, v0, padding) + tail)
+            new = graph.call_function(target, args)
+        new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "minference"})
+        return new
+
+    def _done(self, node, new, k, k0, v, v0, mask, proof, base, reason, **extra) -> SDPAMatch:
         self._dead_candidates += _producers(k, k0) + _producers(v, v0)
         if mask is not None:
             self._dead_candidates += [mask, *proof.nodes]
-        new.meta.update({k_: v_ for k_, v_ in node.meta.items() if k_ != "minference"})
-        m = SDPAMatch(rewritten=True, reason=form, **base)
+        m = SDPAMatch(rewritten=True, reason=reason, **{**base, **extra})
         new.meta["minference"] = m
         node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        node.graph.erase_node(node)
         return m
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _world_is(n: int) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() == n

@@ -56,7 +56,10 @@ def _write(tmp_path, data, name="cfg.json"):
     "data, words",
     [
         ([{"0": ["vertical_and_slash", 10, 10, 1]}, {"2": ["diagonal", 1, 1, 0]}], ["layer 1", "head 2", "diagonal"]),
-        ([{"1": ["stream_llm", -4, 10, 1]}], ["layer 0", "head 1", "negative"]),
+        ([{"1": ["stream_llm", -4, 10, 1]}], ["layer 0", "head 1", "init_num must be >= 0, got -4"]),
+        ([{"2": ["vertical_and_slash", 0, 10, 1]}], ["layer 0", "head 2", "vertical_size must be >= 1, got 0"]),
+        ([{"0": ["block_sparse", 0, 0, 1]}], ["layer 0", "head 0", "topk must be >= 1"]),
+        ([{"0": ["stream_llm", 0, 0, 1]}], ["layer 0", "head 0", "local_window_num must be >= 1"]),
         ([{"x": ["stream_llm", 4, 10, 1]}], ["layer 0", "head x"]),
     ],
 )
@@ -85,8 +88,11 @@ def test_bad_json_names_file():
 def test_validate_for(tmp_path):
     cfg = MInferenceConfig.from_json(FIX / "tiny_mixed.json")
     cfg.validate_for(2, 4)
-    with pytest.raises(ConfigError, match=r"tiny_mixed.json, layer 1: config has 2 layers, model has 1"):
+    with pytest.raises(ConfigError, match=r"tiny_mixed.json: config has 2 layers, the model has 1 \(set allow_layer"):
         cfg.validate_for(1, 4)
+    with pytest.raises(ConfigError, match=r"config has 2 layers, the model has 5"):
+        cfg.validate_for(5, 4)
+    MInferenceConfig.from_json(FIX / "tiny_mixed.json", allow_layer_mismatch=True).validate_for(5, 4)
     with pytest.raises(ConfigError, match=r"tiny_mixed.json, layer 1, head 3: head index out of range"):
         cfg.validate_for(2, 3)
 

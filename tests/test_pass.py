@@ -90,7 +90,6 @@ def test_mask_form_proved_and_mask_removed(with_pad):
 @pytest.mark.parametrize(
     "make, reason",
     [
-        (lambda S: hf_mask(S, window=8), "sliding-window"),
         (lambda S: torch.ones(1, 1, S, S, dtype=torch.bool), "causal"),
         (lambda S: torch.zeros(1, 1, S, S).masked_fill(~hf_mask(S), float("-inf")), "float/additive"),
     ],
@@ -127,7 +126,7 @@ def test_per_head_config_reaches_the_op():
     _, m, (gm,) = capture(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
                           *qkv(), config=cfg)
     (new,) = [n for n in gm.graph.nodes if n.target is torch.ops.minference.sparse_prefill.default]
-    assert new.args[3:] == ([1, 2, 3, 1], [1000, 4, 3, 1000], [6096, 8, 0, 6096], 0.125, 0, 64, 0.55)
+    assert new.args[3:] == ([1, 2, 3, 1], [1000, 4, 3, 1000], [6096, 8, 0, 6096], 0.125, 0, 64, 0.55, 0, 1)
     assert m[0].patterns == ("vertical_and_slash", "stream_llm", "block_sparse", "vertical_and_slash")
 
 
@@ -152,3 +151,93 @@ def test_logs_counts(caplog):
     with caplog.at_level(logging.INFO, logger="minference_compile"):
         capture(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), *qkv())
     assert "1 SDPA nodes, 1 rewritten, 0 dense" in caplog.text
+
+
+@pytest.mark.parametrize("S", [8, 40])
+def test_sliding_window_mask_runs_exact_local_attention(S):
+    """kv > q - W AND kv <= q -> minference::local_attention (A-shape init 0, local W); the mask is gone."""
+    q, k, v = qkv(S=S)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, _repeat(k, 2), _repeat(v, 2), attn_mask=hf_mask(q.shape[2], window=8))
+    out, m, (gm,) = capture(fn, q, k, v)
+    assert m[0].rewritten and m[0].window == 8 and m[0].op == "local_attention", m[0]
+    assert not sdpa_nodes(gm) and "le" not in str(gm.code) and torch.arange not in {n.target for n in gm.graph.nodes}
+    assert m[0].at_length(4) == "dense: sliding window 8 >= length"
+    assert m[0].at_length(4096).startswith("sparse: A-shape 0 + 8")
+    torch.testing.assert_close(out, fn(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def _packed_mask(pos):
+    """transformers' no-cache mask: positions compared, AND packed-sequence ids (masking_utils, non-vmap)."""
+    S = pos.shape[1]
+    first = pos[:, :1] - 1
+    seg = torch.diff(pos, prepend=first, dim=-1).ne(1).cumsum(-1)
+    pos_e = pos.expand(1, -1)
+    b = torch.arange(1)[:, None, None, None]
+    qi = (torch.arange(S) + 0)[None, None, :, None]
+    ki = (torch.arange(S) + 0)[None, None, None, :]
+    res = qi.new_ones((), dtype=torch.bool)
+    res = res & (pos_e[b, ki] <= pos_e[b, qi]).to(res.device)
+    res = res & (seg[b, qi] == seg[b, ki]).to(res.device)
+    return res.expand(1, -1, S, S)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["one_sequence", "two_documents"])
+def test_position_ids_mask_checked_at_run_time(packed):
+    """use_cache=False: the position/packed-sequence mask is proved causal given one sequence per row, checked
+    in O(S) at run time; two packed documents run exact dense attention with the original mask (and say so)."""
+    from minference_compile import reset_runtime_stats, runtime_stats
+
+    q, k, v = qkv(S=40)
+    pos = torch.arange(40)[None] + 3
+    if packed:
+        pos[:, 25:] = torch.arange(15)
+    fn = lambda q, k, v, pos: F.scaled_dot_product_attention(q, _repeat(k, 2), _repeat(v, 2), attn_mask=_packed_mask(pos))
+    reset_runtime_stats()
+    out, m, (gm,) = capture(fn, q, k, v, pos)
+    assert m[0].rewritten and m[0].reason == "causal+positions mask" and m[0].op == "sparse_prefill_masked", m[0]
+    assert not sdpa_nodes(gm) and "cumsum" not in str(gm.code) and "diff" not in str(gm.code)
+    torch.testing.assert_close(out, fn(q, k, v, pos), atol=1e-5, rtol=1e-5)
+    ((ran, why),) = runtime_stats()[0]
+    assert (ran == "dense" and "several packed sequences" in why) if packed else ran == "sparse", (ran, why)
+
+
+def test_arange_positions_mask_is_plain_causal():
+    """With no position_ids input (transformers derives them from an arange) the packed term is proved TRUE."""
+    q, k, v = qkv(S=24)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(
+        q, _repeat(k, 2), _repeat(v, 2), attn_mask=_packed_mask((torch.arange(q.shape[2]) + 0).unsqueeze(0)))
+    out, m, (gm,) = capture(fn, q, k, v)
+    assert m[0].rewritten and m[0].reason == "causal mask" and m[0].op == "sparse_prefill"
+    torch.testing.assert_close(out, fn(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_custom_scale_reaches_the_estimate(monkeypatch):
+    """The estimate ranks at the node's scale (Gemma-style query_pre_attn_scalar), not 1/sqrt(D)."""
+    import minference_compile.ops.library as lib
+
+    seen = []
+    real = lib._estimate
+    monkeypatch.setattr(lib, "_estimate", lambda *a, **kw: seen.append(kw.get("scale")) or real(*a, **kw))
+    q, k, v = qkv(S=40)
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=0.3)
+    cfg = {"layers": [], "default": ["vertical_and_slash", 8, 16], "min_sparse_len": 0}
+    out, m, _ = capture(fn, q, k, v, config=cfg)
+    assert seen == [0.3]
+    from minference_compile.ops import estimate_vertical_slash
+    a, _ = estimate_vertical_slash(q, k, 8, 16, sink_tokens=0, local_window=0, scale=0.01)
+    b, _ = estimate_vertical_slash(q, k, 8, 16, sink_tokens=0, local_window=0, scale=3.0)
+    assert not torch.equal(a.sort(-1).values, b.sort(-1).values)  # the temperature changes the ranking
+
+
+def test_config_shorter_than_model_is_an_error():
+    fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def two_layers(q, k, v):
+        return fn(q, k, v) + fn(q, k, v)
+
+    cfg = MInferenceConfig.from_dict([{"0": ["stream_llm", 4, 4, 0]}], source="short.json", min_sparse_len=0)
+    with pytest.raises(Exception, match=r"short.json: has 1 layers, the model has layer 1"):
+        capture(two_layers, *qkv(), config=cfg)
+    ok = MInferenceConfig.from_dict([{"0": ["stream_llm", 4, 4, 0]}], min_sparse_len=0, allow_layer_mismatch=True)
+    _, m, _ = capture(two_layers, *qkv(), config=ok)
+    assert [x.patterns[0] for x in m] == ["stream_llm", "vertical_and_slash"]

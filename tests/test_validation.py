@@ -44,7 +44,7 @@ q, k, v = qkv()
     (lambda: vs(q, k, v, slash=idx(1, 4, 3) + 70), ValueError, r"slash has out-of-range index \d+ \(must be < seq_len 70"),
     (lambda: ops.block_sparse_attention(q, k, v, 0), ValueError, "topk must be positive"),
     (lambda: ops.block_sparse_attention(q, k, v, 2.0), TypeError, "topk must be an int"),
-    (lambda: ops.streaming_forward(q, k, v, 0, 8), ValueError, "init_num must be positive"),
+    (lambda: ops.streaming_forward(q, k, v, -1, 8), ValueError, "init_num must be >= 0"),
     (lambda: ops.streaming_forward(q, k, v, 4, -1), ValueError, "local_window_num must be positive"),
     (lambda: ops.estimate_vertical_slash(q, k, 0, 10), ValueError, "vertical_size must be positive"),
     (lambda: ops.estimate_vertical_slash(q, k, 10, [1, 2]), ValueError, "slash_size per-head budgets must have 4"),

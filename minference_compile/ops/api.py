@@ -46,20 +46,22 @@ def streaming_forward(q: Tensor, k: Tensor, v: Tensor, init_num: int, local_wind
     q [B, Hq, S, D], k/v [B, Hkv, S, D] -> [B, Hq, S, D] in q's dtype.
     """
     check_qkv(q, k, v)
-    check_int("init_num", init_num)
+    check_int("init_num", init_num, minimum=0)  # 0: pure sliding window
     check_int("local_window_num", local_window_num)
     return _ops.streaming_attention(q, k, v, init_num, local_window_num, scale)
 
 
 def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: Union[int, Sequence[int], Tensor],
                             slash_size: Union[int, Sequence[int], Tensor], last_q: int = 64,
-                            sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
+                            sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW,
+                            scale: Optional[float] = None):
     """Vertical columns and slash offsets per head from the softmax of the last `last_q` queries.
 
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vertical [B, Hq, min(V, S)] int32,
     slash [B, Hq, min(NS, S)] int32 offsets i - j). The first `sink_tokens` columns and the
     `local_window` nearest diagonals rank first. V/NS may be per-head budgets ([Hq] list or
-    tensor): top-k at the max, entries beyond a head's budget are -1.
+    tensor): top-k at the max, entries beyond a head's budget are -1. ``scale``: the softmax scale the
+    attention runs at (default 1/sqrt(D)).
     """
     check_qkv(q, k, same_len=True, head_dim=False)
     check_budget("vertical_size", vertical_size, q.shape[1])
@@ -68,5 +70,5 @@ def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: Union[int, Sequ
     check_int("sink_tokens", sink_tokens, minimum=0)
     check_int("local_window", local_window, minimum=0)
     if isinstance(vertical_size, int) and isinstance(slash_size, int):
-        return _ops.estimate_vertical_slash(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window)
-    return _estimate_per_head(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window)
+        return _ops.estimate_vertical_slash(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale)
+    return _estimate_per_head(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale=scale)

@@ -1,6 +1,6 @@
 """Vertical-slash index estimation from the last queries (torch ops: CPU or CUDA, no host sync)."""
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -25,14 +25,15 @@ def _budget(size: Budget, hq: int, device) -> tuple:
 
 def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Budget, slash_size: Budget,
                             last_q: int = 64, sink_tokens: int = SINK_TOKENS,
-                            local_window: int = LOCAL_WINDOW):
+                            local_window: int = LOCAL_WINDOW, scale: Optional[float] = None):
     """Pick vertical columns and slash offsets per head from the attention of the last queries.
 
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vertical [B, Hq, min(V, S)] int32 key columns,
     slash [B, Hq, min(NS, S)] int32 diagonal offsets i - j). V/NS are ints or per-head [Hq]
     budgets; with per-head budgets the top-k runs at the max and each head's entries beyond its
     budget are -1. The first `sink_tokens` columns and the offsets < `local_window` are always
-    ranked first.
+    ranked first. ``scale`` is the attention's softmax scale (default 1/sqrt(D)): the estimate must rank at the
+    temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
     """
     B, Hq, S, D = q.shape
     Hkv = k.shape[1]
@@ -51,7 +52,7 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     for h0 in range(0, Hkv, step):
         h1 = min(Hkv, h0 + step)
         _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G],
-                     sscore[:, h0 * G:h1 * G])
+                     sscore[:, h0 * G:h1 * G], scale)
 
     vscore[..., :sink_tokens] = float("inf")
     sscore[..., :local_window] = float("inf")
@@ -74,14 +75,15 @@ def _scores(q_last: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.matmul(q_last.float(), k.float().unsqueeze(2).transpose(-1, -2))
 
 
-def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, sscore: torch.Tensor) -> None:
+def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, sscore: torch.Tensor,
+                 scale: Optional[float] = None) -> None:
     """Column sums and diagonal sums of softmax(q_last k^T) for one chunk of heads, written in place.
 
     q_last [B, Hc, L, D] (the last L positions), k [B, Hc/G, S, D], vscore/sscore [B, Hc, S].
     """
     B, Hc, L, D = q_last.shape
     Hk, S = k.shape[1], k.shape[2]
-    qs = (q_last.float() / math.sqrt(D)).to(q_last.dtype if q_last.is_cuda else torch.float32)
+    qs = (q_last.float() * (1.0 / math.sqrt(D) if scale is None else scale)).to(q_last.dtype if q_last.is_cuda else torch.float32)
     s = _scores(qs.view(B, Hk, Hc // Hk, L, D), k)
     # only the last L columns hold keys beyond some query's position
     s[..., S - L:].masked_fill_(torch.ones(L, L, dtype=torch.bool, device=s.device).triu_(1), float("-inf"))

@@ -13,12 +13,14 @@ from torch import Tensor
 
 from ..triton_kernels._torch_util import device_tensor
 from . import cpu
-from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH, auto_min_sparse_len
+from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH
+from .decide import length_decision
 from .dense import dense_attention
+from .record import RECORD
+from .tp import layer_mean
 from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
-VS_DENSE_FALLBACKS = [0]  # layers sent to dense by sparse_prefill's vs_max_work check (CUDA), for tests and stats
 log = logging.getLogger("minference_compile")
 
 
@@ -87,19 +89,22 @@ def streaming_attention(q: Tensor, k: Tensor, v: Tensor, init_num: int, local_wi
 
 
 @torch.library.custom_op("minference::estimate_vertical_slash", mutates_args=(), schema=(
-    "(Tensor q, Tensor k, int vertical_size, int slash_size, int last_q, int sink_tokens, int local_window)"
-    " -> (Tensor, Tensor)"))
+    "(Tensor q, Tensor k, int vertical_size, int slash_size, int last_q, int sink_tokens, int local_window,"
+    " float? scale=None) -> (Tensor, Tensor)"))
 def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size: int, last_q: int,
-                            sink_tokens: int, local_window: int) -> Tuple[Tensor, Tensor]:
-    return _estimate(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window)
+                            sink_tokens: int, local_window: int, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    return _estimate(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale=scale)
 
 
 @torch.library.custom_op("minference::sparse_prefill", mutates_args=(), schema=(
     "(Tensor q, Tensor k, Tensor v, int[] patterns, int[] vertical_size, int[] slash_size, float scale,"
-    " int min_sparse_len, int last_q, float vs_max_work=1.0) -> Tensor"))
+    " int min_sparse_len, int last_q, float vs_max_work=1.0, int layer=-1, int tp_world=1) -> Tensor"))
 def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
                    slash_size: List[int], scale: float, min_sparse_len: int, last_q: int,
-                   vs_max_work: float = 1.0) -> Tensor:
+                   vs_max_work: float = 1.0, layer: int = -1, tp_world: int = 1) -> Tensor:
+    """One attention layer with per-head patterns. ``layer`` only labels the run-time record; ``tp_world`` > 1:
+    this rank holds a tensor-parallel slice of the layer's heads, and the ``vs_max_work`` check averages over
+    every rank's heads (one all-reduce) so all ranks take the same whole-layer decision."""
     S = q.shape[2]
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
@@ -107,9 +112,10 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
         raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
                          "2 stream_llm, 3 block_sparse)")
-    if min_sparse_len < 0:  # auto: the measured crossover of this layer's patterns (ops/crossover.py)
-        min_sparse_len = auto_min_sparse_len(patterns, vertical_size, slash_size, q.device.type)
-    if S != k.shape[2] or S < min_sparse_len:
+    sparse, reason = length_decision(patterns, vertical_size, slash_size, S, k.shape[2], min_sparse_len,
+                                     q.device.type)
+    if not sparse:
+        RECORD.add(layer, "dense", reason, S, k.shape[2])
         return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
     present = set(patterns)
@@ -130,24 +136,23 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if VERTICAL_SLASH in present:  # first: a too-dense estimate can send the whole layer to cuDNN
         slash_budget = [s if x == VERTICAL_SLASH else 0 for x, s in zip(patterns, slash_size)]
         vertical, slash = _estimate(q, k, budget(VERTICAL_SLASH, 0), slash_budget, last_q, SINK_TOKENS,
-                                    LOCAL_WINDOW)
+                                    LOCAL_WINDOW, scale=scale)
         if q.device.type == "cuda":  # CPU runs the masked reference path: no speed to protect there
             from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for, work_share
             vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]))
-            work = 0.0
             if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
-                # mean over the VS heads (the others' budgets are 0); float() is the one host sync
+                # mean over the VS heads (the others' budgets are 0), over all tensor-parallel ranks
                 share = work_share(vs_index, S)
                 vs_heads = heads(VERTICAL_SLASH)
                 if vs_heads is not None:
                     share = share * vs_heads
                 n_vs = q.shape[0] * sum(p == VERTICAL_SLASH for p in patterns)
-                work = float(share.sum()) / n_vs
-            if work > vs_max_work:
-                VS_DENSE_FALLBACKS[0] += 1
-                log.info("vertical-slash layer at S=%d would compute %.2f of the causal pairs (> vs_max_work %.2f): "
-                         "running it dense", S, work, vs_max_work)
-                return dense_attention(q, k, v, scale)
+                work = layer_mean(share.sum(), n_vs, tp_world)  # the one host sync
+                if work > vs_max_work:
+                    RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
+                               f"pairs > {vs_max_work:.2f}", S, k.shape[2])
+                    return dense_attention(q, k, v, scale)
+    RECORD.add(layer, "sparse", reason, S, k.shape[2])
     out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
     if DENSE in present:
         if q.device.type == "cpu":
@@ -172,12 +177,12 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
 @block_sparse_attention.register_fake
 @streaming_attention.register_fake
 @sparse_prefill.register_fake
-def _attention_fake(q, k, v, *args) -> Tensor:
+def _attention_fake(q, k, v, *args, **kwargs) -> Tensor:
     return _empty(q)
 
 
 @estimate_vertical_slash.register_fake
-def _estimate_fake(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window):
+def _estimate_fake(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale=None):
     B, H, S = q.shape[:3]
     nv = torch.sym_min(max(vertical_size, 0), S)
     ns = torch.sym_min(max(slash_size, 0), S)

@@ -1,0 +1,40 @@
+"""The run-time length rule of ``minference::sparse_prefill``, shared with ``explain(length=N)``."""
+from __future__ import annotations
+
+import sys
+from typing import Sequence, Tuple
+
+from .crossover import auto_min_sparse_len
+
+PATTERN_NAMES = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
+
+
+def pattern_summary(patterns: Sequence[int]) -> str:
+    counts = {}
+    for p in patterns:
+        name = PATTERN_NAMES[p] if 0 <= p < len(PATTERN_NAMES) else str(p)
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} x{c}" for n, c in counts.items())
+
+
+def resolve_min_sparse_len(min_sparse_len: int, patterns, vertical_size, slash_size, device_type: str) -> Tuple[int, str]:
+    """-> (threshold, how it was set). ``min_sparse_len < 0`` is auto: the measured crossover (ops/crossover.py)."""
+    if min_sparse_len >= 0:
+        return min_sparse_len, "min_sparse_len"
+    t = auto_min_sparse_len(patterns, vertical_size, slash_size, device_type)
+    return t, "auto min_sparse_len"
+
+
+def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int, min_sparse_len: int,
+                    device_type: str) -> Tuple[bool, str]:
+    """(runs sparse, reason) for a layer at these lengths, before any data-dependent check."""
+    if all(p == 0 for p in patterns):
+        return False, "config: all heads dense"
+    if q_len != kv_len:
+        return False, f"q_len {q_len} != kv_len {kv_len} (decode / chunked pre-fill run dense)"
+    t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type)
+    if t == sys.maxsize:
+        return False, f"{how}: dense on {device_type} (set min_sparse_len to run the {device_type} sparse path)"
+    if q_len < t:
+        return False, f"q_len {q_len} < {how} {t}"
+    return True, pattern_summary(patterns)

@@ -1,0 +1,68 @@
+"""``minference::local_attention``: a sliding-window layer (Mistral, Qwen2 ``use_sliding_window``, Gemma-3's
+local layers) as exact A-shape attention with ``init = 0, local = window``.
+
+transformers hands SDPA a materialised B x S x S window mask for these layers; the FX pass proves the mask is
+``kv > q - window AND kv <= q`` (optionally AND padding / packed positions) and routes the layer here:
+row i attends j iff i - window < j <= i. That is what the A-shape kernel computes, so above the A-shape
+crossover the window costs O(S * window), never S x S. Below it (or with real padding / several packed
+sequences, or q_len != kv_len) the layer runs dense SDPA with the same window, built per row chunk.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import torch
+
+from . import cpu
+from .crossover import STREAM_LLM
+from .decide import resolve_min_sparse_len
+from .dense import dense_attention
+from .padded import _irregular
+from .record import RECORD
+from ..triton_kernels._torch_util import device_tensor
+
+
+@torch.library.custom_op("minference::local_attention", mutates_args=())
+def local_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    padding_mask: Optional[torch.Tensor],
+    position_ids: Optional[torch.Tensor],
+    window: int,
+    scale: float,
+    min_sparse_len: int,
+    layer: int = -1,
+) -> torch.Tensor:
+    B, sq, skv = q.shape[0], q.shape[2], k.shape[2]
+    keep = None if padding_mask is None else padding_mask[:, :skv].to(device=k.device, dtype=torch.bool)
+    pos = None if position_ids is None else position_ids.to(k.device).expand(B, -1)
+    if skv <= window and keep is None and pos is None:
+        RECORD.add(layer, "dense", f"sliding window {window} >= kv_len: plain causal", sq, skv)
+        return dense_attention(q, k, v, scale)
+    why = ""
+    if sq != skv:
+        why = f"q_len {sq} != kv_len {skv} (decode / chunked pre-fill run dense)"
+    elif keep is not None or pos is not None:
+        why = _irregular(padding_mask, position_ids, keep, pos)
+    if not why:
+        t, how = resolve_min_sparse_len(min_sparse_len, [STREAM_LLM], [0], [window], q.device.type)
+        if sq < t:
+            why = f"q_len {sq} < {how} {t}" if t < sys.maxsize else f"{how}: dense on {q.device.type}"
+    if why:
+        RECORD.add(layer, "dense", f"sliding window {window}: {why}", sq, skv)
+        return dense_attention(q, k, v, scale, keep, positions=pos, window=window)
+    RECORD.add(layer, "sparse", f"sliding window {window}: A-shape init 0, local {window}", sq, skv)
+    if q.device.type == "cpu":
+        return cpu.streaming_attention(q, k, v, 0, window, scale)
+    from ..triton_kernels.streaming import streaming_attention_fwd
+
+    H = q.shape[1]
+    return streaming_attention_fwd(q, k, v, device_tensor([0] * H, q.device), device_tensor([window] * H, q.device),
+                                   scale, out=q.new_empty(q.shape))
+
+
+@local_attention.register_fake
+def _(q, k, v, padding_mask, position_ids, window, scale, min_sparse_len, layer=-1):
+    return q.new_empty(q.shape)
