@@ -1,8 +1,9 @@
-"""``explain(model, *args, config=...)``: which SDPA nodes the backend rewrites, and why others stay dense."""
+"""``explain(model, *args, config=..., length=N)``: which SDPA nodes the backend rewrites, why others stay dense,
+and what each rewritten node will run for an N-token prompt on a device."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -20,19 +21,29 @@ def _summary(values: tuple) -> str:
 class ExplainReport:
     rows: list  # SDPAMatch per SDPA node, in graph order
     graphs: list  # rewritten torch.fx.GraphModule per Dynamo graph
+    length: Optional[int] = None  # the prompt length the "at" column is for
+    device: str = ""
 
     @property
     def rewritten(self) -> int:
         return sum(r.rewritten for r in self.rows)
 
+    def at(self, row) -> str:
+        return row.at_length(self.length, self.device or None)
+
     def __str__(self) -> str:
-        head = ("layer", "node", "heads q/kv", "patterns", "vertical", "slash", "result")
-        lines = [head]
+        head = ["layer", "node", "heads q/kv", "patterns", "vertical", "slash", "rewrite"]
+        if self.length is not None:
+            head.append(f"at {self.length} on {self.device or 'traced device'}")
+        lines = [tuple(head)]
         for r in self.rows:
             res = ("sparse: " if r.rewritten else "dense: ") + r.reason
             layer = f"{r.layer}" + ("" if r.layer_source == "nn_module_stack" else "?")
-            lines.append((layer, r.node, f"{r.q_heads}/{r.kv_heads}", _summary(r.patterns),
-                          _summary(r.vertical_size), _summary(r.slash_size), res))
+            heads = f"{r.q_heads}/{r.kv_heads}" + (f" ({r.tp})" if r.tp else "")
+            row = [layer, r.node, heads, _summary(r.patterns), _summary(r.vertical_size), _summary(r.slash_size), res]
+            if self.length is not None:
+                row.append(self.at(r))
+            lines.append(tuple(row))
         widths = [max(len(str(l[i])) for l in lines) for i in range(len(head) - 1)]
         out = ["  ".join(str(c).ljust(w) for c, w in zip(l[:-1], widths)) + "  " + l[-1] for l in lines]
         out.append(f"{self.rewritten}/{len(self.rows)} SDPA nodes rewritten in {len(self.graphs)} graph(s)")
@@ -41,12 +52,31 @@ class ExplainReport:
     __repr__ = __str__
 
 
-def explain(model, *args: Any, config: ConfigLike = None, **kwargs: Any) -> ExplainReport:
-    """Trace ``model(*args, **kwargs)`` with Dynamo, run the pass (no Inductor) and report per SDPA node."""
+def _example_inputs(model, length: int) -> dict:
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 2) or 2
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return {"input_ids": torch.randint(0, vocab, (1, min(length, 64)), device=dev)}
+
+
+def explain(model, *args: Any, config: ConfigLike = None, length: Optional[int] = None,
+            device: Optional[str] = None, **kwargs: Any) -> ExplainReport:
+    """Trace ``model(*args, **kwargs)`` with Dynamo, run the pass (no Inductor) and report per SDPA node.
+
+    length: also report what each node runs for a prompt of that many tokens (the length rule: threshold,
+    auto crossover on the device; run-time checks are named). Without inputs, a short ``input_ids`` prompt is
+    traced with ``dynamic=True`` (the graph does not depend on the length). device: "cuda"/"cpu" to predict
+    for another device than the traced one.
+    """
     from .backend import run_passes
+    from .compile_model import _model_dims
 
     cfg = as_config(config)
-    report = ExplainReport(rows=[], graphs=[])
+    layers, heads = _model_dims(model)
+    if layers is not None and heads is not None:
+        cfg.validate_for(layers, heads)
+    report = ExplainReport(rows=[], graphs=[], length=length, device=device or "")
+    if not args and not kwargs:
+        kwargs = _example_inputs(model, length or 64)
 
     def capture(gm: torch.fx.GraphModule, example_inputs):
         report.rows.extend(run_passes(gm, cfg))
@@ -56,7 +86,9 @@ def explain(model, *args: Any, config: ConfigLike = None, **kwargs: Any) -> Expl
     torch._dynamo.reset()  # fresh trace, so each graph reaches the capturing backend
     try:
         with torch.no_grad():
-            torch.compile(model, backend=capture)(*args, **kwargs)
+            torch.compile(model, backend=capture, dynamic=True if length is not None else None)(*args, **kwargs)
     finally:
         torch._dynamo.reset()
+    if not report.device:
+        report.device = next((r.device for r in report.rows if r.device), "cpu")
     return report
