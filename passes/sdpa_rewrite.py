@@ -278,9 +278,6 @@ class MInferenceSDPAPass(_Base):
             return dense("K/V heads differ from Q heads without repeat_kv or enable_gqa")
         if a["dropout_p"] not in (0, 0.0):
             return dense("dropout_p != 0")
-        if shard is None and _distributed() and len(set(self.config.layer_entries(layer, hq))) > 1:
-            return dense("distributed run without DTensor-sharded projections: the config's per-head entries "
-                         "cannot be mapped to this rank's heads")
         if isinstance(d, torch.SymInt) or not head_dim_supported(int(d)):
             return dense(f"head_dim {d} not supported by the sparse kernels")
         scale = a["scale"]
@@ -362,12 +359,6 @@ class MInferenceSDPAPass(_Base):
         node.replace_all_uses_with(new)
         node.graph.erase_node(node)
         return m
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _world_is(n: int) -> bool:

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m minference_compile.examples.<name> --help``."""
