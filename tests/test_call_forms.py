@@ -126,8 +126,10 @@ def test_generate_goes_through_the_sparse_op(matches):
         out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(out, ref)
     assert sparse_calls() == 2  # the pre-fill, both layers; decode steps are dense by design, and say so:
+    # either the decode graph keeps SDPA (no mask, is_causal=False) or our op ran it dense (mask form, 5.17)
     decode = [x for x in matches if not x.rewritten]
-    assert decode and all("single-token decode" in x.reason for x in decode), [x.reason for x in matches]
+    assert all("single-token decode" in x.reason for x in decode), [x.reason for x in matches]
+    assert decode or any("decode" in r for r in dense_reasons()), (matches, runtime_stats())
 
 
 def _tokenizer():
