@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
-#   bash benchmarks/gpu_check.sh [tests|alltests|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover ...]   (default: tests memory quick)
+#   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -29,6 +29,11 @@ for m in $modes; do
       timeout 200 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag regress 2>&1 | tail -30 ;;
     ashape)  # A-shape config sweep incl. the key tile width, 128K, both head dims
       timeout 400 python3 -m benchmarks.tune --seq 128k --shapes llama3-8b,qwen2.5-0.5b --kernels ashape --stages 2,3,4 --ashape-bn 64,128 --profile-seq "" 2>&1 | tee "$OUT/tune_ashape.log" | tail -30 ;;
+    forms)  # the call-form matrix, pass and TP tests on this image's torch/transformers (CPU tensors)
+      timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_call_forms.py tests/test_pass.py tests/test_tensor_parallel.py tests/test_backend_models.py 2>&1 | tee "$OUT/tests_forms.log" | tail -15 ;;
+    callforms)  # issue 8: use_cache=False vs True at 128K, 4-layer Llama-3-8B shape, same run
+      timeout 400 python3 -m benchmarks.call_forms --length 131072 --out "$OUT/call-forms-128k.json" 2>&1 | tee "$OUT/call_forms.log" | tail -30 ;;
+    gpuops) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpuops.log" | tail -15 ;;
     guard) timeout 120 python3 -m benchmarks.guard --seq 128k 2>&1 | tee "$OUT/guard.log" ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
