@@ -12,6 +12,8 @@ import argparse
 
 import torch
 
+from minference_compile import reset_runtime_stats, runtime_stats
+
 from minference_compile.ops import library
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
 
@@ -41,9 +43,9 @@ def main(argv=None) -> None:
     for name, fn in parts.items():
         print(f"  {name:45s} {bench_ms(fn)[0]:8.2f} ms")
     for limit in (1.0, max(0.01, work - 0.05)):
-        n0 = library.VS_DENSE_FALLBACKS[0]
+        reset_runtime_stats()
         ms = bench_ms(lambda: torch.ops.minference.sparse_prefill(q, k, v, pats, vs, ss, D ** -0.5, 0, 64, limit))[0]
-        fell = library.VS_DENSE_FALLBACKS[0] > n0
+        fell = any(ran == "dense" for per in runtime_stats().values() for ran, _ in per)
         print(f"  vs_max_work={limit:.2f}: {ms:8.2f} ms = {dense / ms:.2f}x cuDNN ({'dense fallback' if fell else 'sparse'})")
     print(f"  cuDNN again: {dense_causal_ms(q, k, v):.2f} ms")
 

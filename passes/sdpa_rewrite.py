@@ -192,12 +192,20 @@ def _erase_unused(candidates: list) -> None:
 
 
 def _erasable(n: fx.Node) -> bool:
-    """Only value-producing nodes: no in-place methods / mutating ops."""
+    """Only value-producing nodes: no in-place methods, mutating ops or FX's known side effects.
+    (Decided here rather than by ``Node.is_impure``, whose rules differ between torch releases.)"""
+    t = n.target
     if n.op == "call_method":
-        return not str(n.target).endswith("_")
-    if n.op == "call_function":
-        return not n.is_impure()
-    return False
+        return not str(t).endswith("_")
+    if n.op != "call_function" or t in fx.node._side_effectful_functions:
+        return False
+    if isinstance(t, torch._ops.OpOverload):
+        return not t._schema.is_mutable
+    name = getattr(t, "__name__", "")
+    if getattr(t, "__module__", None) in ("_operator", "operator"):  # and_/or_ are pure; iand/iadd/setitem are not
+        inplace = name.startswith("i") and (hasattr(operator, name[1:]) or hasattr(operator, name[1:] + "_"))
+        return t is not operator.setitem and t is not operator.delitem and not inplace
+    return not name.endswith("_")
 
 
 def _source_text() -> str:

@@ -15,7 +15,8 @@ from minference_compile.passes.tensor_parallel import HeadShard, TensorParallelE
 
 
 def _torchrun(nproc: int, *args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # gloo on the CPU even where a GPU is present (transformers would pick NCCL, one GPU for two ranks)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
            str(29500 + os.getpid() % 1000), "-m", "minference_compile.examples.tp", "--check", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
