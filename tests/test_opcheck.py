@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import minference_compile.ops  # noqa: F401  (registers the ops)
+import minference_compile.ops.local  # noqa: F401
+import minference_compile.ops.padded  # noqa: F401
 
 mp = torch.ops.minference
 
@@ -29,6 +31,20 @@ def _cases():
     yield "sparse_prefill_short", mp.sparse_prefill, (q, k, v, *pats, 0.125, 128, 64)
     yield "sparse_prefill_chunk", mp.sparse_prefill, (*qkv(q_len=9), *pats, 0.125, 64, 64)
     yield "sparse_prefill_decode", mp.sparse_prefill, (*qkv(q_len=1), *pats, 0.125, 64, 64)
+    yield "estimate_scale", mp.estimate_vertical_slash, (q, k, 10, 100, 64, 4, 8, 0.05)
+    pad = torch.ones(1, 70, dtype=torch.long)
+    holes = pad.clone()
+    holes[0, :3] = 0
+    pos = torch.arange(70)[None] + 2
+    packed = torch.cat([torch.arange(30), torch.arange(40)])[None]
+    yield "masked_pad", mp.sparse_prefill_masked, (q, k, v, pad, None, *pats, 0.125, 0, 64, 1.0, 3, 1)
+    yield "masked_holes", mp.sparse_prefill_masked, (q, k, v, holes, None, *pats, 0.125, 0, 64)
+    yield "masked_positions", mp.sparse_prefill_masked, (q, k, v, None, pos, *pats, 0.125, 0, 64)
+    yield "masked_packed", mp.sparse_prefill_masked, (q, k, v, None, packed, *pats, 0.125, 0, 64)
+    yield "local", mp.local_attention, (q, k, v, None, None, 16, 0.125, 0, 2)
+    yield "local_short", mp.local_attention, (q, k, v, None, None, 100, 0.125, 0)
+    yield "local_holes", mp.local_attention, (q, k, v, holes, None, 16, 0.125, 0)
+    yield "local_decode", mp.local_attention, (*qkv(q_len=1), None, None, 16, 0.125, 0)
 
 
 CASES = list(_cases())

@@ -306,3 +306,66 @@ def test_masked_prefill_decode_with_padding(q_len):
     mask = (torch.arange(kv_len)[None, :] <= pos)[None, None] & pad.bool()[:, None, None, :]
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.125, enable_gqa=True)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def _window_ref(q, k, v, scale, window, keep=None, positions=None):
+    """Full-mask reference of transformers' sliding / packed masks (small S only)."""
+    sq, skv = q.shape[2], k.shape[2]
+    i = torch.arange(sq)[:, None] + (skv - sq)
+    j = torch.arange(skv)[None, :]
+    if positions is None:
+        mask = (j <= i)[None].expand(q.shape[0], -1, -1)
+    else:
+        seg = (torch.diff(positions, prepend=positions[:, :1] - 1, dim=-1) != 1).cumsum(-1)
+        mask = (positions[:, None, :] <= positions[:, :, None]) & (seg[:, None, :] == seg[:, :, None])
+    if window:
+        mask = mask & (i - j < window)
+    if keep is not None:
+        mask = mask & keep[:, None, :]
+    o = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask[:, None],
+                                                         scale=scale, enable_gqa=True)
+    return torch.where(mask[:, None].any(-1, keepdim=True), o, 0.0).to(q.dtype)
+
+
+@pytest.mark.parametrize("S, window", [(1, 16), (63, 16), (65, 64), (200, 16), (200, 300)])
+@pytest.mark.parametrize("D", [64, 96, 128])
+def test_local_attention_is_exact_sliding_window(S, window, D):
+    import minference_compile.ops.local  # noqa: F401
+
+    torch.manual_seed(S + D)
+    q, k, v = torch.randn(2, 6, S, D), torch.randn(2, 2, S, D), torch.randn(2, 2, S, D)
+    out = torch.ops.minference.local_attention(q, k, v, None, None, window, 0.11, 0)
+    torch.testing.assert_close(out, _window_ref(q, k, v, 0.11, window), atol=1e-5, rtol=1e-5)
+    keep = torch.ones(2, S, dtype=torch.bool)
+    keep[1, : S // 3] = False  # left padding: exact dense with the window
+    out = torch.ops.minference.local_attention(q, k, v, keep.long(), None, window, 0.11, 0)
+    torch.testing.assert_close(out, _window_ref(q, k, v, 0.11, window, keep), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q_len", [1, 9])
+def test_local_attention_decode_is_bottom_right(q_len):
+    import minference_compile.ops.local  # noqa: F401
+
+    torch.manual_seed(q_len)
+    q, k, v = torch.randn(2, 4, q_len, 64), torch.randn(2, 2, 90, 64), torch.randn(2, 2, 90, 64)
+    out = torch.ops.minference.local_attention(q, k, v, None, None, 20, 0.125, 0)
+    torch.testing.assert_close(out, _window_ref(q, k, v, 0.125, 20), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["one", "packed", "restart_at_end"])
+def test_masked_prefill_positions(positions):
+    """position_ids: one sequence per row -> the sparse op (== causal with covering budgets); packed -> exact dense."""
+    import minference_compile.ops.padded  # noqa: F401
+    from minference_compile import reset_runtime_stats, runtime_stats
+
+    torch.manual_seed(0)
+    S = 130
+    q, k, v = torch.randn(2, 4, S, 64), torch.randn(2, 2, S, 64), torch.randn(2, 2, S, 64)
+    pos = {"one": torch.arange(S)[None] + 5, "packed": torch.cat([torch.arange(50), torch.arange(80)])[None],
+           "restart_at_end": torch.cat([torch.arange(S - 1), torch.arange(1)])[None]}[positions]
+    reset_runtime_stats()
+    out = torch.ops.minference.sparse_prefill_masked(q, k, v, None, pos, [1, 2, 3, 0], [S, S, 8, 0], [S, S, 0, 0],
+                                                     0.125, 0, 64, 1.0, 5)
+    torch.testing.assert_close(out, _window_ref(q, k, v, 0.125, 0, positions=pos.expand(2, -1)), atol=1e-5, rtol=1e-5)
+    ((ran, why),) = runtime_stats()[5]
+    assert ran == ("sparse" if positions == "one" else "dense"), why
