@@ -215,3 +215,26 @@ def test_explain_reports_what_runs_at_a_length():
     assert "sparse: stream_llm x4" in str(rep)
     rep = minference_compile.explain(model, length=1000, device="cuda", config={"default": ["stream_llm", 128, 1024]})
     assert "dense: q_len 1000 < auto min_sparse_len 5120" in str(rep)
+
+
+def test_seed_named_functions_are_exported():
+    import minference_compile.ops as ops
+
+    for name in ("vertical_slash_sparse_attention", "block_sparse_attention", "streaming_forward",
+                 "estimate_vertical_slash"):
+        assert getattr(minference_compile, name) is getattr(ops, name)
+
+
+def test_plain_torch_compile_says_generate_bypasses_it(caplog, monkeypatch):
+    """torch.compile(model).generate() runs the uncompiled module (torch's rule): the backend says so, once."""
+    import logging
+
+    monkeypatch.setattr(backend_mod, "_hinted", [False])
+    model = llama()
+    ids, _ = ids_and_mask()
+    torch._dynamo.reset()
+    with caplog.at_level(logging.INFO, logger="minference_compile"), torch.no_grad():
+        torch.compile(model, backend="minference", options={"config": COVER})(input_ids=ids)
+    assert "runs the *uncompiled* model" in caplog.text and "use minference_compile.compile(model)" in caplog.text
+    assert "graph with 2 SDPA node(s): 2 rewritten, 0 dense" in caplog.text
+    torch._dynamo.reset()
