@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..triton_kernels._torch_util import device_tensor
 from . import cpu
-from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH, auto_min_sparse_len
+from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH, auto_min_sparse_len, runs_sparse
 from .dense import dense_attention
 from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
@@ -38,7 +38,7 @@ def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None, i
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
     from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
     if index is None:
-        index = build_vertical_slash_index(vertical, slash, q.shape[2], pair=pair_for(q.shape[-1]))
+        index = build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
     return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
 
 
@@ -100,16 +100,16 @@ def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size
 def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
                    slash_size: List[int], scale: float, min_sparse_len: int, last_q: int,
                    vs_max_work: float = 1.0) -> Tensor:
-    S = q.shape[2]
+    Sq, S = q.shape[2], k.shape[2]  # Sq < S: a chunk whose queries are the last Sq of S positions
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
     if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
         raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
                          "2 stream_llm, 3 block_sparse)")
-    if min_sparse_len < 0:  # auto: the measured crossover of this layer's patterns (ops/crossover.py)
-        min_sparse_len = auto_min_sparse_len(patterns, vertical_size, slash_size, q.device.type)
-    if S != k.shape[2] or S < min_sparse_len:
+    # auto (< 0): the measured crossover of this layer's patterns at the chunk's effective length (ops/crossover.py)
+    auto_len = auto_min_sparse_len(patterns, vertical_size, slash_size, q.device.type) if min_sparse_len < 0 else 0
+    if not runs_sparse(Sq, S, min_sparse_len, auto_len):
         return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
     present = set(patterns)
@@ -133,11 +133,11 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                                     LOCAL_WINDOW)
         if q.device.type == "cuda":  # CPU runs the masked reference path: no speed to protect there
             from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for, work_share
-            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]))
+            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]), q_len=Sq)
             work = 0.0
             if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
                 # mean over the VS heads (the others' budgets are 0); float() is the one host sync
-                share = work_share(vs_index, S)
+                share = work_share(vs_index, S, q_len=Sq)
                 vs_heads = heads(VERTICAL_SLASH)
                 if vs_heads is not None:
                     share = share * vs_heads
@@ -145,8 +145,8 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                 work = float(share.sum()) / n_vs
             if work > vs_max_work:
                 VS_DENSE_FALLBACKS[0] += 1
-                log.info("vertical-slash layer at S=%d would compute %.2f of the causal pairs (> vs_max_work %.2f): "
-                         "running it dense", S, work, vs_max_work)
+                log.info("vertical-slash layer at q_len=%d kv_len=%d would compute %.2f of the causal pairs "
+                         "(> vs_max_work %.2f): running it dense", Sq, S, work, vs_max_work)
                 return dense_attention(q, k, v, scale)
     out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
     if DENSE in present:
@@ -178,7 +178,8 @@ def _attention_fake(q, k, v, *args) -> Tensor:
 
 @estimate_vertical_slash.register_fake
 def _estimate_fake(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window):
-    B, H, S = q.shape[:3]
+    B, H = q.shape[:2]
+    S = k.shape[2]
     nv = torch.sym_min(max(vertical_size, 0), S)
     ns = torch.sym_min(max(slash_size, 0), S)
     return q.new_empty((B, H, nv), dtype=torch.int32), q.new_empty((B, H, ns), dtype=torch.int32)

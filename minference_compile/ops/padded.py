@@ -1,7 +1,8 @@
 """``minference::sparse_prefill_masked``: sparse_prefill behind an O(S) run-time padding check.
 
 The FX pass routes the model's 2D ``attention_mask`` here instead of the B x S x S mask transformers
-would build. All ones -> ``minference::sparse_prefill`` (sparse). Real padding -> dense attention with
+would build. All ones -> ``minference::sparse_prefill`` (sparse; also for a pre-fill chunk, q_len < kv_len, of
+at least MIN_CHUNK_ROWS rows). Real padding -> dense attention with
 the original semantics (bottom-right causal AND ``padding_mask[b, j]``, ops/dense.py), built per row
 chunk so the full S x S mask never exists at once. Rows with no attended key output 0 (DESIGN.md).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import library  # noqa: F401  (registers minference::sparse_prefill)
+from .crossover import MIN_CHUNK_ROWS
 from .dense import dense_attention
 
 
@@ -29,8 +31,8 @@ def sparse_prefill_masked(
 ) -> torch.Tensor:
     if padding_mask.dim() != 2 or padding_mask.shape[0] != q.shape[0] or padding_mask.shape[1] < k.shape[-2]:
         raise ValueError(f"padding_mask must be [B, >= S_kv], got {tuple(padding_mask.shape)} for k {tuple(k.shape)}")
-    if q.shape[2] != k.shape[2]:
-        # decode / chunked prefill run dense anyway: the padding goes straight into their small
+    if q.shape[2] > k.shape[2] or (q.shape[2] < k.shape[2] and q.shape[2] < MIN_CHUNK_ROWS):
+        # decode (and short chunk tails) run dense anyway: the padding goes straight into their small
         # q_len x kv_len mask, with no host check per layer and token
         return dense_attention(q, k, v, scale, _keep(padding_mask, k))
     if bool(padding_mask[:, : k.shape[-2]].all()):  # one O(B*S) host check
