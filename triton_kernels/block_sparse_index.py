@@ -63,7 +63,8 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
     else:
         tk = torch.full((Hq,), int(topk), dtype=torch.int64, device=dev)
         kmax = int(topk)
-    n_diag = 1 if off % block == 0 else 2
+    # diagonal blocks per row: those of block 0 (every other block is as long, or a shorter last one)
+    n_diag = (min(off + block, S) - 1) // block - off // block + 1 if n else 1
     kmax = max(1, min(max(kmax, n_diag), nk))
     if n == 0:
         return torch.empty(B, Hq, 0, kmax, dtype=torch.int32, device=dev)
