@@ -173,3 +173,12 @@ def test_masked_chunk_goes_sparse_without_padding():
     keep = (torch.arange(300)[None, :] <= torch.arange(172, 300)[:, None])[None, None] & pad.bool()[:, None, None]
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.125, enable_gqa=True)
     torch.testing.assert_close(_mp.sparse_prefill_masked(q, k, v, pad, *args), ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv", [(37, 100, 8, 2), (64, 65, 4, 4), (100, 300, 7, 1), (1, 50, 4, 2)])
+def test_prefix_causal_attention(Sq, S, Hq, Hkv):
+    """The CUDA dense path of a chunk (flash on the prefix + flash on the causal square, merged by log-sum-exp),
+    run here with the CPU flash kernel: equals the explicit bottom-right mask."""
+    from minference_compile.ops.dense import prefix_causal_attention
+    q, k, v = qkv(S, Hq, Hkv, 64, torch.float32, q_len=Sq)
+    close(prefix_causal_attention(q, k, v, 0.1), bottom_right_ref(q, k, v, 0.1), torch.float32)
