@@ -1,6 +1,6 @@
 """Chunked pre-fill: run a HuggingFace causal LM's forward over a long prompt in chunks that fill a DynamicCache.
 
-    from minference_compile import make_backend
+    from minference_compile.backend import make_backend
     from minference_compile.chunked import chunked_prefill, greedy_continue
 
     fwd = torch.compile(model.forward, backend=make_backend(config), dynamic=True)
