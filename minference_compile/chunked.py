@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-__all__ = ["chunked_prefill", "greedy_continue", "ChunkOutOfMemoryError", "kv_cache_bytes"]
+__all__ = ["chunked_prefill", "greedy_continue", "ChunkOutOfMemoryError", "kv_cache_bytes", "check_cache_fits"]
 
 
 class ChunkOutOfMemoryError(torch.OutOfMemoryError):
@@ -32,6 +32,26 @@ def kv_cache_bytes(config, seq_len: int, batch: int = 1, dtype: torch.dtype = to
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     itemsize = torch.empty((), dtype=dtype).element_size()
     return 2 * config.num_hidden_layers * batch * heads * head_dim * seq_len * itemsize
+
+
+def check_cache_fits(model, total_len: int, cached_len: int = 0, batch: int = 1,
+                     free_bytes: Optional[int] = None) -> None:
+    """Raise ChunkOutOfMemoryError up front when the K/V cache still to be written for `total_len` tokens cannot fit
+    in `free_bytes` (default on CUDA: free device memory plus what torch's allocator holds unused; elsewhere no
+    check): no chunk size can help then."""
+    dtype = next(model.parameters()).dtype
+    if free_bytes is None:
+        dev = next(model.parameters()).device
+        if dev.type != "cuda":
+            return
+        free, _ = torch.cuda.mem_get_info(dev)
+        free_bytes = free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+    need = kv_cache_bytes(model.config, total_len - cached_len, batch, dtype)
+    if need > free_bytes:
+        raise ChunkOutOfMemoryError(
+            f"the K/V cache of {total_len} tokens needs {need / 2**30:.1f} GiB more in {dtype} and only "
+            f"{free_bytes / 2**30:.1f} GiB are free: no chunk size fits; shorten the prompt, use a GPU with more "
+            "memory, or a quantised / offloaded cache.")
 
 
 def _cache_kwarg(model) -> str:
@@ -70,7 +90,7 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
     2D [B, prefix + N] padding mask, if any. Extra keywords go to every forward call.
     Returns (cache, last_logits [B, vocab]: the logits of the last prompt token).
     A torch.OutOfMemoryError in a chunk becomes ChunkOutOfMemoryError naming a smaller chunk size and the
-    length reached.
+    length reached; on CUDA a cache that cannot fit at all is reported before the first chunk (check_cache_fits).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -81,6 +101,7 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
     name = _cache_kwarg(model)
     past = cache.get_seq_length()
     B, N = input_ids.shape
+    check_cache_fits(model, past + N, past, B)
     logits = None
     for a in range(0, N, chunk_size):
         b = min(N, a + chunk_size)

@@ -5,7 +5,8 @@ import pytest
 import torch
 import transformers
 
-from minference_compile.chunked import ChunkOutOfMemoryError, chunked_prefill, greedy_continue, kv_cache_bytes
+from minference_compile.chunked import (ChunkOutOfMemoryError, check_cache_fits, chunked_prefill, greedy_continue,
+                                        kv_cache_bytes)
 from minference_compile.ops import library  # noqa: F401  (registers minference::sparse_prefill)
 
 N = 320  # 5 query blocks; chunks of 64 / 128 / 192 end on the 64-row grid with last chunks of >= 64 rows
@@ -122,3 +123,12 @@ def test_kv_cache_bytes_qwen_1m():
     cfg = transformers.Qwen2Config(num_hidden_layers=28, hidden_size=3584, num_attention_heads=28,
                                    num_key_value_heads=4)
     assert kv_cache_bytes(cfg, 1 << 20) == 2 * 28 * 4 * 128 * (1 << 20) * 2  # 56 GiB in bf16
+
+
+def test_cache_that_cannot_fit_is_reported_up_front():
+    model = build()
+    need = kv_cache_bytes(model.config, 1000, dtype=torch.float32)  # 2 layers x 2 x 2 heads x 64 x 1000 x 4 B
+    check_cache_fits(model, 1000, free_bytes=need)
+    check_cache_fits(model, 1000, cached_len=500, free_bytes=need // 2)
+    with pytest.raises(ChunkOutOfMemoryError, match="1000 tokens needs .* no chunk size fits"):
+        check_cache_fits(model, 1000, free_bytes=need - 1)
