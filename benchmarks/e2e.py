@@ -160,6 +160,8 @@ def _dense_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 def register_attention() -> None:
     import transformers
+
+    import minference_compile.ops.library  # noqa: F401  (registers minference::sparse_prefill)
     for name, fn in (("minference_direct", _direct_attention), ("minference_dense", _dense_attention)):
         transformers.AttentionInterface.register(name, fn)
         try:  # no 4D mask for these (they never read it): 64 GB at a 64K chunk of 1M otherwise
@@ -424,7 +426,8 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                 r["status"] = f"{'oom' if oom else 'error'}: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
                 if not oom:
                     traceback.print_exc(limit=4)
-            print(f"  {shape} L={L} S={S:>8d} {method:18s} {r['status'][:60]:>6s} prefill={_fmt(r.get('prefill_ms'))}ms "
+            print(f"  {shape} L={L} S={S:>8d} {method:18s} {r['status'][:60]:>6s} "
+                  f"prefill={_fmt(r.get('prefill_ms'))}ms "
                   f"ttft={_fmt(r.get('ttft_ms'))}ms peak={_fmt(r.get('peak_mem_gib'))}GiB "
                   f"att={_fmt(r.get('attention_ms'))} t={time.time() - t0:.0f}s", flush=True)
             write(rows, meta, base)

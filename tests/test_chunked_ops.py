@@ -89,8 +89,8 @@ def test_estimate_with_offset(Sq, S, last_q):
             check_topk(vert[b, h], vref[b, h], sink, V)
             check_topk(slash[b, h], sref[b, h], local, NS)
     # the chunk's last queries are the unchunked prompt's last queries: the same sets
-    full = ops.estimate_vertical_slash(torch.cat([torch.randn(2, 4, S - Sq, 64), q], 2), k, V, NS, last_q=min(last_q, Sq),
-                                       sink_tokens=sink, local_window=local)
+    whole = torch.cat([torch.randn(2, 4, S - Sq, 64), q], 2)
+    full = ops.estimate_vertical_slash(whole, k, V, NS, last_q=min(last_q, Sq), sink_tokens=sink, local_window=local)
     assert torch.equal(full[0].sort(-1).values, vert.sort(-1).values)
     assert torch.equal(full[1].sort(-1).values, slash.sort(-1).values)
 

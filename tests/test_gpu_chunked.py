@@ -36,7 +36,8 @@ def test_public_ops_with_offset(B, Hq, Hkv, Sq, S, D, dtype):
     q, k, v = _qkv(B, Hq, Hkv, Sq, S, D, dtype, seed=S + Sq + D)
     vert, slash = estimate_vertical_slash(q, k, 100, 300)
     assert vert.shape[-1] == 100 and slash.shape[-1] == 300
-    assert _rel(vertical_slash_sparse_attention(q, k, v, vert, slash), naive.vertical_slash_ref(q, k, v, vert, slash)) < 2e-2
+    out = vertical_slash_sparse_attention(q, k, v, vert, slash)
+    assert _rel(out, naive.vertical_slash_ref(q, k, v, vert, slash)) < 2e-2
     assert _rel(streaming_forward(q, k, v, 64, 256), naive.streaming_ref(q, k, v, 64, 256)) < 2e-2
     idx = block_sparse_index(q, k, 8)
     assert _rel(block_sparse_attention(q, k, v, 8), naive.block_sparse_ref(q, k, v, idx)) < 2e-2

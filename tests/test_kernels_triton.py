@@ -474,7 +474,8 @@ if CUDA:
 def offset_index_sets(Sq, S, Hq, device):
     vert = rand_index(B, Hq, 7, S, device)
     slash = rand_index(B, Hq, 6, S, device)
-    runs = [torch.arange(0, S // 3, 20), S // 3 + 70 + torch.arange(0, 40, 15), S * 3 // 4 + torch.arange(0, S // 3, 50)]
+    runs = [torch.arange(0, S // 3, 20), S // 3 + 70 + torch.arange(0, 40, 15),
+            S * 3 // 4 + torch.arange(0, S // 3, 50)]
     slash = torch.cat([slash, torch.cat(runs).to(device).expand(B, Hq, -1)], -1)
     vert[..., 1] = S - Sq - 1  # the last key before the chunk, and keys inside it
     vert[..., 2] = S - 1
