@@ -401,7 +401,8 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                     peak = torch.cuda.max_memory_allocated() / 2**30 if clock.cuda else None
                     if a.generate:
                         from minference_compile.chunked import greedy_continue
-                        toks, dms = clock.ms(lambda: greedy_continue(model, cache, logits, a.generate, forward=fwd))
+                        # decode runs dense (q_len 1) in every method: the eager model, no second (decode) compile
+                        toks, dms = clock.ms(lambda: greedy_continue(model, cache, logits, a.generate))
                         r["decode_ms"], r["tokens"] = dms, toks[0].tolist()
                     del cache, logits
                 r.update(status="ok", prefill_ms=best[0], ttft_ms=best[1], peak_mem_gib=peak)
