@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
-#   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover ...]   (default: tests memory quick)
+#   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
+#                                 chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -10,6 +11,8 @@ python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/n
 nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 COMMIT=$(cat .commit 2>/dev/null || echo unknown)
 modes=${*:-tests memory quick}
+# the seed's per-head config for the e2e seed-config rows (never committed: shared/ on the device, ../shared here)
+SEEDCFG=$(ls shared/minference_configs/Qwen2.5_7B_Instruct_1M.json ../shared/minference_configs/Qwen2.5_7B_Instruct_1M.json 2>/dev/null | head -1)
 TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096,flex-bs-top100,flex-vs-1000/6096
 for m in $modes; do
   echo "=== $m ==="
@@ -36,6 +39,18 @@ for m in $modes; do
     gpuops) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpuops.log" | tail -15 ;;
     guard) timeout 120 python3 -m benchmarks.guard --seq 128k 2>&1 | tee "$OUT/guard.log" ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
+    chunktests)  # query offset / chunked pre-fill on the GPU (kernels at larger sizes, ops, flash dense chunk path)
+      timeout 400 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_chunked.py tests/test_kernels_triton.py -k "offset or chunk" 2>&1 | tee "$OUT/tests_chunk_gpu.log" | tail -25 ;;
+    e2e-dense)  # end to end, one shot, 32K and 128K: eager SDPA, compiled dense, A-shape
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,compile-dense,ashape --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag a 2>&1 | tail -30 ;;
+    e2e-sparse)  # the same lengths: block-sparse, VS on injected sets, the seed's Qwen2.5-7B-1M config (when present)
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,block-sparse,vs-injected,seed-config --seed-config "$SEEDCFG" --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag b 2>&1 | tail -30 ;;
+    e2e-1m)  # 1M tokens, chunks of 64K, 16 generated tokens: A-shape and block-sparse at full depth
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape,block-sparse --max-minutes 6 --commit "$COMMIT" --out "$OUT" --tag sparse 2>&1 | tail -20 ;;
+    e2e-1m-vs)  # 1M chunked, VS (1000, 6096) on injected sets, full depth
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods vs-injected --max-minutes 6 --commit "$COMMIT" --out "$OUT" --tag vs 2>&1 | tail -20 ;;
+    e2e-1m-dense)  # dense chunked pre-fill, same chunk, 4 of 28 layers (scaled by depth in prefill_ms_full_depth)
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --methods eager-sdpa --layers 4 --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag dense4 2>&1 | tail -20 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -79,8 +79,9 @@ def guarded(shape, dtype, device, layout="bhsd"):
     return x
 
 
-def qkv(S, Hq, Hkv, D, dtype, device, layout="bhsd"):
-    return (guarded((B, Hq, S, D), dtype, device, layout), guarded((B, Hkv, S, D), dtype, device, layout),
+def qkv(S, Hq, Hkv, D, dtype, device, layout="bhsd", q_len=None):
+    """q [B,Hq,q_len (default S),D], k/v [B,Hkv,S,D] inside NaN buffers."""
+    return (guarded((B, Hq, q_len or S, D), dtype, device, layout), guarded((B, Hkv, S, D), dtype, device, layout),
             guarded((B, Hkv, S, D), dtype, device, layout))
 
 
@@ -112,19 +113,22 @@ def rand_index(B_, H, n, S, device, lo=-1):
 # vertical-slash index builder
 
 
-def implied_keys(idx, S):
-    """[B,H,S,S] int: how often each (i, j) is visited by the tiles + uncovered columns of the index."""
+def implied_keys(idx, S, q_len=None):
+    """[B,H,Sq,S] int: how often each (row, j) is visited by the tiles + uncovered columns of the index (row r at
+    position S - Sq + r)."""
     Bn, H = idx.tile_count.shape
-    cnt = torch.zeros(Bn, H, S, S, dtype=torch.int32)
+    sq = S if q_len is None else q_len
+    off = S - sq
+    cnt = torch.zeros(Bn, H, sq, S, dtype=torch.int32)
     idx = type(idx)(*(t.cpu() for t in idx))
     cols, ccnt, pref = idx.columns, idx.column_count, idx.slash_prefix
     lists = [(idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, 64),
              (idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, 128)]
     for b in range(Bn):
         for h in range(H):
-            for qb in range(-(-S // 64)):
-                m0 = qb * 64
-                rows = slice(m0, min(S, m0 + 64))
+            for qb in range(-(-sq // 64)):
+                m0 = off + qb * 64
+                rows = slice(qb * 64, min(sq, qb * 64 + 64))
                 for toff, tlo, tcnt, tbeg, width in lists:
                     for t in range(int(tbeg[b, h, qb]), int(tcnt[b, h])):
                         d, slo = int(toff[b, h, t]), int(tlo[b, h, t])
@@ -134,7 +138,7 @@ def implied_keys(idx, S):
                     lo, hi = min(max(m0 - c, 0), S), min(max(m0 - c + 64, 0), S)
                     if int(pref[b, h, hi] - pref[b, h, lo]) == 0:
                         cnt[b, h, rows, c] += 1
-    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    causal = torch.arange(S)[None, :] <= torch.arange(off, S)[:, None]
     return cnt * causal
 
 
@@ -328,22 +332,27 @@ def test_streaming_head_mask_and_layout(device):
 # block-sparse index and attention
 
 
-def check_selection(idx, scores, topk, rtol=1e-3):
-    """idx is a valid top-k: ascending unique causal ids, diagonal first in rank, count min(topk, qb + 1), and no
-    unselected causal block scores above a selected one (beyond rounding)."""
+def check_selection(idx, scores, topk, rtol=1e-3, q_len=None, kv_len=None):
+    """idx is a valid top-k: ascending unique causal ids, the diagonal blocks lo..hi kept, count
+    naive.block_sparse_count (min(topk, qb + 1) without an offset), and no unselected causal block scores above a
+    selected one (beyond rounding)."""
     idx, scores = idx.cpu(), scores
     Bn, H, n, _ = idx.shape
     tk = topk.tolist() if isinstance(topk, torch.Tensor) else [topk] * H
+    sq = q_len or n * 64
+    skv = kv_len or sq
     for b in range(Bn):
         for h in range(H):
             for qb in range(n):
+                lo, hi = naive.diagonal_blocks(qb, sq, skv) if q_len else (qb, qb)
+                diag = set(range(lo, hi + 1))
                 row = idx[b, h, qb].tolist()
                 sel = [x for x in row if x >= 0]
-                want = max(0, min(tk[h], qb + 1))
+                want = naive.block_sparse_count(tk[h], lo, hi)
                 assert row == sel + [-1] * (len(row) - len(sel)) and sel == sorted(set(sel))
-                assert len(sel) == want and (want == 0 or qb in sel) and all(x <= qb for x in sel)
-                rest = [float(scores[b, h, qb, x]) for x in range(qb) if x not in sel]
-                chosen = [float(scores[b, h, qb, x]) for x in sel if x != qb]
+                assert len(sel) == want and (want == 0 or diag <= set(sel)) and all(x <= hi for x in sel)
+                rest = [float(scores[b, h, qb, x]) for x in range(lo) if x not in sel]
+                chosen = [float(scores[b, h, qb, x]) for x in sel if x not in diag]
                 if rest and chosen:
                     assert min(chosen) >= max(rest) - rtol * (1 + abs(max(rest)))
 
@@ -450,3 +459,109 @@ def test_block_sparse_covering_and_head_mask(device):
     hm = torch.tensor([True, False, True], device=device)
     out = block_sparse_attention_fwd(q, k, v, idx, 0.25, hm, nan_out(q))
     check(out, naive.dense_causal_ref(q, k, v, 0.25), dtype, hm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# query offset: q holds the last Sq of S positions (chunked pre-fill), docs/DESIGN.md "Query offset"
+
+# (Sq, S, Hq, Hkv, D): Sq in {1, 63, 65, 200}, S in {Sq, Sq + 64, Sq + 100, ~300}; offsets aligned and not
+OFFSET_SHAPES = [(1, 65, 2, 2, 64), (1, 300, 4, 1, 96), (63, 127, 4, 1, 128), (63, 300, 7, 1, 64),
+                 (65, 165, 2, 2, 96), (65, 129, 4, 4, 128), (200, 264, 4, 1, 64), (200, 300, 7, 1, 128)]
+if CUDA:
+    OFFSET_SHAPES += [(1000, 3000, 8, 2, 128), (777, 2000, 7, 1, 96), (1024, 4096, 4, 4, 64)]
+
+
+def offset_index_sets(Sq, S, Hq, device):
+    vert = rand_index(B, Hq, 7, S, device)
+    slash = rand_index(B, Hq, 6, S, device)
+    runs = [torch.arange(0, S // 3, 20), S // 3 + 70 + torch.arange(0, 40, 15),
+            S * 3 // 4 + torch.arange(0, S // 3, 50)]
+    slash = torch.cat([slash, torch.cat(runs).to(device).expand(B, Hq, -1)], -1)
+    vert[..., 1] = S - Sq - 1  # the last key before the chunk, and keys inside it
+    vert[..., 2] = S - 1
+    return vert, slash
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_vs_index_offset_matches_definition(Sq, S, Hq, Hkv, D):
+    vert, slash = offset_index_sets(Sq, S, 3, "cpu")
+    for pair in (False, True):
+        idx = build_vertical_slash_index(vert, slash, S, pair=pair, q_len=Sq)
+        assert idx.tile_begin.shape[-1] == -(-Sq // 64) and idx.slash_prefix.shape[-1] == S + 1
+        cnt = implied_keys(idx, S, Sq)
+        assert cnt.max() <= 1, "a key is counted twice"
+        assert torch.equal(cnt > 0, naive.vertical_slash_mask(vert, slash, S, q_len=Sq))
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_vertical_slash_offset(Sq, S, Hq, Hkv, D, device):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    vert, slash = offset_index_sets(Sq, S, Hq, device)
+    ref = naive.vertical_slash_ref(q, k, v, vert, slash)
+    for pair in (False, True):
+        idx = build_vertical_slash_index(vert, slash, S, pair=pair, q_len=Sq)
+        check(vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q)), ref, dtype)
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_streaming_offset(Sq, S, Hq, Hkv, D, device):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    init = torch.tensor([0, 4, 70, 1, 33, 0, 9, 2], dtype=torch.int32)[:Hq].to(device)
+    local = torch.tensor([1, 0, 100, 65, 7, 200, 64, 130], dtype=torch.int32)[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q))
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_block_sparse_index_offset(Sq, S, Hq, Hkv, D, impl, device):
+    q = torch.randn(B, Hq, Sq, 32, device=device) + 0.5
+    k = torch.randn(B, Hkv, S, 32, device=device) + 0.5 * (1 - 2 * (torch.arange(32, device=device) % 2))
+    sc = naive.block_scores_ref(q, k)
+    for topk in (1, 3, torch.tensor([0, 1, 2, 5, 3, 100, 2, 4][:Hq], dtype=torch.int32, device=device)):
+        idx = block_sparse_index(q, k, topk, impl=impl)
+        check_selection(idx, sc, topk.cpu() if isinstance(topk, torch.Tensor) else topk, q_len=Sq, kv_len=S)
+        if not CUDA:
+            assert torch.equal(idx, naive.block_sparse_index_ref(q, k, topk))
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_block_sparse_offset(Sq, S, Hq, Hkv, D, device):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    idx = block_sparse_index(q, k, torch.tensor([5, 1, 3, 2, 1, 5, 4, 3][:Hq], device=device))
+    ref = naive.block_sparse_ref(q, k, v, idx)
+    check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True), ref, dtype)
+    check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q)), ref, dtype)
+    # messy ids: -1, duplicates, non-causal, out of range; rows without their diagonal blocks
+    messy = torch.randint(-1, -(-S // 64) + 2, (B, Hq, -(-Sq // 64), 4), dtype=torch.int32, device=device)
+    check(block_sparse_attention_fwd(q, k, v, messy, None, out=nan_out(q)), naive.block_sparse_ref(q, k, v, messy),
+          dtype)
+
+
+@pytest.mark.parametrize("S,c0", [(320, 128)] + ([(2048, 1024), (3000, 1280)] if CUDA else []))
+def test_chunked_rows_equal_unchunked(S, c0, device):
+    """Chunk boundary a multiple of 128 (the A-shape kernel's row tile on GPU): with the SAME index sets the chunk's
+    rows equal the unchunked rows bit for bit (same tiles, same order)."""
+    dtype = DTYPES[0]
+    Hq, Hkv, D = 4, 2, 64
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    qc = q[:, :, c0:]
+    init = torch.tensor([4, 0, 64, 1], dtype=torch.int32, device=device)
+    local = torch.tensor([64, 100, 1, 129], dtype=torch.int32, device=device)
+    full = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q))
+    assert torch.equal(streaming_attention_fwd(qc, k, v, init, local, None, out=nan_out(qc)), full[:, :, c0:])
+    vert, slash = offset_index_sets(S - c0, S, Hq, device)
+    full = vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, S), None, out=nan_out(q))
+    chunk = vertical_slash_attention_fwd(qc, k, v, build_vertical_slash_index(vert, slash, S, q_len=S - c0), None,
+                                         out=nan_out(qc))
+    assert torch.equal(chunk, full[:, :, c0:])
+    bi = block_sparse_index(q, k, 3)
+    full = block_sparse_attention_fwd(q, k, v, bi, None, out=nan_out(q), compact=True)
+    chunk = block_sparse_attention_fwd(qc, k, v, bi[:, :, c0 // 64:], None, out=nan_out(qc), compact=True)
+    assert torch.equal(chunk, full[:, :, c0:])
+    # the chunk's own selection: same scores of the same 64-row means, so the same ids (CPU: exact fp32 path)
+    if not CUDA:
+        assert torch.equal(block_sparse_index(qc, k, 3), bi[:, :, c0 // 64:])

@@ -45,6 +45,16 @@ def _cases():
     yield "local_short", mp.local_attention, (q, k, v, None, None, 100, 0.125, 0)
     yield "local_holes", mp.local_attention, (q, k, v, holes, None, 16, 0.125, 0)
     yield "local_decode", mp.local_attention, (*qkv(q_len=1), None, None, 16, 0.125, 0)
+    # query offset (q_len < kv_len: the last q_len positions), aligned and not to 64
+    qc, kc, vc = qkv(S=200, q_len=100)
+    yield "vertical_slash_offset", mp.vertical_slash_attention, (qc, kc, vc, vert, slash, None)
+    yield "block_sparse_offset", mp.block_sparse_attention, (qc, kc, vc, 2, None)
+    yield "streaming_offset", mp.streaming_attention, (*qkv(S=192, q_len=64), 4, 16, None)
+    yield "estimate_offset", mp.estimate_vertical_slash, (qc, kc, 10, 100, 64, 4, 8)
+    yield "sparse_prefill_chunk_sparse", mp.sparse_prefill, (qc, kc, vc, *pats, 0.125, 64, 64)
+    yield "sparse_prefill_chunk_aligned", mp.sparse_prefill, (*qkv(S=192, q_len=128), *pats, 0.125, 0, 64)
+    yield "sparse_prefill_masked_chunk", mp.sparse_prefill_masked, (qc, kc, vc, torch.ones(1, 200, dtype=torch.long), None,
+                                                                    *pats, 0.125, 64, 64)
 
 
 CASES = list(_cases())
@@ -66,6 +76,24 @@ def test_compile_dynamic_seq_len():
     compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
     for S in (70, 90, 130):
         q, k, v = qkv(S)
+        got, want = compiled(q, k, v), layer(q, k, v)
+        torch.testing.assert_close(got[0], want[0])
+        assert got[1].shape == want[1].shape == (1, 4, min(100, S))
+        assert torch.equal(got[2], want[2])
+
+
+def test_compile_dynamic_kv_len():
+    """A chunk of fixed q_len against a growing cache (dynamic kv_len): one graph, outputs of the eager op."""
+    torch._dynamo.reset()
+
+    def layer(q, k, v):
+        out = mp.sparse_prefill(q, k, v, [1, 2, 3, 0], [10, 4, 1, 0], [30, 16, 0, 0], 0.125, 64, 64)
+        vert, slash = mp.estimate_vertical_slash(q, k, 100, 20, 64, 4, 8)
+        return out * 2, vert, slash
+
+    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
+    for S in (128, 192, 256):
+        q, k, v = qkv(S, q_len=64)
         got, want = compiled(q, k, v), layer(q, k, v)
         torch.testing.assert_close(got[0], want[0])
         assert got[1].shape == want[1].shape == (1, 4, min(100, S))

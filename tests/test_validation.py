@@ -28,7 +28,7 @@ q, k, v = qkv()
     (lambda: ops.streaming_forward(q, k[0], v, 4, 8), ValueError, "k must have rank 4"),
     (lambda: ops.streaming_forward(q, k, v.numpy(), 4, 8), TypeError, "v must be a torch.Tensor"),
     (lambda: ops.block_sparse_attention(q, *qkv(B=2)[1:], 2), ValueError, "batch size mismatch"),
-    (lambda: ops.block_sparse_attention(q, *qkv(S=71)[1:], 2), ValueError, "sequence length mismatch"),
+    (lambda: ops.block_sparse_attention(q, *qkv(S=69)[1:], 2), ValueError, "sequence length mismatch"),
     (lambda: ops.block_sparse_attention(q, *qkv(D=96)[1:], 2), ValueError, "head_dim mismatch"),
     (lambda: ops.block_sparse_attention(q, k, qkv(Hkv=1)[2], 2), ValueError, "k and v must have the same shape"),
     (lambda: ops.streaming_forward(*qkv(Hq=6, Hkv=4), 4, 8), ValueError, r"q heads \(6\) must be a multiple"),

@@ -16,7 +16,7 @@ BLOCK = 64
 @triton.jit
 def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                   S, Hq, G, D, NQB, KMAX, qk_scale,
+                   SQ, S, Hq, G, D, NQB, KMAX, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    HAS_HM: tl.constexpr, PREC: tl.constexpr):
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
@@ -28,45 +28,51 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
             return
     row = bh.to(tl.int64) * NQB + qb  # index tensors are contiguous [B, Hq, NQB, ...]
     kvh = (h // G).to(tl.int64)
-    m0 = qb * BLOCK_M
+    r0 = qb * BLOCK_M  # first local row; rows sit at absolute positions S - SQ + row, key blocks are absolute
+    m0 = S - SQ + r0
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
+    q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
     acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
-    # the wrapper compacted each row to its unique causal ids (kb <= qb) in ascending order, so only the last
-    # one can be the diagonal block: the others are full 64x64 blocks below it and need no mask
+    # the wrapper compacted each row to its unique causal ids (kb * 64 <= the block's last position) in ascending
+    # order, so only the last one (block-aligned offset) or two can hold keys past the block's first row: the
+    # others are full 64x64 blocks below it and need no mask
     n_sel = tl.load(CNT + row)
-    for s in range(0, n_sel - 1):
+    n_diag = tl.where(m0 % BLOCK_N == 0, 1, 2)
+    for s in range(0, n_sel - n_diag):
         kb = tl.load(IDX + row * KMAX + s)
         n0 = tl.cast(kb, tl.int64) * BLOCK_N
         k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
         v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=dmask, other=0.0)
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, dmask, qk_scale, PREC, MASKED=False)
-    if n_sel > 0:
-        kb = tl.load(IDX + row * KMAX + n_sel - 1)
+    for s in range(tl.maximum(n_sel - n_diag, 0), n_sel):
+        kb = tl.load(IDX + row * KMAX + s)
         n0 = tl.cast(kb, tl.int64) * BLOCK_N
         j = kb * BLOCK_N + rn
         kmask = j < S
         k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
         v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
-        mask = kmask[None, :] & ((kb < qb) | (j[None, :] <= offs_m[:, None]))
+        mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
-    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
+    _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
-def _compact(block_index: torch.Tensor):
-    # per row: the unique ids with 0 <= kb <= qb first (ascending), then -1 -> (ids int32, count int32)
+def _compact(block_index: torch.Tensor, q_len: int, kv_len: int):
+    # per row: the unique causal ids (0 <= kb <= the key block of the query block's last position) first
+    # (ascending), then -1 -> (ids int32, count int32)
     bi = block_index.to(torch.int64)
-    qb = torch.arange(bi.shape[2], device=bi.device)[:, None]
+    last = torch.clamp(torch.arange(bi.shape[2], device=bi.device) * BLOCK + (kv_len - q_len) + BLOCK - 1,
+                       max=kv_len - 1)
+    qb = (last // BLOCK)[:, None]
     big = torch.iinfo(torch.int64).max
     x = torch.where((bi >= 0) & (bi <= qb), bi, big).sort(-1).values
     dup = torch.zeros_like(x, dtype=torch.bool)
@@ -77,21 +83,24 @@ def _compact(block_index: torch.Tensor):
 
 
 def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False):
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D], block_index [B,Hq,ceil(S/64),K] int key-block ids (-1 = padding;
-    duplicates and non-causal ids select nothing); head_mask bool [Hq] or None. Returns out [B,Hq,S,D].
+    """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), block_index
+    [B,Hq,ceil(Sq/64),K] int absolute key-block ids (-1 = padding; duplicates and non-causal ids select nothing);
+    head_mask bool [Hq] or None. Returns out [B,Hq,Sq,D].
     compact=True: block_index is block_sparse_index's output (unique causal ids ascending, then -1), so the
     per-call clean-up sort is skipped."""
-    B, Hq, S, D = q.shape
+    B, Hq, SQ, D = q.shape
+    S = k.shape[2]
+    assert SQ <= S, "q_len must be <= kv_len"
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
-    nqb = triton.cdiv(S, BLOCK)
-    assert block_index.shape[2] == nqb, "block_index must have ceil(S/64) query blocks"
-    if S == 0:
+    nqb = triton.cdiv(SQ, BLOCK)
+    assert block_index.shape[2] == nqb, "block_index must have ceil(q_len/64) query blocks"
+    if SQ == 0:
         return finish(out, work, head_mask)
     if compact:  # block_sparse_index's output is already unique causal ids, ascending, then -1: no re-sort
         ids = block_index.to(torch.int32).contiguous()
         cnt = (ids >= 0).sum(-1, dtype=torch.int32).contiguous()
     else:
-        ids, cnt = _compact(block_index)
+        ids, cnt = _compact(block_index, SQ, S)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
@@ -101,7 +110,7 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
         q, k, v, work, ids, cnt, hm if hm is not None else cnt,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
-        S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
+        SQ, S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
         BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

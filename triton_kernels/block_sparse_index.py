@@ -35,19 +35,25 @@ def _scores(qm: torch.Tensor, km: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 
 def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequence[int], torch.Tensor],
                        block: int = 64, impl: str = "auto") -> torch.Tensor:
-    """q [B,Hq,S,D], k [B,Hkv,S,D], topk int, or per head a list or int tensor [Hq] -> [B,Hq,NQB,Kmax] int32,
-    Kmax = clamp(max topk, 1, NQB).
+    """q [B,Hq,Sq,D], k [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), topk int, or per head a list
+    or int tensor [Hq] -> [B,Hq,NQB,Kmax] int32 absolute key-block ids, NQB = ceil(Sq/64), Kmax = clamp(max(max
+    topk, diagonal blocks per row), 1, ceil(S/64)).
 
-    Row (b, h, qb): the diagonal block and the highest-scoring causal key blocks, min(topk[h], qb + 1) ids in
-    all, ascending, then -1. A tensor topk costs one host sync (its max sets the output width); a list none.
+    Row (b, h, qb): the diagonal blocks lo..hi (the key blocks holding the row positions of query block qb: one
+    when S - Sq is a multiple of 64, else one or two) and the highest-scoring key blocks below lo,
+    naive.block_sparse_count(topk[h], lo, hi) ids in all (min(topk[h], qb + 1) without an offset), ascending,
+    then -1. A tensor topk costs one host sync (its max sets the output width); a list none.
     impl: "triton" (radix select; equal scores: the lowest kb wins), "torch" (topk + sort; tie order unspecified),
     "auto" = triton on CUDA, torch otherwise.
     """
-    B, Hq, S, D = q.shape
-    Hkv = k.shape[1]
+    B, Hq, Sq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    assert Sq <= S, "q_len must be <= kv_len"
     g = Hq // Hkv
-    n = -(-S // block)
+    n, nk = -(-Sq // block), -(-S // block)
+    off = S - Sq
     dev = q.device
+    assert block == 64 or off == 0, "a query offset needs 64-row blocks"
     if isinstance(topk, torch.Tensor):
         tk = topk.to(device=dev, dtype=torch.int64).reshape(-1).expand(Hq)
         kmax = int(tk.max())
@@ -57,14 +63,20 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
     else:
         tk = torch.full((Hq,), int(topk), dtype=torch.int64, device=dev)
         kmax = int(topk)
-    kmax = max(1, min(kmax, n))
+    # diagonal blocks per row: those of block 0 (every other block is as long, or a shorter last one)
+    n_diag = (min(off + block, S) - 1) // block - off // block + 1 if n else 1
+    kmax = max(1, min(max(kmax, n_diag), nk))
     if n == 0:
         return torch.empty(B, Hq, 0, kmax, dtype=torch.int32, device=dev)
 
     qm = _block_means(q, block).view(B, Hkv, g, n, D)
-    km_t = _block_means(k, block).view(B, Hkv, 1, n, D).transpose(-1, -2)
+    km_t = _block_means(k, block).view(B, Hkv, 1, nk, D).transpose(-1, -2)
     out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=dev)
-    chunk = max(1, min(n, _SCORE_BYTES // max(1, B * Hq * n * 4)))
+    chunk = max(1, min(n, _SCORE_BYTES // max(1, B * Hq * nk * 4)))
+
+    def width(c1):  # key blocks the query blocks < c1 can reach: up to the last diagonal block of block c1 - 1
+        return min(nk, (min(off + block * c1, S) - 1) // block + 1)
+
     if impl == "auto":
         impl = "triton" if q.is_cuda else "torch"
     if impl == "triton":
@@ -74,28 +86,34 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
         tk = tk.contiguous()
         for c0 in range(0, n, chunk):
             c1 = min(n, c0 + chunk)
-            np2 = triton.next_power_of_2(c1)  # lanes: the chunk's causal width, not n
+            w = width(c1)
+            np2 = triton.next_power_of_2(w)  # lanes: the chunk's causal width, not nk
             rows = max(1, _SELECT_LANES // np2)  # short rows share a program: fewer, fuller programs
             warps = 4 if np2 <= 2048 else 8  # H100: best at 2048 and at 16384 lanes (1M tokens; 16 warps 7% slower)
-            # one matrix per kv head (no broadcast copy of k); rows qb < c1 need only key blocks < c1
+            # one matrix per kv head (no broadcast copy of k); rows qb < c1 need only key blocks < w
             qc = qm[:, :, :, c0:c1].reshape(B * Hkv, g * (c1 - c0), D)
-            kc = km_t[:, :, 0, :, :c1].reshape(B * Hkv, D, c1)
-            sc = _scores(qc, kc, q.dtype).view(B, Hq, c1 - c0, c1)
+            kc = km_t[:, :, 0, :, :w].reshape(B * Hkv, D, w)
+            sc = _scores(qc, kc, q.dtype).view(B, Hq, c1 - c0, w)
             nrows = B * Hq * (c1 - c0)
-            _bs_select_kernel[(triton.cdiv(nrows, rows),)](sc, tk, out, c1 - c0, c1, c0, n, Hq, kmax, nrows, R=rows,
-                                                           NP=np2, KP=triton.next_power_of_2(kmax), num_warps=warps)
+            _bs_select_kernel[(triton.cdiv(nrows, rows),)](sc, tk, out, c1 - c0, w, c0, n, Hq, kmax, nrows, off, S,
+                                                           R=rows, NP=np2, KP=triton.next_power_of_2(kmax),
+                                                           num_warps=warps)
         return out
     assert impl == "torch", impl
-    kb = torch.arange(n, device=dev)
     slot = torch.arange(kmax, device=dev)
     big = torch.iinfo(torch.int64).max
     for c0 in range(0, n, chunk):
         c1 = min(n, c0 + chunk)
-        qb = torch.arange(c0, c1, device=dev)[:, None]
-        sc = (qm[:, :, :, c0:c1] @ km_t).view(B, Hq, c1 - c0, n)
-        sc.masked_fill_(kb > qb, float("-inf")).masked_fill_(kb == qb, float("inf"))
-        top = sc.topk(kmax, dim=-1).indices                     # descending: diagonal first, non-causal last
-        keep = slot < torch.minimum(tk[:, None, None], qb + 1)  # [Hq, C, kmax]
+        w = width(c1)
+        kb = torch.arange(w, device=dev)
+        first = off + block * torch.arange(c0, c1, device=dev)[:, None]
+        lo, hi = first // block, torch.clamp(first + block - 1, max=S - 1) // block  # diagonal blocks lo..hi
+        sc = (qm[:, :, :, c0:c1] @ km_t[..., :w]).view(B, Hq, c1 - c0, w)
+        sc.masked_fill_(kb > hi, float("-inf")).masked_fill_((kb >= lo) & (kb <= hi), float("inf"))
+        top = sc.topk(min(kmax, w), dim=-1).indices            # descending: diagonals first, non-causal last
+        top = torch.nn.functional.pad(top, (0, kmax - top.shape[-1]), value=0)
+        kk = torch.maximum(torch.minimum(tk[:, None, None], hi + 1), hi - lo + 1)
+        keep = slot < torch.where(tk[:, None, None] > 0, kk, 0)  # [Hq, C, kmax]
         top = torch.where(keep, top, big).sort(-1).values
         out[:, :, c0:c1] = torch.where(top == big, -1, top).to(torch.int32)
     return out

@@ -4,16 +4,23 @@ import triton.language as tl
 
 
 @triton.jit
-def _bs_select_kernel(sc_ptr, tk_ptr, out_ptr, C, W, c0, n, Hq, KMAX, ROWS,
+def _bs_select_kernel(sc_ptr, tk_ptr, out_ptr, C, W, c0, n, Hq, KMAX, ROWS, OFF, SKV,
                       R: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
-    # R score rows per program; row = bh * C + r: scores sc[row, :W] (W >= qb + 1), ids to out[bh, qb = c0 + r, :KMAX]
+    # R score rows per program; row = bh * C + r: scores sc[row, :W] (W > the row's last diagonal block), ids to
+    # out[bh, qb = c0 + r, :KMAX]. Query block qb holds positions OFF + 64 qb .. (OFF = kv_len - q_len); its
+    # diagonal key blocks lo..hi (naive.diagonal_blocks) are always kept, candidates are the blocks below lo.
     row = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]
     live = row < ROWS
     bh = row // C
     qb = c0 + row - bh * C
-    kk = tl.minimum(tl.load(tk_ptr + bh % Hq, mask=live, other=0).to(tl.int32), qb + 1)  # ids in the row
+    first = OFF + 64 * qb
+    lo = first // 64
+    hi = tl.minimum(first + 63, SKV - 1) // 64
+    n_diag = hi - lo + 1
+    tk = tl.load(tk_ptr + bh % Hq, mask=live, other=0).to(tl.int32)
+    kk = tl.where(tk > 0, tl.maximum(tl.minimum(tk, hi + 1), n_diag), 0)  # ids in the row
     kb = tl.arange(0, NP)[None, :]
-    cand = (kb < qb) & live  # causal, off-diagonal
+    cand = (kb < lo) & live  # causal for every row, off-diagonal
     s = tl.load(sc_ptr + row.to(tl.int64) * W + kb, mask=cand, other=0.0)
     # order-preserving int32 key of the fp32 bits (-0.0 -> +0.0: they compare equal); INT_MIN: not a candidate
     bits = s.to(tl.int32, bitcast=True)
@@ -21,8 +28,8 @@ def _bs_select_kernel(sc_ptr, tk_ptr, out_ptr, C, W, c0, n, Hq, KMAX, ROWS,
     key = tl.where(cand, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648)
     # radix select of t = the need-th largest candidate key, bit by bit from the top of the unsigned view
     # (u = key ^ INT_MIN). A row stops once exactly `need` keys are >= t (H100, random rows: 40% less time).
-    need = kk - 1
-    done = (need <= 0) | (need >= qb)  # nothing to choose / every candidate chosen
+    need = kk - n_diag
+    done = (need <= 0) | (need >= lo)  # nothing to choose / every candidate chosen
     t = tl.where(need <= 0, 2147483647, -2147483648)
     bit = 31
     while (bit >= 0) & (tl.min(done.to(tl.int32)) == 0):
@@ -31,11 +38,11 @@ def _bs_select_kernel(sc_ptr, tk_ptr, out_ptr, C, W, c0, n, Hq, KMAX, ROWS,
         t = tl.where((cnt >= need) & ~done, c, t)
         done = done | (cnt == need)
         bit -= 1
-    # keys > t, the lowest-kb keys == t, and the diagonal (kk >= 1); slots in ascending kb order
+    # keys > t, the lowest-kb keys == t, and the diagonal blocks (kk >= 1); slots in ascending kb order
     gt = key > t
     eq = (key == t) & cand
     n_eq = need - tl.sum(gt.to(tl.int32), 1, keep_dims=True)
-    sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), 1) <= n_eq)) | ((kb == qb) & (kk > 0) & live)
+    sel = gt | (eq & (tl.cumsum(eq.to(tl.int32), 1) <= n_eq)) | ((kb >= lo) & (kb <= hi) & (kk > 0) & live)
     pos = tl.cumsum(sel.to(tl.int32), 1) - 1
     dst = out_ptr + (bh.to(tl.int64) * n + qb) * KMAX
     tl.store(dst + pos, kb, mask=sel)

@@ -2,6 +2,9 @@
 
 Masks are built straight from the definitions (loops where that is clearest), never from the index
 builders, so they can check them. Negative index entries are padding and select nothing.
+
+Query offset (docs/DESIGN.md "Query offset"): q [B,Hq,Sq,D] against k/v [B,Hkv,S,D], Sq <= S; query row r sits at
+absolute position p = S - Sq + r. Masks are [B,H,Sq,S]; `q_len=None` means Sq = S.
 """
 import math
 from typing import Optional, Union
@@ -17,13 +20,20 @@ def _per_head(x: Union[int, torch.Tensor], H: int, device) -> torch.Tensor:
     return torch.full((H,), int(x), dtype=torch.int64, device=device)
 
 
-def _causal(S: int, device) -> torch.Tensor:
-    i = torch.arange(S, device=device)
-    return i[None, :] <= i[:, None]
+def _positions(S: int, q_len) -> torch.Tensor:
+    """Absolute positions of the query rows: the last q_len of S."""
+    sq = S if q_len is None else int(q_len)
+    assert 0 <= sq <= S, "q_len must be <= kv_len"
+    return torch.arange(S - sq, S)
+
+
+def _causal(S: int, device, q_len=None) -> torch.Tensor:
+    """[Sq, S] bool: key j <= the row's absolute position."""
+    return torch.arange(S, device=device)[None, :] <= _positions(S, q_len).to(device)[:, None]
 
 
 def masked_attention_ref(q, k, v, mask, scale: Optional[float] = None) -> torch.Tensor:
-    """fp32 softmax attention of q [B,Hq,S,D] over k, v [B,Hkv,S,D] with mask [B,Hq,S,S] (True = attend).
+    """fp32 softmax attention of q [B,Hq,Sq,D] over k, v [B,Hkv,S,D] with mask [B,Hq,Sq,S] (True = attend).
 
     GQA: q-head h reads kv-head h // (Hq // Hkv). Rows without any attended key give 0.
     """
@@ -39,22 +49,27 @@ def masked_attention_ref(q, k, v, mask, scale: Optional[float] = None) -> torch.
     return (p @ vf).to(q.dtype)
 
 
-def streaming_mask(B: int, H: int, S: int, init_num, local_window, device="cpu") -> torch.Tensor:
-    """[B,H,S,S] bool: j <= i and (j < init_num[h] or i - j < local_window[h]). init/local: int or [H]."""
+def streaming_mask(B: int, H: int, S: int, init_num, local_window, device="cpu", q_len=None) -> torch.Tensor:
+    """[B,H,Sq,S] bool: row at position i attends j iff j <= i and (j < init_num[h] or i - j < local_window[h]).
+    init/local: int or [H]."""
     init = _per_head(init_num, H, device)[:, None, None]
     local = _per_head(local_window, H, device)[:, None, None]
-    i = torch.arange(S, device=device)[:, None]
+    i = _positions(S, q_len).to(device)[:, None]
     j = torch.arange(S, device=device)[None, :]
     m = (j <= i) & ((j < init) | (i - j < local))
-    return m.unsqueeze(0).expand(B, H, S, S).clone()
+    return m.unsqueeze(0).expand(B, H, i.shape[0], S).clone()
 
 
-def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK) -> torch.Tensor:
-    """[B,H,S,S] bool, block-rounded vertical-slash: row i of the 64-row block at m0 attends j iff j <= i and
+def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
+                        q_len=None) -> torch.Tensor:
+    """[B,H,Sq,S] bool, block-rounded vertical-slash: the query rows form 64-row blocks from the chunk's first row,
+    block qb starting at absolute position m0 = S - Sq + 64 qb; its row at position i attends j iff j <= i and
     (j in vertical, or some selected slash offset s has m0 - s <= j < m0 - s + 64). vertical [B,H,NV], slash [B,H,NS];
     entries outside [0, S) select nothing."""
     B, H = vertical.shape[:2]
-    m = torch.zeros(B, H, S, S, dtype=torch.bool)
+    sq = S if q_len is None else int(q_len)
+    off = S - sq
+    m = torch.zeros(B, H, sq, S, dtype=torch.bool)
     vs, ss = vertical.cpu().tolist(), slash.cpu().tolist()
     for b in range(B):
         for h in range(H):
@@ -64,74 +79,98 @@ def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, blo
             for s in set(ss[b][h]):
                 if not 0 <= s < S:
                     continue
-                for m0 in range(0, S, block):
+                for r0 in range(0, sq, block):
+                    m0 = off + r0
                     lo, hi = max(0, m0 - s), min(S, m0 - s + block)
                     if hi > lo:
-                        m[b, h, m0:m0 + block, lo:hi] = True
-    return (m & _causal(S, "cpu")).to(vertical.device)
+                        m[b, h, r0:r0 + block, lo:hi] = True
+    return (m & _causal(S, "cpu", sq)).to(vertical.device)
 
 
-def block_sparse_mask(block_index: torch.Tensor, S: int) -> torch.Tensor:
-    """[B,H,S,S] bool from block_index [B,H,NQB,K] (key-block ids, -1 pad): row i attends j iff j <= i and
-    j // 64 is listed for i // 64."""
+def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
+    """[B,H,Sq,S] bool from block_index [B,H,ceil(Sq/64),K] (absolute key-block ids, -1 pad): local row r (position
+    S - Sq + r) attends j iff j <= its position and j // 64 is listed for query block r // 64."""
     B, H, NQB, _ = block_index.shape
+    sq = S if q_len is None else int(q_len)
     NKB = -(-S // BLOCK)
     bi = block_index.long()
     ok = (bi >= 0) & (bi < NKB)
     bm = torch.zeros(B, H, NQB, NKB + 1, dtype=torch.bool, device=bi.device)
     bm.scatter_(-1, torch.where(ok, bi, NKB), True)
-    bm = bm[..., :NKB].repeat_interleave(BLOCK, 2).repeat_interleave(BLOCK, 3)[:, :, :S, :S]
-    return bm & _causal(S, bi.device)
+    bm = bm[..., :NKB].repeat_interleave(BLOCK, 2).repeat_interleave(BLOCK, 3)[:, :, :sq, :S]
+    return bm & _causal(S, bi.device, sq)
 
 
 def dense_causal_ref(q, k, v, scale=None):
-    B, H, S, _ = q.shape
-    return masked_attention_ref(q, k, v, _causal(S, q.device).expand(B, H, S, S), scale)
+    B, H, sq, _ = q.shape
+    S = k.shape[2]
+    return masked_attention_ref(q, k, v, _causal(S, q.device, sq).expand(B, H, sq, S), scale)
 
 
 def streaming_ref(q, k, v, init_num, local_window, scale=None):
-    B, H, S, _ = q.shape
-    return masked_attention_ref(q, k, v, streaming_mask(B, H, S, init_num, local_window, q.device), scale)
+    B, H, sq, _ = q.shape
+    mask = streaming_mask(B, H, k.shape[2], init_num, local_window, q.device, q_len=sq)
+    return masked_attention_ref(q, k, v, mask, scale)
 
 
 def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK):
-    mask = vertical_slash_mask(vertical, slash, q.shape[2], block)
+    mask = vertical_slash_mask(vertical, slash, k.shape[2], block, q_len=q.shape[2])
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
 def block_sparse_ref(q, k, v, block_index, scale=None):
-    return masked_attention_ref(q, k, v, block_sparse_mask(block_index, q.shape[2]).to(q.device), scale)
+    mask = block_sparse_mask(block_index, k.shape[2], q_len=q.shape[2])
+    return masked_attention_ref(q, k, v, mask.to(q.device), scale)
+
+
+def diagonal_blocks(qb: int, q_len: int, kv_len: int):
+    """(lo, hi): the key blocks lo..hi that hold the positions of query block qb's rows (one block when the offset
+    kv_len - q_len is a multiple of 64, else one or two). Blocks < lo are causal for every row of the block."""
+    first = kv_len - q_len + qb * BLOCK
+    last = min(first + BLOCK - 1, kv_len - 1)
+    return first // BLOCK, last // BLOCK
 
 
 def block_scores_ref(q, k) -> torch.Tensor:
-    """[B,Hq,NQB,NKB] fp32 dot(mean q rows of qb, mean k rows of kb) (means over valid rows; GQA)."""
-    B, Hq, S, _ = q.shape
+    """[B,Hq,NQB,NKB] fp32 dot(mean q rows of local query block qb, mean k rows of key block kb) (means over
+    valid rows; GQA). NQB = ceil(Sq/64), NKB = ceil(S/64)."""
+    B, Hq, sq, _ = q.shape
+    S = k.shape[2]
     g = Hq // k.shape[1]
-    n = -(-S // BLOCK)
-    out = torch.empty(B, Hq, n, n, dtype=torch.float32)
+    n, nk = -(-sq // BLOCK), -(-S // BLOCK)
+    out = torch.empty(B, Hq, n, nk, dtype=torch.float32)
     for b in range(B):
         for h in range(Hq):
             qm = [q[b, h, i * BLOCK:(i + 1) * BLOCK].float().mean(0) for i in range(n)]
-            km = [k[b, h // g, i * BLOCK:(i + 1) * BLOCK].float().mean(0) for i in range(n)]
+            km = [k[b, h // g, i * BLOCK:(i + 1) * BLOCK].float().mean(0) for i in range(nk)]
             for i in range(n):
-                for j in range(n):
+                for j in range(nk):
                     out[b, h, i, j] = torch.dot(qm[i].cpu(), km[j].cpu())
     return out
 
 
+def block_sparse_count(topk: int, lo: int, hi: int) -> int:
+    """Ids kept for a query block with diagonal blocks lo..hi: 0 for topk <= 0, else min(topk, hi + 1) raised to
+    the number of diagonal blocks (they are always kept)."""
+    return 0 if topk <= 0 else max(min(topk, hi + 1), hi - lo + 1)
+
+
 def block_sparse_index_ref(q, k, topk) -> torch.Tensor:
-    """[B,Hq,NQB,Kmax] int32, Kmax = min(max topk, NQB): per query block the diagonal block plus the
-    highest-scoring causal key blocks, min(topk[h], qb + 1) in all, ascending, -1 padded."""
-    B, Hq, S, _ = q.shape
-    n = -(-S // BLOCK)
+    """[B,Hq,NQB,Kmax] int32, Kmax = clamp(max(max topk, diagonal blocks per row), 1, NKB): per query block its
+    diagonal blocks plus the highest-scoring key blocks below them, block_sparse_count(...) in all, ascending,
+    -1 padded."""
+    B, Hq, sq, _ = q.shape
+    S = k.shape[2]
+    n, nk = -(-sq // BLOCK), -(-S // BLOCK)
     tk = _per_head(topk, Hq, "cpu").tolist()
-    kmax = max(1, min(max(tk), n))
+    diag = [diagonal_blocks(qb, sq, S) for qb in range(n)]
+    kmax = max(1, min(max(tk + [hi - lo + 1 for lo, hi in diag]), nk))
     sc = block_scores_ref(q, k)
     out = torch.full((B, Hq, n, kmax), -1, dtype=torch.int32)
     for b in range(B):
         for h in range(Hq):
-            for qb in range(n):
-                cand = sorted(range(qb), key=lambda kb: -float(sc[b, h, qb, kb]))
-                sel = sorted(([qb] + cand)[:max(0, min(tk[h], qb + 1))])
+            for qb, (lo, hi) in enumerate(diag):
+                cand = sorted(range(lo), key=lambda kb: -float(sc[b, h, qb, kb]))
+                sel = sorted((list(range(lo, hi + 1)) + cand)[:block_sparse_count(tk[h], lo, hi)])
                 out[b, h, qb, :len(sel)] = torch.tensor(sel, dtype=torch.int32)
     return out.to(q.device)

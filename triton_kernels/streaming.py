@@ -31,7 +31,7 @@ def _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask,
 @triton.jit
 def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                          S, Hq, G, D, qk_scale,
+                          SQ, S, Hq, G, D, qk_scale,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                           HAS_HM: tl.constexpr, PREC: tl.constexpr):
     qb = tl.program_id(0)
@@ -42,14 +42,15 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
         if tl.load(HM + h) == 0:
             return
     kvh = (h // G).to(tl.int64)
-    m0 = qb * BLOCK_M
+    r0 = qb * BLOCK_M  # first local row; rows sit at absolute positions S - SQ + row (element-exact pattern)
+    m0 = S - SQ + r0
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
+    q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
@@ -85,17 +86,20 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
         acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
                                         S, init, local, qk_scale, PREC, True)
 
-    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
+    _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
 def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_mask=None, out=None):
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D]; init_num, local_window: int32 [Hq] (per head); head_mask: bool [Hq] or None.
+    """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions); init_num, local_window:
+    int32 [Hq] (per head); head_mask: bool [Hq] or None.
 
-    Returns out [B,Hq,S,D] (dtype of q; written in place if given; heads off in head_mask untouched).
+    Returns out [B,Hq,Sq,D] (dtype of q; written in place if given; heads off in head_mask untouched).
     """
-    B, Hq, S, D = q.shape
+    B, Hq, SQ, D = q.shape
+    S = k.shape[2]
+    assert SQ <= S, "q_len must be <= kv_len"
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
-    if S == 0:
+    if SQ == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
     bm, warps, stages = _CFG.get(bd, (64, 8, 1))
@@ -103,12 +107,12 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
         bm, stages = 64, min(stages, 2)
     init = torch.as_tensor(init_num, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     local = torch.as_tensor(local_window, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
-    grid = (triton.cdiv(S, bm), B * Hq)
+    grid = (triton.cdiv(SQ, bm), B * Hq)
     _streaming_fwd_kernel[grid](
         q, k, v, work, init, local, hm if hm is not None else init,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
-        S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
+        SQ, S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
         BLOCK_M=bm, BLOCK_N=_BLOCK_N.get(bd, 64), BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

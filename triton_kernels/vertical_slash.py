@@ -20,7 +20,8 @@ BLOCK_N = 64
 @triton.jit
 def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0, d, s_lo, S, qk_scale,
                 WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr):
-    # keys [m0 - d, m0 - d + WIDTH), cut at the component end m0 - s_lo + BLOCK_M
+    # keys [m0 - d, m0 - d + WIDTH), cut at the component end m0 - s_lo + BLOCK_M (m0, offs_m: absolute positions;
+    # S: kv_len)
     rw = tl.arange(0, WIDTH)
     n0 = m0 - d
     j = n0 + rw
@@ -43,7 +44,7 @@ def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m
 @triton.jit
 def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COLS, CCNT, PREF, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                   S, Hq, G, D, NS, NV, NQB, qk_scale,
+                   SQ, S, Hq, G, D, NS, NV, NQB, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
@@ -55,14 +56,15 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
             return
     bh64 = bh.to(tl.int64)  # index tensors are contiguous [B, Hq, ...]
     kvh = (h // G).to(tl.int64)
-    m0 = qb * BLOCK_M
+    r0 = qb * BLOCK_M  # first local row; rows sit at absolute positions S - SQ + row (docs/DESIGN.md)
+    m0 = S - SQ + r0
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q = _q_tile(Q, b, h, m0, sqb, sqh, sqm, S, D, BLOCK_M, BLOCK_D)
+    q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
 
@@ -100,23 +102,26 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
         mask = kmask[None, :] & (col[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
-    _store_o_tile(O, acc, l_i, b, h, m0, sob, soh, som, S, D, BLOCK_M, BLOCK_D)
+    _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
 def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M):
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D], index: VSIndex built for [B,Hq] with seq_len S and `block`;
-    head_mask: bool [Hq] or None. Returns out [B,Hq,S,D] (dtype of q; in place if given).
+    """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), index: VSIndex built for
+    [B,Hq] with seq_len S, q_len Sq and `block`; head_mask: bool [Hq] or None. Returns out [B,Hq,Sq,D] (dtype of q;
+    in place if given).
 
     `block` (rows per query block = slash tile width) is 64 in the library's semantics; 16 and 32 exist
     for the slash-granularity experiment (benchmarks/granularity.py): finer blocks compute fewer
     elements per scattered slash, on smaller matrix products."""
-    B, Hq, S, D = q.shape
+    B, Hq, SQ, D = q.shape
+    S = k.shape[2]
+    assert SQ <= S, "q_len must be <= kv_len"
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     idx = VSIndex(*(t.contiguous() for t in index))
     assert block in (16, 32, 64), "block must be 16, 32 or 64"
-    nqb = triton.cdiv(S, block)
+    nqb = triton.cdiv(SQ, block)
     assert idx.tile_begin.shape[-1] == nqb and idx.slash_prefix.shape[-1] == S + 1, "index built for another seq_len"
-    if S == 0:
+    if SQ == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
     wide = idx.wide_offset.shape[-1] > 0
@@ -132,7 +137,7 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
         idx.column_count, idx.slash_prefix, hm if hm is not None else idx.tile_count,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
-        S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
+        SQ, S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
         BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), WIDE=wide,
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

@@ -1,5 +1,5 @@
 """Vertical-slash index builder (docs/DESIGN.md "Vertical-slash index layout"): vectorised torch, no host sync."""
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -17,6 +17,7 @@ _TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset d
 
 
 class VSIndex(NamedTuple):
+    # NQB = ceil(q_len / block); query block qb starts at absolute position m0 = (seq_len - q_len) + block * qb
     tile_offset: torch.Tensor   # [B,H,NS]  int32 d of each tile, descending; tile keys [m0 - d, m0 - d + 64)
     tile_lo: torch.Tensor       # [B,H,NS]  int32 s_lo of the tile's component: key j valid iff j < m0 - s_lo + 64
     tile_count: torch.Tensor    # [B,H]     int32 valid tiles
@@ -41,22 +42,26 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
 
 
 def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
-                               pair: bool = False) -> VSIndex:
+                               pair: bool = False, q_len: Optional[int] = None) -> VSIndex:
     """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
 
-    Entries outside [0, seq_len) (e.g. -1 padding) and duplicates select nothing. Runs on the inputs' device.
+    seq_len: kv_len S; q_len: query rows (default S), the last q_len positions, so query block qb starts at
+    absolute position (S - q_len) + block * qb. Entries outside [0, S) (e.g. -1 padding) and duplicates select
+    nothing. Runs on the inputs' device.
     pair: merge each component's tiles two by two into double-width tiles (fewer, wider kernel steps).
     """
     B, H = slash.shape[:2]
     dev = slash.device
     S = int(seq_len)
-    nqb = -(-S // block)
+    sq = S if q_len is None else int(q_len)
+    assert 0 <= sq <= S, "q_len must be <= seq_len"
+    nqb = -(-sq // block)
     if slash.shape[-1] == 0:  # keep every tensor non-empty (kernels get a valid pointer)
         slash = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
     if vertical.shape[-1] == 0:
         vertical = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
     ns = slash.shape[-1]
-    m0 = torch.arange(nqb, device=dev, dtype=torch.int64) * block
+    m0 = torch.arange(nqb, device=dev, dtype=torch.int64) * block + (S - sq)
 
     # slash offsets: unique, descending, invalid (-1) last
     s = slash.to(device=dev, dtype=torch.int64)
@@ -112,10 +117,17 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
                    slash_prefix.contiguous(), *(t.to(i32).contiguous() for t in wide))
 
 
-def work_share(index: VSIndex, seq_len: int, block: int = 64) -> torch.Tensor:
+def causal_pairs(q_len: int, kv_len: int) -> float:
+    """Causal (query, key) pairs of the last q_len queries of kv_len keys."""
+    return q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2
+
+
+def work_share(index: VSIndex, seq_len: int, block: int = 64, q_len: Optional[int] = None) -> torch.Tensor:
     """[B,H] fp32: the pairs the kernel computes for this index (block x block slash tiles, a wide tile counting
-    two, plus block-row gathered columns) over the S(S+1)/2 causal pairs. O(NQB) per head, on the index's device."""
+    two, plus block-row gathered columns) over the causal pairs (S(S+1)/2 without a query offset). O(NQB) per head,
+    on the index's device."""
     tiles = (index.tile_count.unsqueeze(-1) - index.tile_begin).clamp(min=0).sum(-1, dtype=torch.float32)
     wide = (index.wide_count.unsqueeze(-1) - index.wide_begin).clamp(min=0).sum(-1, dtype=torch.float32)
     cols = index.column_count.sum(-1, dtype=torch.float32)
-    return ((tiles + 2 * wide) * block * block + cols * block) / (seq_len * (seq_len + 1) / 2)
+    sq = seq_len if q_len is None else q_len
+    return ((tiles + 2 * wide) * block * block + cols * block) / causal_pairs(sq, seq_len)

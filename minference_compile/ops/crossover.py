@@ -13,7 +13,13 @@ bench-full-*.csv; `python -m benchmarks.run --crossover`), kernel + index build 
   dense when its work share exceeds the kernel's efficiency.
 
 A layer is sparse only when S reaches the largest threshold of the patterns in it, so a layer never
-mixes our dense path with sparse heads below the crossover. On CPU the sparse ops are a masked dense
+mixes our dense path with sparse heads below the crossover.
+
+Chunked pre-fill (q_len < kv_len, the queries are the last q_len positions): dense attention of the chunk costs
+q_len * (kv_len - q_len / 2) pairs, the sparse patterns a budget per row that does not grow with the position, so
+the sparse/dense ratio is the one of an unchunked prompt whose rows see as many keys on average: length
+2 * kv_len - q_len (`effective_len`), which the thresholds above are applied to. A chunk of fewer than
+MIN_CHUNK_ROWS rows (decode, a short tail) always runs dense: one partial 64-row query block saves nothing. On CPU the sparse ops are a masked dense
 computation (a reference path, never faster than SDPA), so "auto" means dense there; pass an explicit
 `min_sparse_len` to run them on CPU.
 """
@@ -23,6 +29,15 @@ import sys
 from typing import Sequence
 
 DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
+
+
+MIN_CHUNK_ROWS = 64
+
+
+def effective_len(q_len: int, kv_len: int) -> int:
+    """The unchunked prompt length whose rows attend as many keys on average as this chunk's (q_len == kv_len:
+    kv_len)."""
+    return 2 * kv_len - q_len
 
 
 def _round_up(x: int, to: int = 1024) -> int:
@@ -45,3 +60,14 @@ def auto_min_sparse_len(patterns: Sequence[int], vertical_size: Sequence[int], s
     if device_type != "cuda":
         return sys.maxsize
     return max((pattern_min_len(p, v, s) for p, v, s in zip(patterns, vertical_size, slash_size)), default=0)
+
+
+def runs_sparse(q_len: int, kv_len: int, min_sparse_len: int, auto_len: int) -> bool:
+    """Whether sparse_prefill runs the layer sparse. min_sparse_len >= 0 (explicit) applies to q_len; < 0 (auto)
+    compares effective_len(q_len, kv_len) with `auto_len` (auto_min_sparse_len of the layer). q_len > kv_len and
+    chunks shorter than MIN_CHUNK_ROWS rows (q_len < kv_len) run dense."""
+    if q_len > kv_len or (q_len < kv_len and q_len < MIN_CHUNK_ROWS):
+        return False
+    if min_sparse_len < 0:
+        return effective_len(q_len, kv_len) >= auto_len
+    return q_len >= min_sparse_len

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence, Tuple
 
-from .crossover import auto_min_sparse_len
+from .crossover import MIN_CHUNK_ROWS, auto_min_sparse_len, effective_len, runs_sparse
 
 PATTERN_NAMES = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
 
@@ -27,14 +27,22 @@ def resolve_min_sparse_len(min_sparse_len: int, patterns, vertical_size, slash_s
 
 def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int, min_sparse_len: int,
                     device_type: str) -> Tuple[bool, str]:
-    """(runs sparse, reason) for a layer at these lengths, before any data-dependent check."""
+    """(runs sparse, reason) for a layer at these lengths, before any data-dependent check.
+
+    The rule is ``crossover.runs_sparse`` (q_len < kv_len: a pre-fill chunk over a cached prefix); this adds why.
+    """
     if all(p == 0 for p in patterns):
         return False, "config: all heads dense"
-    if q_len != kv_len:
-        return False, f"q_len {q_len} != kv_len {kv_len} (decode / chunked pre-fill run dense)"
+    if q_len > kv_len:
+        return False, f"q_len {q_len} > kv_len {kv_len}"
+    if q_len < kv_len and q_len < MIN_CHUNK_ROWS:
+        return False, f"q_len {q_len} < {MIN_CHUNK_ROWS} rows against kv_len {kv_len} (decode / short chunk tail run dense)"
     t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type)
     if t == sys.maxsize:
         return False, f"{how}: dense on {device_type} (set min_sparse_len to run the {device_type} sparse path)"
-    if q_len < t:
-        return False, f"q_len {q_len} < {how} {t}"
-    return True, pattern_summary(patterns)
+    chunk = f" (chunk of {q_len} rows after {kv_len - q_len} cached)" if q_len < kv_len else ""
+    if not runs_sparse(q_len, kv_len, min_sparse_len, t):
+        n = q_len if min_sparse_len >= 0 else effective_len(q_len, kv_len)
+        what = "q_len" if n == q_len else "effective length 2 * kv_len - q_len ="
+        return False, f"{what} {n} < {how} {t}{chunk}"
+    return True, pattern_summary(patterns) + chunk

@@ -26,6 +26,8 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keep: Optiona
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa).contiguous()
     if plain and sq == 1:  # decode: the last position sees every key
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa).contiguous()
+    if plain and _flash_ok(q):  # a pre-fill chunk (sq < skv) with no padding: no mask at all
+        return prefix_causal_attention(q, k, v, scale)
     B = q.shape[0]
     out = q.new_empty(q.shape)
     rows = max(1, _MASK_ELEMS_PER_CHUNK // max(1, B * skv))
@@ -49,3 +51,39 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keep: Optiona
         o = F.scaled_dot_product_attention(q[:, :, r0:r1], k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
         out[:, :, r0:r1] = torch.where(mask.any(-1, keepdim=True), o, 0.0).to(q.dtype)
     return out
+
+
+def _flash_ok(q: Tensor) -> bool:
+    # the flash kernels (with their log-sum-exp) take CUDA half inputs and head dims up to 256, multiples of 8
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
+
+
+def _flash_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool, scale: float):
+    """(out [B,H,Sq,D], logsumexp fp32 [B,H,Sq]) of softmax attention, no GQA (H equal)."""
+    if q.is_cuda:
+        r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    else:
+        r = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
+    return r[0], r[1][..., : q.shape[2]]
+
+
+def prefix_causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Dense attention of a pre-fill chunk: q [B,Hq,Sq,D] the last Sq of S positions, k/v [B,Hkv,S,D], S > Sq.
+
+    Keys [0, S - Sq) are seen by every row: one flash call with the g q-heads of a kv head stacked as g * Sq rows
+    (no K/V expansion, no mask). Keys [S - Sq, S) form a causal square: one flash call with that slice of K/V
+    expanded (Sq keys only). The two are merged by their log-sum-exp. No q_len x kv_len mask ever exists
+    (transformers' own chunked SDPA path builds one: 64 GB at a 64K chunk of a 1M prompt)."""
+    B, Hq, Sq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    g, off = Hq // Hkv, S - Sq
+    qc = q.contiguous()
+    o1, l1 = _flash_lse(qc.view(B, Hkv, g * Sq, D), k[:, :, :off], v[:, :, :off], False, scale)
+    o1, l1 = o1.reshape(B, Hq, Sq, D), l1.reshape(B, Hq, Sq)  # CUDA flash output is [B,S,H,D] in memory
+    k2, v2 = k[:, :, off:], v[:, :, off:]
+    if g > 1:
+        k2, v2 = k2.repeat_interleave(g, 1), v2.repeat_interleave(g, 1)
+    o2, l2 = _flash_lse(qc, k2, v2, True, scale)
+    lse = torch.logaddexp(l1, l2)
+    w1, w2 = torch.exp(l1 - lse).unsqueeze(-1), torch.exp(l2 - lse).unsqueeze(-1)
+    return (o1.float() * w1 + o2.float() * w2).to(q.dtype)

@@ -28,20 +28,21 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
                             local_window: int = LOCAL_WINDOW, scale: Optional[float] = None):
     """Pick vertical columns and slash offsets per head from the attention of the last queries.
 
-    q [B, Hq, S, D], k [B, Hkv, S, D] -> (vertical [B, Hq, min(V, S)] int32 key columns,
-    slash [B, Hq, min(NS, S)] int32 diagonal offsets i - j). V/NS are ints or per-head [Hq]
+    q [B, Hq, Sq, D], k [B, Hkv, S, D] (Sq <= S: the queries are the last Sq positions; the last min(last_q, Sq)
+    of them score all S keys) -> (vertical [B, Hq, min(V, S)] int32 key columns,
+    slash [B, Hq, min(NS, S)] int32 diagonal offsets i - j of absolute positions). V/NS are ints or per-head [Hq]
     budgets; with per-head budgets the top-k runs at the max and each head's entries beyond its
     budget are -1. The first `sink_tokens` columns and the offsets < `local_window` are always
     ranked first. ``scale`` is the attention's softmax scale (default 1/sqrt(D)): the estimate must rank at the
     temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
     """
-    B, Hq, S, D = q.shape
-    Hkv = k.shape[1]
+    B, Hq, Sq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
     G = Hq // Hkv
     nv, v_budget = _budget(vertical_size, Hq, q.device)
     ns, s_budget = _budget(slash_size, Hq, q.device)
     nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
-    L = min(last_q, S)
+    L = min(last_q, Sq)
 
     vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
     sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
@@ -51,7 +52,7 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     step = max(1, min(Hkv, _CHUNK_BYTES // max(per_kv_head, 1)))
     for h0 in range(0, Hkv, step):
         h1 = min(Hkv, h0 + step)
-        _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G],
+        _score_chunk(q[:, h0 * G:h1 * G, Sq - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G],
                      sscore[:, h0 * G:h1 * G], scale)
 
     vscore[..., :sink_tokens] = float("inf")
@@ -79,7 +80,7 @@ def _score_chunk(q_last: torch.Tensor, k: torch.Tensor, vscore: torch.Tensor, ss
                  scale: Optional[float] = None) -> None:
     """Column sums and diagonal sums of softmax(q_last k^T) for one chunk of heads, written in place.
 
-    q_last [B, Hc, L, D] (the last L positions), k [B, Hc/G, S, D], vscore/sscore [B, Hc, S].
+    q_last [B, Hc, L, D] (the last L positions of S), k [B, Hc/G, S, D], vscore/sscore [B, Hc, S].
     """
     B, Hc, L, D = q_last.shape
     Hk, S = k.shape[1], k.shape[2]

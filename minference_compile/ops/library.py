@@ -40,7 +40,7 @@ def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None, i
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
     from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
     if index is None:
-        index = build_vertical_slash_index(vertical, slash, q.shape[2], pair=pair_for(q.shape[-1]))
+        index = build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
     return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
 
 
@@ -102,20 +102,20 @@ def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size
 def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
                    slash_size: List[int], scale: float, min_sparse_len: int, last_q: int,
                    vs_max_work: float = 1.0, layer: int = -1, tp_world: int = 1) -> Tensor:
-    """One attention layer with per-head patterns. ``layer`` only labels the run-time record; ``tp_world`` > 1:
-    this rank holds a tensor-parallel slice of the layer's heads, and the ``vs_max_work`` check averages over
-    every rank's heads (one all-reduce) so all ranks take the same whole-layer decision."""
-    S = q.shape[2]
+    """One attention layer with per-head patterns. q [B, Hq, Sq, D] are the last Sq of the S positions of
+    k/v [B, Hkv, S, D] (Sq < S: a pre-fill chunk over a cached prefix). ``layer`` only labels the run-time
+    record; ``tp_world`` > 1: this rank holds a tensor-parallel slice of the layer's heads, and the
+    ``vs_max_work`` check averages over every rank's heads (one all-reduce) so all ranks decide alike."""
+    Sq, S = q.shape[2], k.shape[2]
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
     if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
         raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
                          "2 stream_llm, 3 block_sparse)")
-    sparse, reason = length_decision(patterns, vertical_size, slash_size, S, k.shape[2], min_sparse_len,
-                                     q.device.type)
+    sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
     if not sparse:
-        RECORD.add(layer, "dense", reason, S, k.shape[2])
+        RECORD.add(layer, "dense", reason, Sq, S)
         return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
     present = set(patterns)
@@ -139,10 +139,10 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                                     LOCAL_WINDOW, scale=scale)
         if q.device.type == "cuda":  # CPU runs the masked reference path: no speed to protect there
             from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for, work_share
-            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]))
+            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]), q_len=Sq)
             if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
                 # mean over the VS heads (the others' budgets are 0), over all tensor-parallel ranks
-                share = work_share(vs_index, S)
+                share = work_share(vs_index, S, q_len=Sq)
                 vs_heads = heads(VERTICAL_SLASH)
                 if vs_heads is not None:
                     share = share * vs_heads
@@ -150,9 +150,9 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                 work = layer_mean(share.sum(), n_vs, tp_world)  # the one host sync
                 if work > vs_max_work:
                     RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
-                               f"pairs > {vs_max_work:.2f}", S, k.shape[2])
+                               f"pairs > {vs_max_work:.2f}", Sq, S)
                     return dense_attention(q, k, v, scale)
-    RECORD.add(layer, "sparse", reason, S, k.shape[2])
+    RECORD.add(layer, "sparse", reason, Sq, S)
     out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
     if DENSE in present:
         if q.device.type == "cpu":
@@ -183,7 +183,8 @@ def _attention_fake(q, k, v, *args, **kwargs) -> Tensor:
 
 @estimate_vertical_slash.register_fake
 def _estimate_fake(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale=None):
-    B, H, S = q.shape[:3]
+    B, H = q.shape[:2]
+    S = k.shape[2]
     nv = torch.sym_min(max(vertical_size, 0), S)
     ns = torch.sym_min(max(slash_size, 0), S)
     return q.new_empty((B, H, nv), dtype=torch.int32), q.new_empty((B, H, ns), dtype=torch.int32)

@@ -5,18 +5,17 @@ transformers hands SDPA a materialised B x S x S window mask for these layers; t
 ``kv > q - window AND kv <= q`` (optionally AND padding / packed positions) and routes the layer here:
 row i attends j iff i - window < j <= i. That is what the A-shape kernel computes, so above the A-shape
 crossover the window costs O(S * window), never S x S. Below it (or with real padding / several packed
-sequences, or q_len != kv_len) the layer runs dense SDPA with the same window, built per row chunk.
+sequences, or a decode step) the layer runs dense SDPA with the same window, built per row chunk.
 """
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import torch
 
 from . import cpu
 from .crossover import STREAM_LLM
-from .decide import resolve_min_sparse_len
+from .decide import length_decision
 from .dense import dense_attention
 from .padded import _irregular
 from .record import RECORD
@@ -42,14 +41,11 @@ def local_attention(
         RECORD.add(layer, "dense", f"sliding window {window} >= kv_len: plain causal", sq, skv)
         return dense_attention(q, k, v, scale)
     why = ""
-    if sq != skv:
-        why = f"q_len {sq} != kv_len {skv} (decode / chunked pre-fill run dense)"
-    elif keep is not None or pos is not None:
+    if keep is not None or pos is not None:
         why = _irregular(padding_mask, position_ids, keep, pos)
-    if not why:
-        t, how = resolve_min_sparse_len(min_sparse_len, [STREAM_LLM], [0], [window], q.device.type)
-        if sq < t:
-            why = f"q_len {sq} < {how} {t}" if t < sys.maxsize else f"{how}: dense on {q.device.type}"
+    if not why:  # the length rule of sparse_prefill (chunks: q_len < kv_len, the last q_len positions)
+        sparse, rule = length_decision([STREAM_LLM], [0], [window], sq, skv, min_sparse_len, q.device.type)
+        why = "" if sparse else rule
     if why:
         RECORD.add(layer, "dense", f"sliding window {window}: {why}", sq, skv)
         return dense_attention(q, k, v, scale, keep, positions=pos, window=window)

@@ -2,7 +2,8 @@
 
 The FX pass routes here the inputs transformers builds its B x S x S boolean mask from, instead of the mask:
 
-* ``padding_mask`` [B, >= kv_len] (the model's 2D ``attention_mask``): all ones -> sparse;
+* ``padding_mask`` [B, >= kv_len] (the model's 2D ``attention_mask``): all ones -> sparse (also for a pre-fill
+  chunk, q_len < kv_len, of at least MIN_CHUNK_ROWS rows);
 * ``position_ids`` [B or 1, S] (no cache: transformers then masks by positions, ``pos[j] <= pos[i]``, AND
   by packed-sequence ids ``cumsum(diff(pos) != 1)``): one sequence per row (every diff == 1) -> the mask
   is plain causal -> sparse.
@@ -19,6 +20,7 @@ from typing import Optional
 import torch
 
 from . import library  # noqa: F401  (registers minference::sparse_prefill)
+from .crossover import MIN_CHUNK_ROWS
 from .dense import dense_attention
 from .record import RECORD
 
@@ -50,10 +52,11 @@ def sparse_prefill_masked(
                          f"for q {tuple(q.shape)}, k {tuple(k.shape)}")
     keep = None if padding_mask is None else padding_mask[:, :skv].to(device=k.device, dtype=torch.bool)
     pos = None if position_ids is None else position_ids.to(k.device).expand(B, -1)
-    if sq != skv:
-        # decode / chunked prefill run dense anyway: the padding goes straight into their small
+    if sq > skv or (sq < skv and sq < MIN_CHUNK_ROWS):
+        # decode (and short chunk tails) run dense anyway: the padding goes straight into their small
         # q_len x kv_len mask, with no host check per layer and token
-        RECORD.add(layer, "dense", f"q_len {sq} != kv_len {skv} (decode / chunked pre-fill run dense)", sq, skv)
+        RECORD.add(layer, "dense", f"q_len {sq} < {MIN_CHUNK_ROWS} rows against kv_len {skv} (decode / short chunk "
+                   "tail run dense)", sq, skv)
         return dense_attention(q, k, v, scale, keep)
     why = _irregular(padding_mask, position_ids, keep, pos)
     if why:

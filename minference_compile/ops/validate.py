@@ -24,7 +24,7 @@ def check_head_dim(d: int) -> None:
 
 
 def check_qkv(q, k, v=None, *, same_len: bool = True, head_dim: bool = True) -> None:
-    """q [B, Hq, Sq, D], k/v [B, Hkv, Skv, D]."""
+    """q [B, Hq, Sq, D], k/v [B, Hkv, Skv, D]; same_len: Sq <= Skv (the queries are the last Sq positions)."""
     named = [("q", q), ("k", k)] + ([("v", v)] if v is not None else [])
     for name, t in named:
         if not isinstance(t, torch.Tensor):
@@ -45,9 +45,9 @@ def check_qkv(q, k, v=None, *, same_len: bool = True, head_dim: bool = True) -> 
         raise ValueError(f"batch size mismatch: q has {B}, k has {k.shape[0]}")
     if k.shape[3] != d:
         raise ValueError(f"head_dim mismatch: q has {d}, k has {k.shape[3]}")
-    if same_len and k.shape[2] != sq:
+    if same_len and k.shape[2] < sq:
         raise ValueError(f"sequence length mismatch: q has {sq}, k has {k.shape[2]} "
-                         "(sparse prefill needs q_len == kv_len)")
+                         "(sparse prefill needs q_len <= kv_len: the queries are the last q_len positions)")
     hkv = k.shape[1]
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"number of q heads ({hq}) must be a multiple of the number of kv heads ({hkv})")
