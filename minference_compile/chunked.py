@@ -120,7 +120,23 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
                 torch.cuda.empty_cache()
             raise ChunkOutOfMemoryError(_oom(chunk_size, past + a, past + b, past + N, model, B,
                                              next(model.parameters()).dtype))
+        if a == 0:
+            _prepare_cache(cache)
     return cache, logits
+
+
+def _prepare_cache(cache) -> None:
+    """After the first chunk: make the cached K/V contiguous and mark their length dynamic, so that every later
+    chunk presents the same strides and a symbolic length to Dynamo: one compiled graph for all of them. (The
+    first chunk leaves views with transposed strides in a DynamicCache, later chunks torch.cat results; and a
+    cached length first seen as a plain int is specialised, which recompiles at the next chunk.)"""
+    for layer in getattr(cache, "layers", ()):
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor) and t.dim() == 4:
+                t = t.contiguous()
+                torch._dynamo.maybe_mark_dynamic(t, 2)
+                setattr(layer, name, t)
 
 
 @torch.no_grad()
