@@ -36,6 +36,8 @@ for m in $modes; do
       timeout 420 python3 -m pytest -q -p no:cacheprovider tests/test_call_forms.py tests/test_pass.py tests/test_tensor_parallel.py tests/test_backend_models.py 2>&1 | tee "$OUT/tests_forms.log" | tail -15 ;;
     callforms)  # issue 8: use_cache=False vs True at 128K, 4-layer Llama-3-8B shape, same run
       timeout 400 python3 -m benchmarks.call_forms --length 131072 --out "$OUT/call-forms-128k.json" 2>&1 | tee "$OUT/call_forms.log" | tail -30 ;;
+    gputests)  # every GPU-marked test: kernels (incl. query offsets), ops, chunked pre-fill, vs_max_work
+      timeout 560 python3 -m pytest -q -p no:cacheprovider -x tests/test_kernels_triton.py tests/test_gpu_ops.py tests/test_gpu_chunked.py tests/test_chunked_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
     gpuops) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpuops.log" | tail -15 ;;
     guard) timeout 120 python3 -m benchmarks.guard --seq 128k 2>&1 | tee "$OUT/guard.log" ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
