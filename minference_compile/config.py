@@ -10,7 +10,11 @@ import json
 import os
 from typing import Any, Mapping, Sequence, Union
 
-PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
+PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse",
+            "vertical_and_slash_adaptive", "block_sparse_adaptive")  # ids 4, 5: ops/adaptive.py
+# Adaptive entries: [pattern, v_cap, s_cap, score, {"gamma": 0.9}] / [pattern, topk_cap, 0, score, {"tau": 0.9}];
+# the threshold (optional, default 0.9) is packed into the slash slot the op receives (ops/adaptive.pack_threshold)
+ADAPTIVE_THRESHOLD_KEYS = {"vertical_and_slash_adaptive": "gamma", "block_sparse_adaptive": "tau"}
 PATTERN_IDS = {name: i for i, name in enumerate(PATTERNS)}  # ids of minference::sparse_prefill
 
 DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
@@ -49,7 +53,34 @@ def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
             raise ConfigError(f"{_where(source, layer, head)}: {name} must be an integer, got {val!r}")
         if val < 0:
             raise ConfigError(f"{_where(source, layer, head)}: negative {name} {val}")
+    if pattern in ADAPTIVE_THRESHOLD_KEYS:
+        return (pattern, int(v), _adaptive_slot(raw, int(s), source, layer, head))
     return (pattern, int(v), int(s))
+
+
+def _adaptive_slot(raw, cap: int, source, layer, head) -> int:
+    from .ops.adaptive import pack_threshold
+    key = ADAPTIVE_THRESHOLD_KEYS[raw[0]]
+    extra = raw[4] if len(raw) > 4 else {}
+    if not isinstance(extra, Mapping) or set(extra) - {key}:
+        raise ConfigError(f"{_where(source, layer, head)}: {raw[0]} takes an optional 5th element {{\"{key}\": x}}, "
+                          f"got {extra!r}")
+    thr = extra.get(key)
+    ok = thr is None or (not isinstance(thr, bool) and isinstance(thr, (int, float)) and 0.0 < thr <= 1.0)
+    if not ok or cap >= 10**9:
+        raise ConfigError(f"{_where(source, layer, head)}: {key} must be a number in (0, 1] and the cap below 1e9, "
+                          f"got {thr!r}, {cap}")
+    return pack_threshold(cap, thr)
+
+
+def _entry_list(entry: HeadEntry, score) -> list:
+    """A head entry in the seed's list form; adaptive entries with a threshold get it back as a 5th element."""
+    p, v, s = entry
+    if p in ADAPTIVE_THRESHOLD_KEYS and s >= 10**9:
+        from .ops.adaptive import unpack_threshold
+        cap, thr = unpack_threshold(s)
+        return [p, v, cap, score, {ADAPTIVE_THRESHOLD_KEYS[p]: thr}]
+    return [p, v, s, score]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +159,7 @@ class MInferenceConfig:
         out = []
         for li, heads in enumerate(self.layers):
             sc = dict(self.scores[li]) if li < len(self.scores) else {}
-            out.append({str(h): [p, v, s, sc.get(h, 0)] for h, (p, v, s) in heads})
+            out.append({str(h): _entry_list(e, sc.get(h, 0)) for h, e in heads})
         return out
 
     def to_json(self, path: str | os.PathLike) -> None:
