@@ -133,19 +133,21 @@ def adaptive_vertical_slash(q: torch.Tensor, k: torch.Tensor, v_cap, s_cap, gamm
 def block_mass(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int, block: int = 64) -> torch.Tensor:
     """Estimated attention mass of query blocks r0..r1-1 over key blocks: [B, Hq, r1 - r0, NKB] fp32, each causal
     row summing to 1 (softmax of scale * mean(q_qb) . mean(k_kb) + log(valid keys of kb)); non-causal blocks 0."""
-    B, Hq, S, D = q.shape
-    Hkv = k.shape[1]
-    g = Hq // Hkv
-    n = -(-S // block)
-    qm = _block_means(q[:, :, r0 * block:min(S, r1 * block)], block).view(B, Hkv, g, r1 - r0, D)
-    km = _block_means(k, block).view(B, Hkv, 1, n, D)
-    logit = (qm @ km.transpose(-1, -2)).view(B, Hq, r1 - r0, n) / math.sqrt(D)
-    size = torch.full((n,), float(block), device=q.device)
+    S = q.shape[2]
+    qm = _block_means(q[:, :, r0 * block:min(S, r1 * block)], block)
+    return block_mass_from_means(qm, _block_means(k, block), S, r0, block)
+
+
+def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 0, block: int = 64) -> torch.Tensor:
+    """block_mass from block means: qm [B, Hq, R, D] (query blocks r0..r0+R-1), km [B, Hkv, NKB, D] fp32."""
+    B, Hq, R, D = qm.shape
+    Hkv, n = km.shape[1], km.shape[2]
+    logit = (qm.view(B, Hkv, Hq // Hkv, R, D) @ km.unsqueeze(2).transpose(-1, -2)).view(B, Hq, R, n) / math.sqrt(D)
+    size = torch.full((n,), float(block), device=qm.device)
     size[-1] = S - (n - 1) * block
-    logit = logit + size.log()
-    kb = torch.arange(n, device=q.device)
-    qb = torch.arange(r0, r1, device=q.device)[:, None]
-    return torch.softmax(logit.masked_fill(kb > qb, float("-inf")), -1)
+    kb = torch.arange(n, device=qm.device)
+    qb = torch.arange(r0, r0 + R, device=qm.device)[:, None]
+    return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
 
 
 def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torch.Tensor:
