@@ -220,5 +220,8 @@ def as_config(config: ConfigLike) -> MInferenceConfig:
 
 
 def get_support_models() -> list:
-    """Models we ship tuned pattern files for. None yet: the seed's files are not ours to ship."""
-    return []
+    """Models we ship pattern files for, searched ourselves (``minference-compile search``; never the seed's files):
+    names of minference_compile/configs/NAME.json, each with its NAME.search.json (per-head recall, cost,
+    calibration). ``minference_compile.search.shipped.shipped_config_path(name)`` gives the file."""
+    from .search.shipped import shipped_models
+    return shipped_models()
