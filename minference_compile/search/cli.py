@@ -83,13 +83,15 @@ def _run_one(args, model_dir, get_model, encode, prompt: str, length: int, candi
         print(f"{tag}: forward of {ids.shape[1]} tokens, {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     for li in _progress(todo, len(todo), f"score {tag}"):
         rec = torch.load(cap(li))
-        recall, cost = evaluate_layer(rec, candidates, args.last_q, args.device)
-        torch.save({"recall": recall, "cost": cost, "S": int(rec["S"])}, res(li) + ".tmp")
+        counts = {}
+        recall, cost = evaluate_layer(rec, candidates, args.last_q, args.device, counts)
+        torch.save({"recall": recall, "cost": cost, "S": int(rec["S"]), **counts}, res(li) + ".tmp")
         os.replace(res(li) + ".tmp", res(li))
         if not args.keep_captures:
             os.remove(cap(li))
     parts = [torch.load(res(li)) for li in range(n_layers)]
-    return torch.stack([p["recall"] for p in parts], 1), torch.stack([p["cost"] for p in parts], 1)
+    counts = {key: torch.stack([p[key] for p in parts], 1) for key in ("lines", "blocks") if key in parts[0]}
+    return torch.stack([p["recall"] for p in parts], 1), torch.stack([p["cost"] for p in parts], 1), counts
 
 
 def run(args) -> int:
@@ -134,8 +136,12 @@ def run(args) -> int:
         for prompt in args.prompts.split(","):
             runs[f"{os.path.basename(prompt)}-{length}"] = _run_one(args, model_dir, get_model, encode, prompt, length,
                                                                    candidates, n_layers)
-    recall = torch.stack([r for r, _ in runs.values()]).amin(0)  # [C, L, H]: worst run
-    cost = torch.stack([c for _, c in runs.values()]).mean(0)
+    recall = torch.stack([r for r, _, _ in runs.values()]).amin(0)  # [C, L, H]: worst run
+    cost = torch.stack([c for _, c, _ in runs.values()]).mean(0)
+    counts = [n for _, _, n in runs.values() if n]
+    # realised budgets of the picks (adaptive ones vary per input): mean over the runs
+    lines = torch.stack([n["lines"] for n in counts]).mean(0) if counts else None
+    blocks = torch.stack([n["blocks"] for n in counts]).mean(0) if counts else None
 
     idx = {c: i for i, c in enumerate(candidates)}
     fixed = {name: torch.full((n_layers, n_heads), idx[c]) for name, c in (("seed (1000,6096)", SEED),
@@ -148,7 +154,7 @@ def run(args) -> int:
         ok = torch.tensor([c.name in allowed or c.pattern == "dense" for c in candidates])
         pick = choose(recall.where(ok[:, None, None], -1.0), cost, candidates, args.target_recall, args.max_work)
         fixed["searched"] = pick
-    table = {name: {run: summary(p, r, c) for run, (r, c) in runs.items()} for name, p in fixed.items()}
+    table = {name: {run: summary(p, r, c) for run, (r, c, _) in runs.items()} for name, p in fixed.items()}
     for name, per in table.items():
         for run_name, s in per.items():
             print(f"{name:24s} {run_name:18s} coverage {s['coverage']:.3f}  recall mean {s['recall_mean']:.4f} "
@@ -171,9 +177,8 @@ def run(args) -> int:
                         "allow": args.allow or args.candidates,
                         "target_recall": None if args.max_work is not None else args.target_recall,
                         "max_work": args.max_work, "dtype": args.dtype, "device": args.device},
-        "heads": [[{"pick": chosen[li][h].name, "recall": round(float(recall[pick[li, h], li, h]), 4),
-                    "cost": round(float(cost[pick[li, h], li, h]), 4)} for h in range(n_heads)]
-                  for li in range(n_layers)],
+        "heads": [[_head_info(chosen[li][h], int(pick[li, h]), li, h, recall, cost, lines, blocks)
+                   for h in range(n_heads)] for li in range(n_layers)],
         "pattern_counts": dict(sorted(counts.items(), key=lambda kv: -kv[1])),
         "summary": table,
         "search_seconds": round(time.perf_counter() - t_start, 1),
@@ -184,6 +189,15 @@ def run(args) -> int:
     print(f"wrote {args.out} and {sidecar_path(args.out)} ({side['search_seconds']}s, peak RSS "
           f"{side['peak_rss_mb']} MB); picks: {side['pattern_counts']}")
     return 0
+
+
+def _head_info(c, i: int, li: int, h: int, recall, cost, lines, blocks) -> dict:
+    info = {"pick": c.name, "recall": round(float(recall[i, li, h]), 4), "cost": round(float(cost[i, li, h]), 4)}
+    if lines is not None and c.pattern.startswith("vertical"):
+        info["lines"] = [round(float(x), 1) for x in lines[i, li, h]]  # verticals, slashes kept (mean)
+    if blocks is not None and c.pattern.startswith("block"):
+        info["blocks"] = round(float(blocks[i, li, h]), 2)  # key blocks per query block (mean)
+    return info
 
 
 def sidecar_path(config_path: str) -> str:

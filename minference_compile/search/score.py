@@ -40,8 +40,10 @@ def block_cost(index: torch.Tensor, S: int) -> torch.Tensor:
     return ((n_off * BLOCK * rows + rows * (rows + 1) / 2).sum(-1)) / _causal_pairs(S)
 
 
-def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = "cpu") -> tuple:
-    """rec: a capture record (capture.py). -> (recall [C, Hq], cost [C, Hq]) float64 tensors."""
+def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = "cpu", counts: dict = None) -> tuple:
+    """rec: a capture record (capture.py). -> (recall [C, Hq], cost [C, Hq]) float64 tensors.
+    ``counts`` (optional, filled): "lines" [C, Hq, 2] verticals / slashes kept by vertical-slash candidates,
+    "blocks" [C, Hq] mean key blocks per query block of block-sparse ones (the adaptive ones' realised budgets)."""
     k_all, q_rows, q_means = rec["k"].to(device), rec["q_rows"].to(device), rec["q_means"].to(device)
     rows = rec["rows"].to(device)
     S = int(rec["S"])
@@ -52,6 +54,8 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
     recall = torch.zeros(C, Hq, dtype=torch.float64)
     cost = torch.zeros(C, Hq, dtype=torch.float64)
     km = _means(k_all)
+    lines = torch.zeros(C, Hq, 2, dtype=torch.float64)
+    blocks = torch.zeros(C, Hq, dtype=torch.float64)
     m0 = rows // BLOCK * BLOCK
     j = torch.arange(S, device=device)
     for h in range(Hq):
@@ -68,7 +72,7 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
             qz = q_rows.new_zeros(1, 1, S, D)
             qz[0, 0, S - L:] = q_rows[h, R - L:]
             vscore, sscore = vs_scores(qz, k[None, None], last_q)
-            _vs(p, pu, m0, vscore, sscore, float(L), vs, S, recall[:, h], cost[:, h])
+            _vs(p, pu, m0, vscore, sscore, float(L), vs, S, recall[:, h], cost[:, h], lines[:, h])
         mass = None
         for i, c in enumerate(candidates):
             if c.pattern == "dense":
@@ -87,6 +91,9 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
                 ids = index[rows // BLOCK].long()
                 recall[i, h] = float((pb.gather(1, ids.clamp(min=0)) * (ids >= 0)).sum(-1).mean())
                 cost[i, h] = float(block_cost(index.cpu(), S))
+                blocks[i, h] = float((index >= 0).sum(-1).double().mean())
+    if counts is not None:
+        counts.update(lines=lines, blocks=blocks)
     return recall, cost
 
 
@@ -99,7 +106,7 @@ def _means(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 1)
 
 
-def _vs(p, pu, m0, vscore, sscore, L, cands, S, recall, cost) -> None:
+def _vs(p, pu, m0, vscore, sscore, L, cands, S, recall, cost, lines) -> None:
     """Vertical-slash candidates of one head: selection as the op makes it, block-rounded recall, index work."""
     verts, slashes = [], []
     for _, c in cands:
@@ -123,3 +130,4 @@ def _vs(p, pu, m0, vscore, sscore, L, cands, S, recall, cost) -> None:
         extra = (p[:, vv] * ~cov[n][uu]).sum(-1)
         recall[i] = float((slash_mass[:, n] + extra).mean())
         cost[i] = float(work[n])
+        lines[i, 0], lines[i, 1] = float(vv.numel()), float((sl[n] >= 0).sum())
