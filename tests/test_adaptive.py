@@ -148,3 +148,26 @@ def test_config_adaptive_entries_round_trip(tmp_path):
     for bad in ({"gamma": 1.5}, {"tau": 0.9}, [0.9]):
         with pytest.raises(ConfigError, match="layer 0, head 0"):
             MInferenceConfig.from_dict([{"0": ["vertical_and_slash_adaptive", 10, 10, 0, bad]}])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adaptive_index_builds_on_cuda_match_cpu_without_host_sync():
+    torch.manual_seed(0)
+    S, hq, hkv, D = 4099, 4, 2, 64
+    q, k = torch.randn(1, hq, S, D), torch.randn(1, hkv, S, D)
+    caps_v, caps_s, gam = [100, 200, 50, 300], [400, 800, 100, 600], [0.8, 0.9, 0.95, 0.7]
+    want_vs = adaptive_vertical_slash(q, k, caps_v, caps_s, gam)
+    want_bs = adaptive_block_sparse_index(q, k, [8, 16, 32, 64], gam)
+    qc, kc = q.cuda(), k.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got_vs = adaptive_vertical_slash(qc, kc, caps_v, caps_s, gam)
+        got_bs = adaptive_block_sparse_index(qc, kc, [8, 16, 32, 64], gam)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # fp32 both ways; the GPU's reduction order may flip a near-tie: allow a handful of differing entries
+    for g, w in zip(got_vs, want_vs):
+        assert (g.cpu() != w).float().mean() < 0.01
+    assert (got_bs.cpu() != want_bs).float().mean() < 0.01

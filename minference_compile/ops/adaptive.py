@@ -160,10 +160,9 @@ def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torc
     kmax = max(1, min(kmax, n))
     cap = cb.view(1, -1, 1, 1) if cb is not None else torch.tensor(kmax, device=dev)
     qb = torch.arange(r0, r0 + R, device=dev)
-    key = mass.clone()
     kb = torch.arange(n, device=dev)
-    key[..., qb[:, None] == kb] = float("inf")  # diagonal first
-    key[..., qb[:, None] < kb] = -1.0  # non-causal last, even below a causal mass that underflowed to 0
+    key = mass.masked_fill(qb[:, None] == kb, float("inf"))  # diagonal first (masked_fill: no host sync)
+    key.masked_fill_(qb[:, None] < kb, -1.0)  # non-causal last, even below a causal mass that underflowed to 0
     top = key.topk(kmax, dim=-1)
     m = mass.gather(-1, top.indices)
     before = m.cumsum(-1) - m
