@@ -33,21 +33,36 @@ def _constructed_attention(S, L, seed):
 @pytest.mark.parametrize("gamma", [0.5, 0.8, 0.9, 0.97])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vs_selection_meets_mass_threshold_minimally(gamma, seed):
+    # separate rule: the kept columns hold gamma of the column mass, the kept diagonals gamma of the diagonal mass
     S, L, sink, local = 300, 16, 3, 5
     P, col, diag = _constructed_attention(S, L, seed)
     v, s = select_vertical_slash(col[None, None].float(), diag[None, None].float(), S, S, gamma, float(L),
                                  sink, local)
     v, s = v[0, 0][v[0, 0] >= 0].long(), s[0, 0][s[0, 0] >= 0].long()
+    assert set(range(sink)) <= set(v.tolist()) and set(range(local)) <= set(s.tolist())
+    for mass, kept_idx, forced in ((col, v, sink), (diag, s, local)):
+        kept = float(mass[kept_idx].sum())
+        assert kept >= gamma * L - 1e-4
+        free = mass[kept_idx[kept_idx >= forced]]
+        if free.numel():  # minimal: without its lightest non-forced entry the list is short of the target
+            assert kept - float(free.min()) < gamma * L + 1e-4
+    # the planted heavy lines are found, nothing else beyond the target is
+    v2, s2 = select_vertical_slash(col[None, None].float(), diag[None, None].float(), 7, 9, gamma, float(L), sink, local)
+    assert (v2 >= 0).sum() <= 7 and (s2 >= 0).sum() <= 9
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.9])
+def test_vs_selection_merged_rule(gamma):
+    S, L, sink, local = 300, 16, 3, 5
+    P, col, diag = _constructed_attention(S, L, 3)
+    v, s = select_vertical_slash(col[None, None].float(), diag[None, None].float(), S, S, gamma, float(L),
+                                 sink, local, separate=False)
+    v, s = v[0, 0][v[0, 0] >= 0].long(), s[0, 0][s[0, 0] >= 0].long()
     kept = float(col[v].sum() + diag[s].sum())
     assert kept >= gamma * L - 1e-4
-    assert set(range(sink)) <= set(v.tolist()) and set(range(local)) <= set(s.tolist())
-    # minimal: without its lightest non-forced entry the selection is short of the target
     free = torch.cat([col[v[v >= sink]], diag[s[s >= local]]])
     if free.numel():
         assert kept - float(free.min()) < gamma * L + 1e-4
-    # a selection gets no smaller than the forced lines, no larger than the caps
-    v2, s2 = select_vertical_slash(col[None, None].float(), diag[None, None].float(), 7, 9, gamma, float(L), sink, local)
-    assert (v2 >= 0).sum() <= 7 and (s2 >= 0).sum() <= 9
 
 
 def test_vs_selection_per_head_caps_and_thresholds():

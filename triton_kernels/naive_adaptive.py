@@ -6,22 +6,25 @@ import torch
 from .naive import BLOCK, block_scores_ref
 
 
-def _greedy(items, cap_v, cap_s, target):
-    """items: (forced, mass, kind, idx). Per kind the top-cap by (forced, mass); merged in that order; keep while
-    forced or the mass kept so far is below target. -> {kind: sorted kept idx}."""
+def _greedy(items, cap_v, cap_s, target, separate=True):
+    """items: (forced, mass, kind, idx). Per kind the top-cap by (forced, mass); each list on its own (separate) or
+    both merged in that order; keep while forced or the mass ranked above is below target. -> {kind: sorted idx}."""
     per = {"v": sorted([x for x in items if x[2] == "v"], key=lambda x: (not x[0], -x[1]))[:cap_v],
            "s": sorted([x for x in items if x[2] == "s"], key=lambda x: (not x[0], -x[1]))[:cap_s]}
-    merged = sorted(per["v"] + per["s"], key=lambda x: (not x[0], -x[1]))
-    kept, acc = {"v": [], "s": []}, 0.0
-    for forced, m, kind, idx in merged:
-        if forced or acc < target:
-            kept[kind].append(idx)
-        acc += m
+    lists = [per["v"], per["s"]] if separate else [sorted(per["v"] + per["s"], key=lambda x: (not x[0], -x[1]))]
+    kept = {"v": [], "s": []}
+    for ranked in lists:
+        acc = 0.0
+        for forced, m, kind, idx in ranked:
+            if forced or acc < target:
+                kept[kind].append(idx)
+            acc += m
     return {kind: sorted(v) for kind, v in kept.items()}
 
 
-def adaptive_vertical_slash_ref(q, k, v_cap, s_cap, gamma, last_q=64, sink_tokens=30, local_window=100):
-    """-> list over (b, h) of (sorted verticals, sorted slashes) kept by the merged mass-threshold rule."""
+def adaptive_vertical_slash_ref(q, k, v_cap, s_cap, gamma, last_q=64, sink_tokens=30, local_window=100,
+                                separate=True):
+    """-> list over (b, h) of (sorted verticals, sorted slashes) kept by the mass-threshold rule."""
     B, Hq, S, D = q.shape
     g = Hq // k.shape[1]
     L = min(last_q, S)
@@ -42,7 +45,7 @@ def adaptive_vertical_slash_ref(q, k, v_cap, s_cap, gamma, last_q=64, sink_token
             items = [(c < sink_tokens, float(vm[c]), "v", c) for c in range(S)]
             items += [(o < local_window, float(sm[o]), "s", o) for o in range(S)]
             gam = gamma if isinstance(gamma, float) else float(gamma[h])
-            kept = _greedy(items, caps(v_cap, h), caps(s_cap, h), gam * L)
+            kept = _greedy(items, caps(v_cap, h), caps(s_cap, h), gam * L, separate)
             out.append((kept["v"], kept["s"]))
     return out
 

@@ -84,9 +84,23 @@ def _ranked(score: torch.Tensor, n: int, forced: int):
     return idx, score.gather(-1, idx), idx < forced
 
 
+def _keep(m, forced, ok, target):
+    """Entries in rank order: keep iff forced, or the mass ranked above is still short of the target (and in cap)."""
+    before = m.cumsum(-1) - m
+    return (forced | (before < target)) & ok
+
+
+def _count(m, forced, ok, target):
+    ok = ok.expand_as(m)
+    return _keep(m.where(ok, 0.0), forced & ok, ok, target).sum(-1, keepdim=True)
+
+
 def select_vertical_slash(vscore: torch.Tensor, sscore: torch.Tensor, v_cap, s_cap, gamma: Threshold,
-                          mass: float, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
-    """Fewest verticals + slashes (merged by mass) whose summed mass reaches gamma * mass, capped per head.
+                          mass: float, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW,
+                          separate: bool = True):
+    """Fewest verticals and slashes whose mass reaches gamma * mass, capped per head. separate=True (default):
+    columns and diagonals each reach gamma of their own total (FlexPrefill's rule); False: the two lists merged
+    by mass reach gamma of one total together (fewer lines; measured to lose recall on far rows, NOTES.md).
 
     vscore/sscore [B, Hq, S] (vs_scores), v_cap/s_cap int or per-head [Hq], gamma float or per head, mass = the
     total of each score row (L). gamma > 1 keeps every capped entry (the fixed top-k). -> (vertical [B,Hq,NV],
@@ -102,19 +116,20 @@ def select_vertical_slash(vscore: torch.Tensor, sscore: torch.Tensor, v_cap, s_c
     # entries past a head's cap take no part
     vok = torch.arange(nv, device=dev) < (vb.view(1, -1, 1) if vb is not None else nv)
     sok = torch.arange(ns, device=dev) < (sb.view(1, -1, 1) if sb is not None else ns)
-    m = torch.cat([vm.where(vok, 0.0), sm.where(sok, 0.0)], -1)
-    ok = torch.cat([vok.expand_as(vm), sok.expand_as(sm)], -1)
-    forced = torch.cat([vf, sf], -1) & ok
-    is_v = torch.cat([torch.ones_like(vf), torch.zeros_like(sf)], -1)
-    # merged order: forced first, then by mass; stable, so each list keeps its own (descending) order
-    key = torch.where(forced, float("inf"), torch.where(ok, m, -1.0))
-    order = key.sort(dim=-1, descending=True, stable=True).indices
-    before = m.gather(-1, order).cumsum(-1) - m.gather(-1, order)  # mass of the entries ranked above
     target = _thresholds(gamma, Hq, dev).view(1, -1, 1) * mass
-    # keep an entry iff forced, or the mass above it is still short of the target
-    keep = (forced.gather(-1, order) | (before < target)) & ok.gather(-1, order)
-    n_v = (keep & is_v.gather(-1, order)).sum(-1, keepdim=True)
-    n_s = keep.sum(-1, keepdim=True) - n_v
+    if separate:  # each list on its own: the fewest columns holding gamma of the column mass, likewise slashes
+        n_v, n_s = _count(vm, vf, vok, target), _count(sm, sf, sok, target)
+    else:
+        m = torch.cat([vm.where(vok, 0.0), sm.where(sok, 0.0)], -1)
+        ok = torch.cat([vok.expand_as(vm), sok.expand_as(sm)], -1)
+        forced = torch.cat([vf, sf], -1) & ok
+        is_v = torch.cat([torch.ones_like(vf), torch.zeros_like(sf)], -1)
+        # merged order: forced first, then by mass; stable, so each list keeps its own (descending) order
+        key = torch.where(forced, float("inf"), torch.where(ok, m, -1.0))
+        order = key.sort(dim=-1, descending=True, stable=True).indices
+        keep = _keep(m.gather(-1, order), forced.gather(-1, order), ok.gather(-1, order), target)
+        n_v = (keep & is_v.gather(-1, order)).sum(-1, keepdim=True)
+        n_s = keep.sum(-1, keepdim=True) - n_v
     vertical = torch.where(torch.arange(nv, device=dev) < n_v, vi, -1)
     slash = torch.where(torch.arange(ns, device=dev) < n_s, si, -1)
     return vertical.to(torch.int32).contiguous(), slash.to(torch.int32).contiguous()

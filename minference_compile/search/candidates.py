@@ -60,6 +60,6 @@ def default_candidates(kind: str = "all") -> list:
     fixed += [Candidate("stream_llm", 128, w) for w in (1024, 2048, 4096)]
     fixed += [Candidate("vertical_and_slash", v, s) for v in (100, 300, 1000) for s in (200, 800, 2048, 6096)]
     fixed += [Candidate("block_sparse", t) for t in (8, 16, 32, 64)]
-    adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in (0.7, 0.8, 0.9, 0.95, 0.98)]
+    adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in (0.8, 0.9, 0.95, 0.98, 0.99)]
     adaptive += [Candidate("block_sparse_adaptive", 128, 0, t) for t in (0.7, 0.8, 0.9, 0.95)]
     return {"fixed": fixed, "adaptive": [fixed[0]] + adaptive, "all": fixed + adaptive}[kind]
