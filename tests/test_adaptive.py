@@ -186,3 +186,11 @@ def test_adaptive_index_builds_on_cuda_match_cpu_without_host_sync():
     for g, w in zip(got_vs, want_vs):
         assert (g.cpu() != w).float().mean() < 0.01
     assert (got_bs.cpu() != want_bs).float().mean() < 0.01
+
+
+def test_sparse_prefill_adaptive_opcheck():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 130, 64), torch.randn(1, 2, 130, 64), torch.randn(1, 2, 130, 64)
+    args = (q, k, v, [4, 5, 1, 0], [20, 2, 10, 0], [pack_threshold(40, 0.9), pack_threshold(0, 0.8), 30, 0],
+            0.125, 64, 64)
+    torch.library.opcheck(torch.ops.minference.sparse_prefill.default, args)
