@@ -29,7 +29,8 @@ DEFAULT_TARGET = 0.97  # mean block recall per head; NOTES.md: what it costs in 
 def add_arguments(p) -> None:
     p.add_argument("model", help="HF model folder, or a name under $MINFERENCE_MODEL_CACHE (smollm2, qwen05)")
     p.add_argument("--out", required=True, help="config JSON to write (the seed's format); sidecar OUT.search.json")
-    p.add_argument("--prompts", default="natural,kv", help="built-in 'natural', 'kv', or text file paths (comma list)")
+    p.add_argument("--prompts", default="natural,kv",
+                   help="built-in 'natural', 'kv', or text file paths (comma list); NAME:LENGTH pins a length")
     p.add_argument("--lengths", default="8192", help="prompt lengths in tokens (comma list)")
     p.add_argument("--candidates", default="all", choices=["fixed", "adaptive", "all"], help="candidates scored")
     p.add_argument("--allow", default=None, choices=["fixed", "adaptive", "all"],
@@ -132,10 +133,9 @@ def run(args) -> int:
 
     encode = encoder(model_dir, mcfg.vocab_size)
     runs = {}
-    for length in [int(x) for x in args.lengths.split(",")]:
-        for prompt in args.prompts.split(","):
-            runs[f"{os.path.basename(prompt)}-{length}"] = _run_one(args, model_dir, get_model, encode, prompt, length,
-                                                                   candidates, n_layers)
+    for prompt, length in calibration_runs(args.prompts, args.lengths):
+        runs[f"{os.path.basename(prompt)}-{length}"] = _run_one(args, model_dir, get_model, encode, prompt, length,
+                                                               candidates, n_layers)
     recall = torch.stack([r for r, _, _ in runs.values()]).amin(0)  # [C, L, H]: worst run
     cost = torch.stack([c for _, c, _ in runs.values()]).mean(0)
     counts = [n for _, _, n in runs.values() if n]
@@ -172,7 +172,8 @@ def run(args) -> int:
             counts[c.name] = counts.get(c.name, 0) + 1
     side = {
         "model": os.path.basename(os.path.normpath(model_dir)),
-        "calibration": {"prompts": args.prompts.split(","), "lengths": [int(x) for x in args.lengths.split(",")],
+        "calibration": {"runs": list(runs), "prompts": sorted({p for p, _ in calibration_runs(args.prompts, args.lengths)}),
+                        "lengths": sorted({n for _, n in calibration_runs(args.prompts, args.lengths)}),
                         "rows": args.rows, "last_q": args.last_q, "candidates": args.candidates,
                         "allow": args.allow or args.candidates,
                         "target_recall": None if args.max_work is not None else args.target_recall,
@@ -189,6 +190,15 @@ def run(args) -> int:
     print(f"wrote {args.out} and {sidecar_path(args.out)} ({side['search_seconds']}s, peak RSS "
           f"{side['peak_rss_mb']} MB); picks: {side['pattern_counts']}")
     return 0
+
+
+def calibration_runs(prompts: str, lengths: str) -> list:
+    """[(prompt, length)]: every prompt at every length; ``prompt:LENGTH`` pins one prompt to one length."""
+    out = []
+    for prompt in prompts.split(","):
+        name, _, pinned = prompt.rpartition(":") if prompt.rpartition(":")[2].isdigit() else (prompt, "", "")
+        out += [(name, int(n)) for n in (pinned.split() if pinned else lengths.split(","))]
+    return out
 
 
 def _head_info(c, i: int, li: int, h: int, recall, cost, lines, blocks) -> dict:
