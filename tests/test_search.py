@@ -183,3 +183,16 @@ def test_explain_and_viz_write_pngs(tiny_model_dir, tmp_path):
                  "--grid", "32", "--out", str(tmp_path / "h.png")]) == 0
     for f in ("map.png", "h.png"):
         assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_choose_mean_matches_mean_recall_at_least_cost():
+    from minference_compile.search.select import choose_mean
+
+    cands = [Candidate("dense"), Candidate("block_sparse", 8), Candidate("block_sparse", 16)]
+    recall = torch.tensor([[1.0, 1.0], [0.90, 0.99], [0.95, 0.995]])[:, None]
+    cost = torch.tensor([[1.0, 1.0], [0.1, 0.1], [0.3, 0.3]])[:, None]
+    ok = torch.ones(3, dtype=torch.bool)
+    pick = choose_mean(recall, cost, ok, mean_target=0.97)  # cheapest way to a mean of 0.97: raise head 0 only
+    assert pick.tolist() == [[2, 1]]
+    assert choose_mean(recall, cost, ok, mean_target=0.9).tolist() == [[1, 1]]
+    assert choose_mean(recall, cost, ok, mean_target=0.9, floor=0.92).tolist() == [[2, 1]]

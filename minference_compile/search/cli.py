@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
                    help="candidates the selection may pick (default: those scored); reuses stored scores")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET)
     p.add_argument("--max-work", type=float, default=None, help="instead: best recall within this work share")
+    p.add_argument("--match-seed", action="store_true",
+                   help="instead: least mean work at the seed's (1000, 6096) mean recall and no head below its worst")
     p.add_argument("--rows", type=int, default=256, help="sampled query rows per head (the last 64 included)")
     p.add_argument("--last-q", type=int, default=64)
     p.add_argument("--workdir", default=None, help="captures and per-layer results (default OUT.work)")
@@ -99,7 +101,7 @@ def run(args) -> int:
     from ..config import MInferenceConfig
     from .candidates import SEED, SMALL, Candidate, default_candidates
     from .prompts import encoder
-    from .select import choose, config_list, picks_of_config, summary
+    from .select import choose, choose_mean, config_list, picks_of_config, summary
 
     t_start = time.perf_counter()
     if args.threads:
@@ -152,7 +154,11 @@ def run(args) -> int:
     else:
         allowed = {c.name for c in default_candidates(args.allow or args.candidates)}
         ok = torch.tensor([c.name in allowed or c.pattern == "dense" for c in candidates])
-        pick = choose(recall.where(ok[:, None, None], -1.0), cost, candidates, args.target_recall, args.max_work)
+        if args.match_seed:  # per head: the worst run's recall; the seed's mean / min over heads of that
+            seed_r = recall[idx[SEED]]
+            pick = choose_mean(recall, cost, ok, float(seed_r.mean()), float(seed_r.min()))
+        else:
+            pick = choose(recall.where(ok[:, None, None], -1.0), cost, candidates, args.target_recall, args.max_work)
         fixed["searched"] = pick
     table = {name: {run: summary(p, r, c) for run, (r, c, _) in runs.items()} for name, p in fixed.items()}
     for name, per in table.items():
@@ -176,7 +182,8 @@ def run(args) -> int:
                         "lengths": sorted({n for _, n in calibration_runs(args.prompts, args.lengths)}),
                         "rows": args.rows, "last_q": args.last_q, "candidates": args.candidates,
                         "allow": args.allow or args.candidates,
-                        "target_recall": None if args.max_work is not None else args.target_recall,
+                        "target_recall": None if args.max_work is not None or args.match_seed else args.target_recall,
+                        "match_seed": args.match_seed,
                         "max_work": args.max_work, "dtype": args.dtype, "device": args.device},
         "heads": [[_head_info(chosen[li][h], int(pick[li, h]), li, h, recall, cost, lines, blocks)
                    for h in range(n_heads)] for li in range(n_layers)],
@@ -186,7 +193,7 @@ def run(args) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     with open(sidecar_path(args.out), "w") as f:
-        json.dump(side, f, indent=1)
+        json.dump(side, f, separators=(",", ":"))
     print(f"wrote {args.out} and {sidecar_path(args.out)} ({side['search_seconds']}s, peak RSS "
           f"{side['peak_rss_mb']} MB); picks: {side['pattern_counts']}")
     return 0

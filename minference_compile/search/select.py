@@ -62,3 +62,18 @@ def summary(pick: torch.Tensor, recall: torch.Tensor, cost: torch.Tensor) -> dic
     c = cost.gather(0, pick[None])[0].flatten()
     return {"coverage": float(c.mean()), "recall_mean": float(r.mean()), "recall_min": float(r.min()),
             "recall_p10": float(r.quantile(0.1))}
+
+
+def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor, mean_target: float,
+                floor: float = 0.0) -> torch.Tensor:
+    """Global choice: the least mean cost whose mean head recall reaches ``mean_target``, each head at least
+    ``floor``. Per head argmax(lam * recall - cost) (a Lagrangian over all heads), lam raised until the mean
+    recall is met. recall/cost [C, L, H], allowed [C] bool (dense must be allowed) -> [L, H] candidate index."""
+    ok = allowed[:, None, None] & (recall >= floor)
+    ok = ok | (recall >= 1.0)  # dense (recall 1) always qualifies
+    pick = None
+    for lam in torch.logspace(-1, 4, 400).tolist():
+        pick = torch.where(ok, lam * recall - cost, -float("inf")).argmax(0)
+        if float(recall.gather(0, pick[None]).mean()) >= mean_target:
+            break
+    return pick
