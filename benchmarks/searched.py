@@ -20,7 +20,9 @@ import math
 
 import torch
 
-from .registry import SHAPES, parse_length
+from .registry import SHAPES as _SHAPES, parse_length
+
+SHAPES = {**_SHAPES, "smollm2-135m": (9, 3, 64)}  # the configs' models (qwen2.5-0.5b is in the registry)
 
 
 def _head_budgets(cfg, side, layer: int, H: int, S: int, scale: str) -> list:
