@@ -10,7 +10,11 @@ import json
 import os
 from typing import Any, Mapping, Sequence, Union
 
-PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
+PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse",
+            "vertical_and_slash_adaptive", "block_sparse_adaptive")  # ids 4, 5: ops/adaptive.py
+# Adaptive entries: [pattern, v_cap, s_cap, score, {"gamma": 0.9}] / [pattern, topk_cap, 0, score, {"tau": 0.9}];
+# the threshold (optional, default 0.9) is packed into the slash slot the op receives (ops/adaptive.pack_threshold)
+ADAPTIVE_THRESHOLD_KEYS = {"vertical_and_slash_adaptive": "gamma", "block_sparse_adaptive": "tau"}
 PATTERN_IDS = {name: i for i, name in enumerate(PATTERNS)}  # ids of minference::sparse_prefill
 
 DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
@@ -41,9 +45,11 @@ def _where(source, layer=None, head=None) -> str:
 # The smallest value each pattern's kernel accepts for its two slots (the public functions check the same):
 # vertical-slash needs >= 1 column and >= 1 diagonal; A-shape init may be 0 (a pure sliding window), local >= 1;
 # block-sparse needs topk >= 1 (its second slot is unused).
-_MINIMUM = {"dense": (0, 0), "vertical_and_slash": (1, 1), "stream_llm": (0, 1), "block_sparse": (1, 0)}
+_MINIMUM = {"dense": (0, 0), "vertical_and_slash": (1, 1), "stream_llm": (0, 1), "block_sparse": (1, 0),
+            "vertical_and_slash_adaptive": (1, 1), "block_sparse_adaptive": (1, 0)}
 _SLOTS = {"vertical_and_slash": ("vertical_size", "slash_size"), "stream_llm": ("init_num", "local_window_num"),
-          "block_sparse": ("topk", "(unused)"), "dense": ("(unused)", "(unused)")}
+          "block_sparse": ("topk", "(unused)"), "dense": ("(unused)", "(unused)"),
+          "vertical_and_slash_adaptive": ("vertical cap", "slash cap"), "block_sparse_adaptive": ("topk cap", "(unused)")}
 
 
 def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
@@ -57,7 +63,34 @@ def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
             raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be an integer, got {val!r}")
         if val < lo:
             raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be >= {lo}, got {val}")
+    if pattern in ADAPTIVE_THRESHOLD_KEYS:
+        return (pattern, int(v), _adaptive_slot(raw, int(s), source, layer, head))
     return (pattern, int(v), int(s))
+
+
+def _adaptive_slot(raw, cap: int, source, layer, head) -> int:
+    from .ops.adaptive import pack_threshold
+    key = ADAPTIVE_THRESHOLD_KEYS[raw[0]]
+    extra = raw[4] if len(raw) > 4 else {}
+    if not isinstance(extra, Mapping) or set(extra) - {key}:
+        raise ConfigError(f"{_where(source, layer, head)}: {raw[0]} takes an optional 5th element {{\"{key}\": x}}, "
+                          f"got {extra!r}")
+    thr = extra.get(key)
+    ok = thr is None or (not isinstance(thr, bool) and isinstance(thr, (int, float)) and 0.0 < thr <= 1.0)
+    if not ok or cap >= 10**9:
+        raise ConfigError(f"{_where(source, layer, head)}: {key} must be a number in (0, 1] and the cap below 1e9, "
+                          f"got {thr!r}, {cap}")
+    return pack_threshold(cap, thr)
+
+
+def _entry_list(entry: HeadEntry, score) -> list:
+    """A head entry in the seed's list form; adaptive entries with a threshold get it back as a 5th element."""
+    p, v, s = entry
+    if p in ADAPTIVE_THRESHOLD_KEYS and s >= 10**9:
+        from .ops.adaptive import unpack_threshold
+        cap, thr = unpack_threshold(s)
+        return [p, v, cap, score, {ADAPTIVE_THRESHOLD_KEYS[p]: thr}]
+    return [p, v, s, score]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +117,9 @@ class MInferenceConfig:
 
     def __post_init__(self) -> None:
         """Validate whatever way the config was built (constructor, dict, JSON): errors name source/layer/head."""
-        object.__setattr__(self, "default", _parse_entry(self.default, self.source, None, "default"))
+        # (parsed entries hold adaptive thresholds packed: back to the list form to check them like a file's)
+        default = self.default if isinstance(self.default, list) or len(self.default) > 3 else _entry_list(self.default, 0)
+        object.__setattr__(self, "default", _parse_entry(default, self.source, None, "default"))
         for name in ("starting_layer", "last_q"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name == "last_q" else 0):
@@ -101,7 +136,7 @@ class MInferenceConfig:
                               "use MInferenceConfig.from_dict for the seed's list format")
         for li, heads in enumerate(self.layers):
             for h, entry in heads:
-                _parse_entry(entry, self.source, li, h)
+                _parse_entry(_entry_list(entry, 0), self.source, li, h)
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -151,7 +186,7 @@ class MInferenceConfig:
         out = []
         for li, heads in enumerate(self.layers):
             sc = dict(self.scores[li]) if li < len(self.scores) else {}
-            out.append({str(h): [p, v, s, sc.get(h, 0)] for h, (p, v, s) in heads})
+            out.append({str(h): _entry_list(e, sc.get(h, 0)) for h, e in heads})
         return out
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -217,5 +252,8 @@ def as_config(config: ConfigLike) -> MInferenceConfig:
 
 
 def get_support_models() -> list:
-    """Models we ship tuned pattern files for. None yet: the seed's files are not ours to ship."""
-    return []
+    """Models we ship pattern files for, searched ourselves (``minference-compile search``; never the seed's files):
+    names of minference_compile/configs/NAME.json, each with its NAME.search.json (per-head recall, cost,
+    calibration). ``minference_compile.search.shipped.shipped_config_path(name)`` gives the file."""
+    from .search.shipped import shipped_models
+    return shipped_models()

@@ -45,6 +45,10 @@ def _round_up(x: int, to: int = 1024) -> int:
 
 
 def pattern_min_len(pattern: int, vertical_size: int, slash_size: int) -> int:
+    from .adaptive import BS_ADAPTIVE, VS_ADAPTIVE, unpack_threshold
+    if pattern in (VS_ADAPTIVE, BS_ADAPTIVE):  # unmeasured: as the fixed pattern at the caps (conservative)
+        return pattern_min_len(VERTICAL_SLASH if pattern == VS_ADAPTIVE else BLOCK_SPARSE, vertical_size,
+                               unpack_threshold(slash_size)[0])
     if pattern == STREAM_LLM:
         return _round_up(4 * (vertical_size + slash_size))
     if pattern == BLOCK_SPARSE:

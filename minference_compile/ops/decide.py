@@ -6,7 +6,9 @@ from typing import Sequence, Tuple
 
 from .crossover import MIN_CHUNK_ROWS, auto_min_sparse_len, effective_len, runs_sparse
 
-PATTERN_NAMES = ("dense", "vertical_and_slash", "stream_llm", "block_sparse")
+PATTERN_NAMES = ("dense", "vertical_and_slash", "stream_llm", "block_sparse", "vertical_and_slash_adaptive",
+                 "block_sparse_adaptive")
+ADAPTIVE = (4, 5)
 
 
 def pattern_summary(patterns: Sequence[int]) -> str:
@@ -35,6 +37,8 @@ def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int
         return False, "config: all heads dense"
     if q_len > kv_len:
         return False, f"q_len {q_len} > kv_len {kv_len}"
+    if q_len < kv_len and any(p in ADAPTIVE for p in patterns):
+        return False, f"adaptive patterns run unchunked pre-fill only (chunk of {q_len} rows at kv_len {kv_len})"
     if q_len < kv_len and q_len < MIN_CHUNK_ROWS:
         return False, f"q_len {q_len} < {MIN_CHUNK_ROWS} rows against kv_len {kv_len} (decode / short chunk tail run dense)"
     t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type)

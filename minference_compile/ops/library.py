@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..triton_kernels._torch_util import device_tensor
 from . import cpu
+from .adaptive import BS_ADAPTIVE, VS_ADAPTIVE
 from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH
 from .decide import length_decision
 from .dense import dense_attention
@@ -110,9 +111,9 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
-    if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE}:
+    if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE, VS_ADAPTIVE, BS_ADAPTIVE}:
         raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
-                         "2 stream_llm, 3 block_sparse)")
+                         "2 stream_llm, 3 block_sparse, 4 vertical_and_slash_adaptive, 5 block_sparse_adaptive)")
     sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
     if not sparse:
         RECORD.add(layer, "dense", reason, Sq, S)
@@ -170,7 +171,32 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
         topks = {s for x, s in zip(patterns, vertical_size) if x == BLOCK_SPARSE}
         topk = topks.pop() if len(topks) == 1 else budget(BLOCK_SPARSE, 1)  # a list: its max needs no sync
         _block_sparse(q, k, v, topk, scale, heads(BLOCK_SPARSE), out)
+    if present & {VS_ADAPTIVE, BS_ADAPTIVE}:
+        _adaptive(q, k, v, patterns, vertical_size, slash_size, scale, last_q, heads, out)
     return out
+
+
+def _adaptive(q, k, v, patterns, vertical_size, slash_size, scale, last_q, heads, out) -> None:
+    """Heads of patterns 4/5 (ops/adaptive.py): caps in vertical_size (and slash_size), thresholds packed in
+    slash_size; other heads get cap 0 (they select nothing and are not computed)."""
+    from .adaptive import adaptive_block_sparse_index, adaptive_vertical_slash, unpack_threshold
+    slots = [unpack_threshold(s) for s in slash_size]
+    for p in (VS_ADAPTIVE, BS_ADAPTIVE):
+        if p not in patterns:
+            continue
+        cap_v = [vv if x == p else 0 for x, vv in zip(patterns, vertical_size)]
+        cap_s = [c if x == p else 0 for x, (c, _) in zip(patterns, slots)]
+        thr = [t for _, t in slots]
+        if p == VS_ADAPTIVE:
+            vertical, slash = adaptive_vertical_slash(q, k, cap_v, cap_s, thr, last_q)
+            _vertical_slash(q, k, v, vertical, slash, scale, heads(p), out)
+        else:
+            index = adaptive_block_sparse_index(q, k, cap_v, thr)
+            if q.device.type == "cpu":
+                cpu.block_sparse_attention(q, k, v, index, scale, heads(p), out)
+            else:
+                from ..triton_kernels.block_sparse import block_sparse_attention_fwd
+                block_sparse_attention_fwd(q, k, v, index, scale, head_mask=heads(p), out=out, compact=True)
 
 
 @vertical_slash_attention.register_fake

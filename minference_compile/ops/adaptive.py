@@ -1,0 +1,204 @@
+"""Adaptive budgets: per head and input, the fewest lines / blocks whose estimated attention mass reaches a threshold.
+
+* vertical_and_slash_adaptive (pattern id 4): the seed's online estimate (column and diagonal mass of the last
+  ``last_q`` queries, ops/estimate.py) ranks verticals and slashes; the two ranked lists are merged by mass and
+  the fewest entries whose summed mass reaches ``gamma * L`` (L = estimation rows, each of mass 1) are kept, at
+  most ``v_cap`` verticals and ``s_cap`` slashes. The 30 sink columns and 100 local diagonals are always kept
+  (and their mass counts). Output: the capped top-k with entries past each head's count set to -1, the layout
+  the vertical-slash kernel already takes.
+* block_sparse_adaptive (pattern id 5): per 64-row query block, mean-pooled block scores (as block_sparse_index)
+  turned into a distribution over causal key blocks (softmax of scale * mean(q) . mean(k) + log(keys in block));
+  the fewest blocks whose mass reaches ``tau`` (diagonal always kept), at most ``topk_cap``. Output: ascending
+  ids then -1, the layout block_sparse_attention_fwd takes (compact).
+
+Everything is sort + cumsum + count on tensors: no host sync (caps and thresholds given as host lists).
+Thresholds travel through the op's int budget lists packed in decimal: slash slot = threshold_permille * 10**9
++ cap (``pack_threshold``); a slot below 10**9 means the default 0.9.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+
+from ..triton_kernels._torch_util import device_tensor
+from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
+from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
+
+VS_ADAPTIVE, BS_ADAPTIVE = 4, 5  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
+DEFAULT_THRESHOLD = 0.9  # FlexPrefill's gamma / XAttention's tau defaults
+_PACK = 10**9
+
+Threshold = Union[float, Sequence[float], torch.Tensor]
+
+
+def pack_threshold(cap: int, threshold: float | None) -> int:
+    """Budget slot carrying a threshold: permille * 10**9 + cap (cap < 10**9). None: the plain cap (default)."""
+    if threshold is None:
+        return int(cap)
+    if not 0.0 < threshold <= 1.0 or not 0 <= cap < _PACK:
+        raise ValueError(f"threshold must be in (0, 1] and cap in [0, 1e9), got {threshold}, {cap}")
+    return int(round(threshold * 1000)) * _PACK + int(cap)
+
+
+def unpack_threshold(slot: int) -> tuple:
+    """-> (cap, threshold); a slot without a packed threshold gives DEFAULT_THRESHOLD."""
+    permille, cap = divmod(int(slot), _PACK)
+    return cap, (permille / 1000.0 if permille else DEFAULT_THRESHOLD)
+
+
+def _thresholds(t: Threshold, hq: int, device) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.to(device=device, dtype=torch.float32).reshape(-1).expand(hq)
+    if isinstance(t, (int, float)):
+        return torch.full((hq,), float(t), dtype=torch.float32, device=device)
+    return device_tensor([float(x) for x in t], device, torch.float32).expand(hq)
+
+
+# ---------------------------------------------------------------------------------------------- vertical-slash
+def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
+    """Column and diagonal attention mass of the last ``last_q`` queries (the seed's estimate scores).
+
+    q [B, Hq, S, D], k [B, Hkv, S, D] -> (vscore [B, Hq, S], sscore [B, Hq, S]) fp32; each row of the last
+    L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
+    """
+    B, Hq, S, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    L = min(last_q, S)
+    vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
+    sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
+    step = max(1, min(Hkv, _CHUNK_BYTES // max(4 * B * (2 * G * L * S + S * D), 1)))
+    for h0 in range(0, Hkv, step):
+        h1 = min(Hkv, h0 + step)
+        _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G], sscore[:, h0 * G:h1 * G])
+    return vscore, sscore
+
+
+def _ranked(score: torch.Tensor, n: int, forced: int):
+    """Top-n of score with the first `forced` positions ranked first -> (idx, mass, is_forced), descending."""
+    key = score.clone()  # forced entries above all others, still ordered by mass (a cap below them keeps the heaviest)
+    key[..., :forced] += 1.0 + score.amax(-1, keepdim=True)
+    idx = key.topk(n, dim=-1).indices
+    return idx, score.gather(-1, idx), idx < forced
+
+
+def _keep(m, forced, ok, target):
+    """Entries in rank order: keep iff forced, or the mass ranked above is still short of the target (and in cap)."""
+    before = m.cumsum(-1) - m
+    return (forced | (before < target)) & ok
+
+
+def _count(m, forced, ok, target):
+    ok = ok.expand_as(m)
+    return _keep(m.where(ok, 0.0), forced & ok, ok, target).sum(-1, keepdim=True)
+
+
+def select_vertical_slash(vscore: torch.Tensor, sscore: torch.Tensor, v_cap, s_cap, gamma: Threshold,
+                          mass: float, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW,
+                          separate: bool = True):
+    """Fewest verticals and slashes whose mass reaches gamma * mass, capped per head. separate=True (default):
+    columns and diagonals each reach gamma of their own total (FlexPrefill's rule); False: the two lists merged
+    by mass reach gamma of one total together (fewer lines; measured to lose recall on far rows, NOTES.md).
+
+    vscore/sscore [B, Hq, S] (vs_scores), v_cap/s_cap int or per-head [Hq], gamma float or per head, mass = the
+    total of each score row (L). gamma > 1 keeps every capped entry (the fixed top-k). -> (vertical [B,Hq,NV],
+    slash [B,Hq,NS]) int32, ranked by mass, -1 past each head's count; NV/NS = min(max cap, S).
+    """
+    B, Hq, S = vscore.shape
+    dev = vscore.device
+    nv, vb = _budget(v_cap, Hq, dev)
+    ns, sb = _budget(s_cap, Hq, dev)
+    nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
+    vi, vm, vf = _ranked(vscore, nv, sink_tokens)
+    si, sm, sf = _ranked(sscore, ns, local_window)
+    # entries past a head's cap take no part
+    vok = torch.arange(nv, device=dev) < (vb.view(1, -1, 1) if vb is not None else nv)
+    sok = torch.arange(ns, device=dev) < (sb.view(1, -1, 1) if sb is not None else ns)
+    target = _thresholds(gamma, Hq, dev).view(1, -1, 1) * mass
+    if separate:  # each list on its own: the fewest columns holding gamma of the column mass, likewise slashes
+        n_v, n_s = _count(vm, vf, vok, target), _count(sm, sf, sok, target)
+    else:
+        m = torch.cat([vm.where(vok, 0.0), sm.where(sok, 0.0)], -1)
+        ok = torch.cat([vok.expand_as(vm), sok.expand_as(sm)], -1)
+        forced = torch.cat([vf, sf], -1) & ok
+        is_v = torch.cat([torch.ones_like(vf), torch.zeros_like(sf)], -1)
+        # merged order: forced first, then by mass; stable, so each list keeps its own (descending) order
+        key = torch.where(forced, float("inf"), torch.where(ok, m, -1.0))
+        order = key.sort(dim=-1, descending=True, stable=True).indices
+        keep = _keep(m.gather(-1, order), forced.gather(-1, order), ok.gather(-1, order), target)
+        n_v = (keep & is_v.gather(-1, order)).sum(-1, keepdim=True)
+        n_s = keep.sum(-1, keepdim=True) - n_v
+    vertical = torch.where(torch.arange(nv, device=dev) < n_v, vi, -1)
+    slash = torch.where(torch.arange(ns, device=dev) < n_s, si, -1)
+    return vertical.to(torch.int32).contiguous(), slash.to(torch.int32).contiguous()
+
+
+def adaptive_vertical_slash(q: torch.Tensor, k: torch.Tensor, v_cap, s_cap, gamma: Threshold = DEFAULT_THRESHOLD,
+                            last_q: int = 64, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
+    """Mass-threshold vertical-slash index: q [B,Hq,S,D], k [B,Hkv,S,D] -> (vertical [B,Hq,NV], slash [B,Hq,NS])
+    int32, -1 padded (see select_vertical_slash)."""
+    vscore, sscore = vs_scores(q, k, last_q)
+    return select_vertical_slash(vscore, sscore, v_cap, s_cap, gamma, float(min(last_q, q.shape[2])),
+                                 sink_tokens, local_window)
+
+
+# ---------------------------------------------------------------------------------------------- block-sparse
+def block_mass(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int, block: int = 64) -> torch.Tensor:
+    """Estimated attention mass of query blocks r0..r1-1 over key blocks: [B, Hq, r1 - r0, NKB] fp32, each causal
+    row summing to 1 (softmax of scale * mean(q_qb) . mean(k_kb) + log(valid keys of kb)); non-causal blocks 0."""
+    S = q.shape[2]
+    qm = _block_means(q[:, :, r0 * block:min(S, r1 * block)], block)
+    return block_mass_from_means(qm, _block_means(k, block), S, r0, block)
+
+
+def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 0, block: int = 64) -> torch.Tensor:
+    """block_mass from block means: qm [B, Hq, R, D] (query blocks r0..r0+R-1), km [B, Hkv, NKB, D] fp32."""
+    B, Hq, R, D = qm.shape
+    Hkv, n = km.shape[1], km.shape[2]
+    logit = (qm.view(B, Hkv, Hq // Hkv, R, D) @ km.unsqueeze(2).transpose(-1, -2)).view(B, Hq, R, n) / math.sqrt(D)
+    size = torch.full((n,), float(block), device=qm.device)
+    size[-1] = S - (n - 1) * block
+    kb = torch.arange(n, device=qm.device)
+    qb = torch.arange(r0, r0 + R, device=qm.device)[:, None]
+    return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
+
+
+def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torch.Tensor:
+    """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
+    ascending then -1: the diagonal block plus the fewest others (by mass) whose total with it reaches tau,
+    at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
+    B, Hq, R, n = mass.shape
+    dev = mass.device
+    kmax, cb = _budget(topk_cap, Hq, dev)
+    kmax = max(1, min(kmax, n))
+    cap = cb.view(1, -1, 1, 1) if cb is not None else torch.tensor(kmax, device=dev)
+    qb = torch.arange(r0, r0 + R, device=dev)
+    kb = torch.arange(n, device=dev)
+    key = mass.masked_fill(qb[:, None] == kb, float("inf"))  # diagonal first (masked_fill: no host sync)
+    key.masked_fill_(qb[:, None] < kb, -1.0)  # non-causal last, even below a causal mass that underflowed to 0
+    top = key.topk(kmax, dim=-1)
+    m = mass.gather(-1, top.indices)
+    before = m.cumsum(-1) - m
+    slot = torch.arange(kmax, device=dev)
+    t = _thresholds(tau, Hq, dev).view(1, -1, 1, 1)
+    keep = ((slot == 0) | (before < t)) & (slot < cap) & (slot <= qb.view(1, 1, -1, 1))
+    big = torch.iinfo(torch.int64).max
+    ids = torch.where(keep, top.indices, big).sort(-1).values
+    return torch.where(ids == big, -1, ids).to(torch.int32)
+
+
+def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
+                                block: int = 64) -> torch.Tensor:
+    """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32 (select_blocks per query block), chunked over query
+    blocks so the score matrix stays under block_sparse_index's byte budget."""
+    B, Hq, S, _ = q.shape
+    n = -(-S // block)
+    kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
+    out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        out[:, :, r0:r1] = select_blocks(block_mass(q, k, r0, r1, block), r0, topk_cap, tau)
+    return out

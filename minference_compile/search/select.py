@@ -1,0 +1,79 @@
+"""Per-head choice from the candidate table, the config it gives, and summary figures of a config."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .candidates import Candidate
+
+
+def choose(recall: torch.Tensor, cost: torch.Tensor, candidates: list, target: Optional[float] = None,
+           max_work: Optional[float] = None) -> torch.Tensor:
+    """recall/cost [C, L, H] -> [L, H] candidate index: the cheapest candidate whose recall reaches ``target``
+    (ties: higher recall), or with ``max_work``, the best recall among those whose cost is at most max_work.
+    Dense (recall 1) is the fallback when nothing qualifies, so every head gets an answer."""
+    dense = next(i for i, c in enumerate(candidates) if c.pattern == "dense")
+    if max_work is not None:
+        ok = (cost <= max_work) & (recall >= 0)  # recall -1: not allowed
+        key = torch.where(ok, recall - 1e-9 * cost, -1.0)
+    else:
+        ok = recall >= target
+        key = torch.where(ok, -cost + 1e-9 * recall, -float("inf"))
+    pick = key.argmax(0)
+    return torch.where(ok.any(0), pick, dense)
+
+
+def config_list(pick: torch.Tensor, recall: torch.Tensor, candidates: list) -> list:
+    """The seed's JSON list: per layer {head: [pattern, v, s, recall(, {threshold})]}."""
+    L, H = pick.shape
+    out = []
+    for li in range(L):
+        layer = {}
+        for h in range(H):
+            i = int(pick[li, h])
+            layer[str(h)] = candidates[i].entry(float(recall[i, li, h]))
+        out.append(layer)
+    return out
+
+
+def picks_of_config(cfg, candidates: list, L: int, H: int) -> torch.Tensor:
+    """[L, H] candidate index of each head of a MInferenceConfig (KeyError if an entry is not a candidate)."""
+    from ..ops.adaptive import unpack_threshold
+
+    index = {c: i for i, c in enumerate(candidates)}
+    pick = torch.empty(L, H, dtype=torch.long)
+    for li in range(L):
+        for h in range(H):
+            p, v, s = cfg.head_entry(li, h)
+            thr = None
+            if p.endswith("_adaptive"):
+                s, thr = unpack_threshold(s)
+            c = Candidate(p, v if p != "dense" else 0, s if p not in ("dense", "block_sparse") else 0, thr)
+            if c not in index:
+                raise KeyError(f"layer {li} head {h}: {c.name} is not among the searched candidates")
+            pick[li, h] = index[c]
+    return pick
+
+
+def summary(pick: torch.Tensor, recall: torch.Tensor, cost: torch.Tensor) -> dict:
+    """Mean cost (coverage), mean / min / 10th-percentile head recall of a per-head pick [L, H]."""
+    r = recall.gather(0, pick[None])[0].flatten()
+    c = cost.gather(0, pick[None])[0].flatten()
+    return {"coverage": float(c.mean()), "recall_mean": float(r.mean()), "recall_min": float(r.min()),
+            "recall_p10": float(r.quantile(0.1))}
+
+
+def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor, mean_target: float,
+                floor: float = 0.0) -> torch.Tensor:
+    """Global choice: the least mean cost whose mean head recall reaches ``mean_target``, each head at least
+    ``floor``. Per head argmax(lam * recall - cost) (a Lagrangian over all heads), lam raised until the mean
+    recall is met. recall/cost [C, L, H], allowed [C] bool (dense must be allowed) -> [L, H] candidate index."""
+    ok = allowed[:, None, None] & (recall >= floor)
+    ok = ok | (recall >= 1.0)  # dense (recall 1) always qualifies
+    pick = None
+    for lam in torch.logspace(-1, 4, 400).tolist():
+        pick = torch.where(ok, lam * recall - cost, -float("inf")).argmax(0)
+        if float(recall.gather(0, pick[None]).mean()) >= mean_target:
+            break
+    return pick

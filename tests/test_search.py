@@ -1,0 +1,198 @@
+"""Pattern search: recall / cost of candidates against brute-force masks, the per-head choice, the CLI on a tiny
+random model (config + sidecar, resume), adaptive configs through the backend, shipped configs, explain / viz."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from minference_compile import MInferenceConfig, get_support_models
+from minference_compile.cli import main
+from minference_compile.ops.adaptive import adaptive_block_sparse_index, adaptive_vertical_slash
+from minference_compile.search.candidates import Candidate, default_candidates, parse
+from minference_compile.search.capture import sample_rows
+from minference_compile.search.score import evaluate_layer
+from minference_compile.search.select import choose
+from minference_compile.search.shipped import shipped_config_path
+from minference_compile.triton_kernels.naive import block_sparse_mask, streaming_mask, vertical_slash_mask
+
+CANDS = [Candidate("dense"), Candidate("stream_llm", 16, 100), Candidate("vertical_and_slash", 30, 150),
+         Candidate("vertical_and_slash", 5, 40), Candidate("block_sparse", 3),
+         Candidate("vertical_and_slash_adaptive", 60, 200, 0.6), Candidate("block_sparse_adaptive", 6, 0, 0.5)]
+
+
+def _record(S, Hq, Hkv, D, n_rows, seed=0):
+    torch.manual_seed(seed)
+    q, k = torch.randn(Hq, S, D), torch.randn(Hkv, S, D)
+    q[..., :3] += 1.5  # some structure: a few keys everybody likes
+    k[:, ::37, :3] += 2.0
+    rows = sample_rows(S, n_rows)
+    n = -(-S // 64)
+    qm = torch.stack([q[:, i * 64:(i + 1) * 64].mean(1) for i in range(n)], 1)
+    return q, k, dict(k=k, q_rows=q[:, rows], q_means=qm, rows=rows, S=S)
+
+
+@pytest.mark.parametrize("S", [65, 333])
+def test_recall_and_cost_equal_brute_force_masks(S):
+    Hq, Hkv, D = 4, 2, 64
+    q, k, rec = _record(S, Hq, Hkv, D, 96)
+    recall, cost = evaluate_layer(rec, CANDS, last_q=16)
+    rows = rec["rows"]
+    G = Hq // Hkv
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    logits = q @ k.repeat_interleave(G, 0).transpose(1, 2) / math.sqrt(D)
+    P = torch.softmax(logits.masked_fill(~causal, float("-inf")), -1)[:, rows]
+    for i, c in enumerate(CANDS):
+        thr = c.threshold if c.adaptive else 2.0
+        if c.pattern.startswith("vertical"):
+            v, s = adaptive_vertical_slash(q[None], k[None], c.v, c.s, thr, last_q=16)
+            M = vertical_slash_mask(v, s, S)[0]
+        elif c.pattern.startswith("block"):
+            M = block_sparse_mask(adaptive_block_sparse_index(q[None], k[None], c.v, thr), S)[0]
+        elif c.pattern == "stream_llm":
+            M = streaming_mask(1, Hq, S, c.v, c.s)[0]
+        else:
+            M = causal.expand(Hq, S, S)
+        want = (P * M[:, rows]).sum(-1).mean(-1).double()
+        torch.testing.assert_close(recall[i], want, atol=1e-5, rtol=0, msg=c.name)
+        share = M.sum((-1, -2)).double() / (S * (S + 1) / 2)
+        if c.pattern.startswith("vertical"):  # kernel work (64 x 64 tiles, 64-row columns) covers the selection
+            assert (cost[i] >= share - 1e-9).all(), c.name
+        else:
+            torch.testing.assert_close(cost[i], share, atol=1e-9, rtol=0, msg=c.name)
+
+
+def test_choose_cheapest_meeting_target_else_dense():
+    cands = [Candidate("dense"), Candidate("block_sparse", 8), Candidate("block_sparse", 16)]
+    recall = torch.tensor([[1.0, 1.0], [0.95, 0.80], [0.99, 0.90]])[:, None]  # [C, L=1, H=2]
+    cost = torch.tensor([[1.0, 1.0], [0.2, 0.2], [0.4, 0.4]])[:, None]
+    assert choose(recall, cost, cands, target=0.9).tolist() == [[1, 2]]
+    assert choose(recall, cost, cands, target=0.97).tolist() == [[2, 0]]
+    assert choose(recall, cost, cands, max_work=0.3).tolist() == [[1, 1]]
+
+
+def test_candidate_names_round_trip():
+    for c in default_candidates("all"):
+        assert parse(c.name) == c
+        MInferenceConfig.from_dict([{"0": c.entry(0.5)}])  # every candidate is a valid config entry
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    d = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return str(d)
+
+
+def test_search_cli_tiny_model_writes_config_sidecar_and_resumes(tiny_model_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "cfg.json")
+    args = ["search", tiny_model_dir, "--out", out, "--lengths", "200", "--rows", "64", "--device", "cpu",
+            "--target-recall", "0.9"]
+    assert main(args) == 0
+    cfg = MInferenceConfig.from_json(out)
+    assert cfg.num_layers == 2 and all(len(layer) == 4 for layer in cfg.layers)
+    side = json.load(open(tmp_path / "cfg.search.json"))
+    assert side["calibration"]["lengths"] == [200] and len(side["heads"]) == 2
+    for layer in side["heads"]:
+        for head in layer:
+            assert head["recall"] >= 0.9 and head["pick"] in {c.name for c in default_candidates("all")}
+    assert {"seed (1000,6096)", "small (100,800)", "searched"} <= set(side["summary"])
+    work = tmp_path / "cfg.json.work"
+    assert not list(work.glob("*/layer*.pt")) and len(list(work.glob("*/eval*.pt"))) == 4  # 2 prompts x 2 layers
+    # resume: stored scores are reused, no forward runs; a fixed-only selection from the same scores
+    import minference_compile.search.capture as cap
+
+    monkeypatch.setattr(cap, "capture", lambda *a, **k: pytest.fail("forward ran again"))
+    assert main(args + ["--allow", "fixed", "--out", str(tmp_path / "fixed.json"), "--workdir", str(work)]) == 0
+    fixed = MInferenceConfig.from_json(tmp_path / "fixed.json")
+    assert not any(e[0].endswith("_adaptive") for layer in fixed.layers for _, e in layer)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
+def test_adaptive_config_through_backend_matches_eager_when_covering(with_mask):
+    # S <= 100: every diagonal is a forced local slash, so adaptive VS covers all pairs; BS with tau 1 and a cap
+    # of all blocks keeps every block with mass (two blocks here): sparse == dense causal
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    cfg = {"layers": [{"0": ["vertical_and_slash_adaptive", 100, 100, 0, {"gamma": 0.5}],
+                       "1": ["block_sparse_adaptive", 2, 0, 0, {"tau": 1.0}],
+                       "2": ["vertical_and_slash", 100, 100, 0], "3": ["vertical_and_slash_adaptive", 100, 100, 0]}],
+           "default": ["block_sparse_adaptive", 2, 0], "min_sparse_len": 0, "allow_layer_mismatch": True}
+    ids = torch.randint(0, 128, (1, 100))
+    am = torch.ones_like(ids) if with_mask else None
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="minference", options={"config": cfg})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(input_ids=ids, attention_mask=am).logits,
+                                   model(input_ids=ids, attention_mask=am).logits, atol=2e-5, rtol=1e-4)
+    torch._dynamo.reset()
+
+
+def test_shipped_configs_are_ours_and_load():
+    names = get_support_models()
+    assert {"smollm2", "qwen05"} <= set(names)
+    shapes = {"smollm2": (30, 9), "qwen05": (24, 14)}
+    for name in names:
+        path = shipped_config_path(name)
+        cfg = MInferenceConfig.from_json(path)
+        side = json.load(open(path[:-5] + ".search.json"))
+        assert side["model"] and side["calibration"]["prompts"]
+        if name in shapes:
+            cfg.validate_for(*shapes[name])
+            assert cfg.num_layers == shapes[name][0]
+    seed_dir = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "minference_configs")
+    if os.path.isdir(seed_dir):  # never a copy of the seed's files
+        seed = {open(os.path.join(seed_dir, f)).read() for f in os.listdir(seed_dir) if f.endswith(".json")}
+        assert not seed & {open(shipped_config_path(n)).read() for n in names}
+
+
+def test_viz_heatmap_mass_and_selection():
+    from minference_compile.search.viz import heatmap, selection_rows
+
+    torch.manual_seed(0)
+    S, D = 300, 64
+    q, k = torch.randn(S, D), torch.randn(S, D)
+    cand = Candidate("stream_llm", 4, 32)
+    sel = selection_rows(q, k, cand)
+    att, kept = heatmap(q, k, sel, grid=50, rows_per_step=64)
+    assert att.shape == (50, 50) and abs(float(att.sum()) - S) < 1e-6  # every row has mass 1
+    M = streaming_mask(1, 1, S, 4, 32)[0, 0]
+    P = torch.softmax((q @ k.T / math.sqrt(D)).masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(),
+                                                           float("-inf")), -1)
+    assert abs(float((att * kept).sum()) - float((P * M).sum())) < 1e-4
+    assert abs(sel.density - float(M.sum()) / (S * (S + 1) / 2)) < 1e-12
+
+
+def test_explain_and_viz_write_pngs(tiny_model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps([{"0": ["vertical_and_slash_adaptive", 30, 60, 0.9, {"gamma": 0.8}],
+                                "1": ["block_sparse_adaptive", 3, 0, 0.9]}]))
+    assert main(["explain", tiny_model_dir, "--config", str(cfg), "--out", str(tmp_path / "map.png")]) == 0
+    assert main(["viz", tiny_model_dir, "--layer", "0", "--head", "1", "--config", str(cfg), "--length", "130",
+                 "--grid", "32", "--out", str(tmp_path / "h.png")]) == 0
+    for f in ("map.png", "h.png"):
+        assert (tmp_path / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_choose_mean_matches_mean_recall_at_least_cost():
+    from minference_compile.search.select import choose_mean
+
+    cands = [Candidate("dense"), Candidate("block_sparse", 8), Candidate("block_sparse", 16)]
+    recall = torch.tensor([[1.0, 1.0], [0.90, 0.99], [0.95, 0.995]])[:, None]
+    cost = torch.tensor([[1.0, 1.0], [0.1, 0.1], [0.3, 0.3]])[:, None]
+    ok = torch.ones(3, dtype=torch.bool)
+    pick = choose_mean(recall, cost, ok, mean_target=0.97)  # cheapest way to a mean of 0.97: raise head 0 only
+    assert pick.tolist() == [[2, 1]]
+    assert choose_mean(recall, cost, ok, mean_target=0.9).tolist() == [[1, 1]]
+    assert choose_mean(recall, cost, ok, mean_target=0.9, floor=0.92).tolist() == [[2, 1]]
