@@ -65,7 +65,10 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_compile_dynamic_seq_len():
+@pytest.mark.parametrize("q_len", [None, 64], ids=["seq_len", "kv_len"])
+def test_compile_dynamic_lengths(q_len):
+    """Symbolic lengths: q_len == kv_len growing, or a chunk of fixed q_len against a growing cache (dynamic
+    kv_len): one graph, outputs of the eager op."""
     torch._dynamo.reset()
 
     def layer(q, k, v):
@@ -74,26 +77,8 @@ def test_compile_dynamic_seq_len():
         return out * 2, vert, slash
 
     compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
-    for S in (70, 90, 130):
-        q, k, v = qkv(S)
-        got, want = compiled(q, k, v), layer(q, k, v)
-        torch.testing.assert_close(got[0], want[0])
-        assert got[1].shape == want[1].shape == (1, 4, min(100, S))
-        assert torch.equal(got[2], want[2])
-
-
-def test_compile_dynamic_kv_len():
-    """A chunk of fixed q_len against a growing cache (dynamic kv_len): one graph, outputs of the eager op."""
-    torch._dynamo.reset()
-
-    def layer(q, k, v):
-        out = mp.sparse_prefill(q, k, v, [1, 2, 3, 0], [10, 4, 1, 0], [30, 16, 0, 0], 0.125, 64, 64)
-        vert, slash = mp.estimate_vertical_slash(q, k, 100, 20, 64, 4, 8)
-        return out * 2, vert, slash
-
-    compiled = torch.compile(layer, backend="aot_eager", dynamic=True, fullgraph=True)
-    for S in (128, 192, 256):
-        q, k, v = qkv(S, q_len=64)
+    for S in ((70, 90, 130) if q_len is None else (128, 192, 256)):
+        q, k, v = qkv(S, q_len=q_len)
         got, want = compiled(q, k, v), layer(q, k, v)
         torch.testing.assert_close(got[0], want[0])
         assert got[1].shape == want[1].shape == (1, 4, min(100, S))

@@ -17,7 +17,7 @@ from . import cpu
 from .crossover import STREAM_LLM
 from .decide import length_decision
 from .dense import dense_attention
-from .padded import _irregular
+from .padded import _irregular, mask_inputs
 from .record import RECORD
 from ..triton_kernels._torch_util import device_tensor
 
@@ -35,8 +35,7 @@ def local_attention(
     layer: int = -1,
 ) -> torch.Tensor:
     B, sq, skv = q.shape[0], q.shape[2], k.shape[2]
-    keep = None if padding_mask is None else padding_mask[:, :skv].to(device=k.device, dtype=torch.bool)
-    pos = None if position_ids is None else position_ids.to(k.device).expand(B, -1)
+    keep, pos = mask_inputs(padding_mask, position_ids, k, B)
     if skv <= window and keep is None and pos is None:
         RECORD.add(layer, "dense", f"sliding window {window} >= kv_len: plain causal", sq, skv)
         return dense_attention(q, k, v, scale)

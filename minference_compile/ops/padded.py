@@ -50,8 +50,7 @@ def sparse_prefill_masked(
                                      or position_ids.shape[1] != skv or sq != skv):
         raise ValueError(f"position_ids must be [B or 1, S] with q_len == kv_len, got {tuple(position_ids.shape)} "
                          f"for q {tuple(q.shape)}, k {tuple(k.shape)}")
-    keep = None if padding_mask is None else padding_mask[:, :skv].to(device=k.device, dtype=torch.bool)
-    pos = None if position_ids is None else position_ids.to(k.device).expand(B, -1)
+    keep, pos = mask_inputs(padding_mask, position_ids, k, B)
     if sq > skv or (sq < skv and sq < MIN_CHUNK_ROWS):
         # decode (and short chunk tails) run dense anyway: the padding goes straight into their small
         # q_len x kv_len mask, with no host check per layer and token
@@ -65,6 +64,13 @@ def sparse_prefill_masked(
     return torch.ops.minference.sparse_prefill(
         q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work, layer, tp_world
     )
+
+
+def mask_inputs(padding_mask, position_ids, k, batch: int):
+    """(keep [B, kv_len] bool or None, positions [B, S] or None) on k's device."""
+    keep = None if padding_mask is None else padding_mask[:, :k.shape[2]].to(device=k.device, dtype=torch.bool)
+    pos = None if position_ids is None else position_ids.to(k.device).expand(batch, -1)
+    return keep, pos
 
 
 # (weakref to the input tensor, its version) -> reason ("" = regular); the inputs are shared by every layer of
