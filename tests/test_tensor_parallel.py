@@ -6,6 +6,7 @@ Now each rank must use the config entries of the global heads it holds and match
 """
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -17,8 +18,11 @@ from minference_compile.passes.tensor_parallel import HeadShard, TensorParallelE
 def _torchrun(nproc: int, *args: str) -> str:
     # gloo on the CPU even where a GPU is present (transformers would pick NCCL, one GPU for two ranks)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(29500 + os.getpid() % 1000), "-m", "minference_compile.examples.tp", "--check", *args]
+    with socket.socket() as sock:  # a free port: two runs at once must not meet
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", str(port), "-m", "minference_compile.examples.tp", "--check", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res.stdout
