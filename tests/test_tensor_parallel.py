@@ -29,7 +29,7 @@ def _torchrun(nproc: int, *args: str) -> str:
 
 
 def _check(out: str, nproc: int, heads: int) -> None:
-    lines = re.findall(r"rank (\d)/(\d): (\d+) sparse layer call\(s\).*rel err vs single process (\S+) \(ok", out)
+    lines = re.findall(r"rank (\d)/(\d): (\d+) sparse layer call\(s\).*?rel err vs single process (\S+) \(ok", out)
     assert sorted(int(r) for r, *_ in lines) == list(range(nproc)), out
     assert all(int(w) == nproc and int(n) == 2 and float(e) < 1e-4 for _, w, n, e in lines), lines
     local = heads // nproc
