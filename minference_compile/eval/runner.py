@@ -93,8 +93,12 @@ class Runner:
 
         cache = DynamicCache(config=self.model.config)
         t0 = time.perf_counter()
-        out = self.forwards[mode](input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep)
-        logits = out.logits.float()
+        # positions as a tensor, at least 2: an int logits_to_keep (and a size-1 tensor) is specialised by
+        # Dynamo, one compilation per value; this way one compilation serves every length and keep
+        n = min(max(keep, 2), ids.shape[1])
+        keep_at = torch.arange(ids.shape[1] - n, ids.shape[1], device=self.device)
+        out = self.forwards[mode](input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep_at)
+        logits = out.logits[:, -keep:].float()
         _sync(self.device)
         return logits, cache, time.perf_counter() - t0
 
