@@ -23,7 +23,9 @@ from ..config import MInferenceConfig
 def load_model(path: str, device: str = "cpu", dtype: Optional[torch.dtype] = None):
     """HF folder -> (model in eval mode with SDPA attention, tokenizer). fp32 on CPU, bf16 on CUDA."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the per-tensor loading bar would drown the eval's own lines
     dtype = dtype or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa", dtype=dtype).to(device).eval()
