@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     from minference_compile import fetch
     from minference_compile.eval import data
-    from minference_compile.eval.recall import measuring
+    from minference_compile.eval.recall import as_matrix, measuring
     from minference_compile.eval.runner import Runner, load_model, profile_ops
 
     t_all = time.perf_counter()
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
         toks, secs = runner.answer(mode, needle.ids, 10)
         ans = tok.decode(toks, skip_special_tokens=True)
         if mode == "dense":  # the dense forward also measures what the sparse pattern would keep
-            with measuring(model, config, rows=64) as out:
+            with measuring(model, {"sparse": config}, rows=64) as out:
                 nll, psecs = runner.nll(mode, natural, 1024)
         else:  # and the sparse one runs under the profiler: did minference::sparse_prefill run?
             counts = profile_ops(lambda: results.setdefault("nll", runner.nll(mode, natural, 1024)))
@@ -132,9 +132,7 @@ def main(argv=None) -> int:
     ok = counts["sparse_prefill"] >= cfg.num_hidden_layers and counts["sdpa_outside"] == 0
     _say(f"profiler on the sparse text pre-fill: {counts['sparse_prefill']} minference::sparse_prefill calls, "
          f"{counts['sdpa_outside']} dense SDPA outside them -> {'sparse path ran' if ok else 'NOT the sparse path'}")
-    dens = out.pop("density")
-    recall = torch.stack([out[i] for i in sorted(out)])
-    density = torch.stack([dens[i] for i in sorted(dens)])
+    recall, density = as_matrix(out["sparse"]["recall"]), as_matrix(out["sparse"]["density"])
     _say(f"selected pattern at {length} tokens: keeps {density.mean():.1%} of the causal key positions and "
          f"{recall.mean():.1%} of the attention mass (mean over layers x heads; worst head {recall.min():.1%})")
     _say()

@@ -92,16 +92,15 @@ def test_covering_budgets_match_dense(runner, model):
 
 def test_recall_one_for_covering_low_for_tiny_budgets(model):
     ids = torch.randint(1, 128, (1, 512))
-    with measuring(model, GOOD) as good:
-        model(input_ids=ids)
-    with measuring(model, BAD) as bad:
-        model(input_ids=ids)
-    good_density, bad_density = good.pop("density"), bad.pop("density")
-    assert sorted(good) == [0, 1] and all(torch.allclose(r, torch.ones(4)) for r in good.values())
-    assert all(torch.allclose(r, torch.ones(4)) for r in good_density.values())
-    assert all((r < 0.5).all() for r in bad.values()), bad
-    assert all((r < 0.5).all() for r in bad_density.values()), bad_density  # ~65 keys of >= 256
+    with measuring(model, {"good": GOOD, "bad": BAD}) as out:
+        ref = model(input_ids=ids).logits
     assert model.config._attn_implementation == "sdpa"  # restored
+    torch.testing.assert_close(ref, model(input_ids=ids).logits)  # the measuring forward is the dense one
+    good, bad = out["good"], out["bad"]
+    assert sorted(good["recall"]) == [0, 1] and sorted(bad["density"]) == [0, 1]
+    for what in ("recall", "density"):
+        assert all(torch.allclose(r, torch.ones(4)) for r in good[what].values())
+        assert all((r < 0.5).all() for r in bad[what].values()), bad  # ~65 keys of >= 256
 
 
 def test_recall_against_naive_mask():

@@ -13,8 +13,6 @@ calls the stock SDPA attention, so the forward's output is the dense one.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -25,7 +23,7 @@ from ..triton_kernels.block_sparse_index import block_sparse_index
 
 BLOCK = 64
 IMPL = "minference_recall"
-_STATE: dict = {}  # active collection: {"config", "rows", "out": {layer: Tensor[Hq]}}
+_STATE: dict = {}  # active collection: {"configs", "rows", "min_len", "out"}
 
 
 def sample_rows(S: int, n: int) -> torch.Tensor:
@@ -111,13 +109,13 @@ def _recall_attention(module, query, key, value, attention_mask, **kwargs):
     st = _STATE
     S = query.shape[2]
     if st and S == key.shape[2] and S >= st["min_len"]:
-        cfg: MInferenceConfig = st["config"]
-        entries = cfg.layer_entries(module.layer_idx, query.shape[1])
         scale = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        rec, dens = head_recall(query.detach(), key.detach(), entries, scale, sample_rows(S, st["rows"]),
-                                cfg.last_q, density=True)
-        st["out"][module.layer_idx] = rec.cpu()
-        st["density"][module.layer_idx] = dens.cpu()
+        rows = sample_rows(S, st["rows"])
+        for name, cfg in st["configs"].items():
+            entries = cfg.layer_entries(module.layer_idx, query.shape[1])
+            rec, dens = head_recall(query.detach(), key.detach(), entries, scale, rows, cfg.last_q, density=True)
+            st["out"][name]["recall"][module.layer_idx] = rec.cpu()
+            st["out"][name]["density"][module.layer_idx] = dens.cpu()
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -130,21 +128,20 @@ def _register() -> None:
 
 
 @contextlib.contextmanager
-def measuring(model, config: MInferenceConfig, rows: int = 128, min_len: int = 2 * BLOCK):
-    """Inside: eager forwards of ``model`` stay dense and record ``out[layer] = recall [Hq]``; on exit
-    ``out["density"][layer]`` holds the share of causal keys the pattern keeps."""
+def measuring(model, configs: dict, rows: int = 128, min_len: int = 2 * BLOCK):
+    """Inside: eager forwards of ``model`` stay dense and record, for each named config,
+    ``out[name]["recall"][layer]`` (attention mass kept, [Hq]) and ``out[name]["density"][layer]``
+    (share of the rows' causal keys kept, [Hq]). One dense forward serves every config."""
     _register()
     old = model.config._attn_implementation
-    out: dict = {}
-    _STATE.update(config=config, rows=rows, min_len=min_len, out=out, density={})
-    out_density = _STATE["density"]
+    out = {name: {"recall": {}, "density": {}} for name in configs}
+    _STATE.update(configs=dict(configs), rows=rows, min_len=min_len, out=out)
     _set_impl(model, IMPL)
     try:
         yield out
     finally:
         _set_impl(model, old)
         _STATE.clear()
-        out["density"] = out_density  # {layer: [Hq]} share of causal keys kept, beside the recall
 
 
 def _set_impl(model, name: str) -> None:
@@ -152,11 +149,6 @@ def _set_impl(model, name: str) -> None:
         cfg._attn_implementation = name
 
 
-def recall_matrix(out: dict, num_layers: Optional[int] = None) -> torch.Tensor:
-    """{layer: [Hq]} -> [L, Hq] (NaN for layers not measured)."""
-    n = num_layers or (max(out) + 1 if out else 0)
-    hq = next(iter(out.values())).numel() if out else 0
-    mat = torch.full((n, hq), float("nan"))
-    for layer, r in out.items():
-        mat[layer] = r
-    return mat
+def as_matrix(per_layer: dict) -> torch.Tensor:
+    """{layer: [Hq]} -> [L, Hq] in layer order (empty if nothing was measured)."""
+    return torch.stack([per_layer[i] for i in sorted(per_layer)]) if per_layer else torch.empty(0, 0)

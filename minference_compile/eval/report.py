@@ -23,6 +23,16 @@ def _by(records: list, *keys) -> dict:
     return out
 
 
+def recall_rows(records: list) -> list:
+    """Recall measured in the dense ppl cells -> [{mode, length, recall, recall_mean, recall_min, density_mean}]."""
+    out = []
+    for r in records:
+        if r["task"] == "ppl" and r["mode"] == "dense":
+            for mode, x in (r.get("recall") or {}).items():
+                out.append({"mode": mode, "length": r["length"], **x})
+    return out
+
+
 def checks(records: list, modes: Sequence[str], th: Thresholds) -> list:
     """-> [(mode, check name, passed, detail)] for the tasks measured."""
     out = []
@@ -46,9 +56,9 @@ def checks(records: list, modes: Sequence[str], th: Thresholds) -> list:
                 rise = r["ppl"] / dense[(L,)]["ppl"] - 1
                 out.append((mode, f"ppl@{L}: within +{th.ppl_rise:.0%} of dense", rise <= th.ppl_rise,
                             f"{r['ppl']:.3f} vs {dense[(L,)]['ppl']:.3f} ({rise:+.2%})"))
-            if r.get("recall_mean") is not None:
-                out.append((mode, f"recall@{L}: mean >= {th.min_recall}", r["recall_mean"] >= th.min_recall,
-                            f"mean {r['recall_mean']:.3f}, min head {r['recall_min']:.3f}"))
+        for r in sorted((x for x in recall_rows(records) if x["mode"] == mode), key=lambda x: x["length"]):
+            out.append((mode, f"recall@{r['length']}: mean >= {th.min_recall}", r["recall_mean"] >= th.min_recall,
+                        f"mean {r['recall_mean']:.3f}, min head {r['recall_min']:.3f}"))
         kv = [r for r in records if r["task"] == "kv"]
         for L in sorted({r["length"] for r in kv}):
             d = [r["found"] for r in kv if r["mode"] == "dense" and r["length"] == L]
@@ -93,7 +103,7 @@ def tables(records: list, modes: Sequence[str]) -> str:
                     row.append(f"{r['ppl']:.3f} ({r['ppl'] / dense[(L,)]['ppl'] - 1:+.2%})")
             lines.append(f"| {m} | " + " | ".join(row) + " |")
         lines.append("")
-        rec = [r for r in ppl if r.get("recall_mean") is not None]
+        rec = recall_rows(records)
         if rec:
             lines += ["attention recall of the selected pattern (mean / min over layers x heads)", "",
                       "| mode | length | mean | min | heads < 0.9 | keys kept |", "|---|---|---|---|---|---|"]
@@ -119,8 +129,8 @@ def tables(records: list, modes: Sequence[str]) -> str:
 
 
 def write_csv(records: list, path: pathlib.Path) -> None:
-    cols = ["task", "mode", "length", "depth", "sample", "found", "answer", "text", "ppl", "nll", "recall_mean",
-            "recall_min", "prefill_s", "wall_s", "prompt_tokens"]
+    cols = ["task", "mode", "length", "depth", "sample", "found", "answer", "text", "ppl", "nll", "prefill_s",
+            "wall_s", "prompt_tokens"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -173,7 +183,7 @@ def needle_heatmap(records: list, modes: Sequence[str], path: pathlib.Path, titl
 
 def recall_map(records: list, modes: Sequence[str], path: pathlib.Path, title: str) -> bool:
     """Layer x head recall of each sparse mode at its longest measured length."""
-    rec = [r for r in records if r["task"] == "ppl" and r.get("recall")]
+    rec = recall_rows(records)
     if not rec:
         return False
     try:

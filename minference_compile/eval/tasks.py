@@ -3,7 +3,7 @@
 * needle: a pass key at ``depth`` of ``length`` tokens of filler; found iff the greedy answer contains it.
 * ppl: perplexity of the last ``last`` tokens of ``length`` tokens of natural text.
 * kv: RULER-style multi-key retrieval (``pairs`` key-value sentences, ask one); accuracy over samples.
-* recall: per-head attention recall of the selected pattern (measured during the dense ppl forward).
+* recall: per-head attention recall of each sparse config's pattern (measured during the dense ppl forward).
 
 Cells are run mode by mode (dense first, then each sparse config: one compilation each) and stored as
 soon as measured (``Store``), so a run resumes where it stopped.
@@ -19,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from . import data
-from .recall import measuring
+from .recall import as_matrix, measuring
 from .runner import Runner
 from .store import Store
 
@@ -108,7 +108,7 @@ def run_all(ctx: Context, spec: EvalSpec, modes: Sequence[str], text_ids: Option
                     ctx.progress.set_postfix_str(f"{mode} {task} {cell}")
                 t0 = time.perf_counter()
                 rec = _measure(ctx, spec, task, mode, cell, pb, text_ids,
-                               with_recall=(mode != "dense" and task == "ppl" and cell["length"] in recall_at))
+                               with_recall=(mode == "dense" and task == "ppl" and cell["length"] in recall_at))
                 rec.update(task=task, mode=mode, model=ctx.model_id, wall_s=round(time.perf_counter() - t0, 2), **cell)
                 ctx.store.put(key, rec)
                 ctx.log(_line(rec))
@@ -128,17 +128,16 @@ def _measure(ctx: Context, spec: EvalSpec, task: str, mode: str, cell: dict, pb,
     if not with_recall:
         nll, secs = r.nll(mode, ids, spec.ppl_last)
         return {"nll": nll, "ppl": math.exp(nll), "prefill_s": round(secs, 2)}
-    # recall of this sparse mode's pattern, measured on a dense forward of the same text
-    with measuring(r.model, r.configs[mode], rows=spec.recall_rows) as out:
-        r.prefill("dense", ids, keep=1)
-    nll, secs = r.nll(mode, ids, spec.ppl_last)
-    density = out.pop("density")
-    rec = torch.stack([out[i] for i in sorted(out)]) if out else torch.empty(0, 0)
-    dens = torch.stack([density[i] for i in sorted(density)]) if density else torch.empty(0, 0)
-    return {"nll": nll, "ppl": math.exp(nll), "prefill_s": round(secs, 2), "recall": rec.tolist(),
-            "recall_mean": float(rec.mean()) if rec.numel() else None,
-            "recall_min": float(rec.min()) if rec.numel() else None,
-            "density_mean": float(dens.mean()) if dens.numel() else None}
+    # the dense forward also measures the recall of every sparse config's pattern on this text
+    with measuring(r.model, r.configs, rows=spec.recall_rows) as out:
+        nll, secs = r.nll(mode, ids, spec.ppl_last)
+    by_mode = {}
+    for name, got in out.items():
+        rec, dens = as_matrix(got["recall"]), as_matrix(got["density"])
+        if rec.numel():
+            by_mode[name] = {"recall": rec.tolist(), "recall_mean": float(rec.mean()), "recall_min": float(rec.min()),
+                             "density_mean": float(dens.mean())}
+    return {"nll": nll, "ppl": math.exp(nll), "prefill_s": round(secs, 2), "recall": by_mode}
 
 
 def _answer(r: Runner, mode: str, p: data.Prompt, new_tokens: int, tok) -> dict:
@@ -153,6 +152,6 @@ def _line(rec: dict) -> str:
     if rec["task"] in ("needle", "kv"):
         res = f"{'FOUND ' if rec['found'] else 'missed'} {rec['text']!r}"
     else:
-        res = f"ppl {rec['ppl']:.3f}" + (f" recall mean {rec['recall_mean']:.3f} min {rec['recall_min']:.3f}"
-                                         if rec.get("recall_mean") is not None else "")
+        res = f"ppl {rec['ppl']:.3f}" + "".join(f"; recall of {m}: mean {x['recall_mean']:.3f} min {x['recall_min']:.3f}"
+                                                for m, x in (rec.get("recall") or {}).items())
     return f"[{rec['mode']:>8s}] {rec['task']:6s} {cell:24s} {res} ({rec['wall_s']:.1f}s)"
