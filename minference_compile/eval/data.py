@@ -109,8 +109,8 @@ class PromptBuilder:
         else:
             text = msg + "\n"
         before, after = text.split(marker)
-        bos = [self.tok.bos_token_id] if (self.tok.bos_token_id is not None and not getattr(self.tok, "chat_template", None)
-                                         and "bos" not in before.lower()) else []
+        # a chat template writes its own start tokens; plain text starts with BOS where the model has one
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None and not getattr(self.tok, "chat_template", None) else []
         return bos + self.encode(before), self.encode(after + answer_prefix)
 
     def build(self, length: int, inserts: Sequence[tuple], intro: str, question: str, answer_prefix: str,
