@@ -141,6 +141,15 @@ def test_eval_end_to_end_resumes_and_flags_bad_config(runner, model, tmp_path):
     ctx2 = tasks.Context(runner=runner, tok=tok, store=store2, model_id="tiny", fingerprints=fps, log=calls.append)
     tasks.run_all(ctx2, spec, modes, text_ids=lambda L: text[:, :L])
     assert calls == [] and len(store2.records) == n_cells
+    # a new sparse config: its cells are measured, and the dense ppl cell again (for its recall)
+    runner3 = Runner(model, {"good": GOOD, "bad": BAD, "other": force_sparse(MInferenceConfig(default=("stream_llm", 4, 64)))})
+    fps3 = {**fps, "other": tasks.fingerprint("tiny", "other", runner3.configs["other"])}
+    spec3 = tasks.EvalSpec(tasks=("ppl", "recall"), ppl_lengths=(512,), ppl_last=128)
+    ctx3 = tasks.Context(runner=runner3, tok=tok, store=store2, model_id="tiny", fingerprints=fps3, log=calls.append)
+    tasks.run_all(ctx3, spec3, ["dense", "good", "other"], text_ids=lambda L: text[:, :L])
+    assert [c.split()[0:2] for c in calls] == [["[", "dense]"], ["[", "other]"]], calls
+    assert set(Store(tmp_path / "cells.jsonl").get(Store.key("ppl", "dense", fps["dense"], length=512))["recall"]) \
+        == {"good", "bad", "other"}
 
     summary = report.write_all(list(store2.records.values()), modes, tmp_path, {"model": "tiny", "device": "cpu"},
                                report.Thresholds())

@@ -100,15 +100,18 @@ def run_all(ctx: Context, spec: EvalSpec, modes: Sequence[str], text_ids: Option
     for mode in modes:
         for task, cell in cells:
             key = Store.key(task, mode, ctx.fingerprints[mode], **cell)
-            if ctx.store.get(key) is None:
+            with_recall = mode == "dense" and task == "ppl" and cell["length"] in recall_at
+            done = ctx.store.get(key)
+            if done is not None and with_recall and not set(ctx.runner.configs) <= set(done.get("recall") or {}):
+                done = None  # stored before this set of sparse configs: measure again (the later line wins)
+            if done is None:
                 if task in ("needle", "kv") and pb is None:
                     pb = data.PromptBuilder(ctx.tok, spec.seed)
                     ctx.texts["filler"] = pb.filler_source
                 if ctx.progress is not None:
                     ctx.progress.set_postfix_str(f"{mode} {task} {cell}")
                 t0 = time.perf_counter()
-                rec = _measure(ctx, spec, task, mode, cell, pb, text_ids,
-                               with_recall=(mode == "dense" and task == "ppl" and cell["length"] in recall_at))
+                rec = _measure(ctx, spec, task, mode, cell, pb, text_ids, with_recall)
                 rec.update(task=task, mode=mode, model=ctx.model_id, wall_s=round(time.perf_counter() - t0, 2), **cell)
                 ctx.store.put(key, rec)
                 ctx.log(_line(rec))
