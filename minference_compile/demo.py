@@ -34,6 +34,21 @@ def _tiny() -> tuple:
     return LlamaForCausalLM(cfg).eval(), None
 
 
+def _compact(report) -> list:
+    """explain()'s rows grouped by (patterns, heads, result, reason): one line per group of layers."""
+    groups: dict = {}
+    for r in report.rows:
+        key = (",".join(sorted(set(r.patterns))) or "-", f"{r.q_heads}/{r.kv_heads}", r.rewritten, r.reason)
+        groups.setdefault(key, []).append(r.layer)
+    lines = []
+    for (patterns, heads, ok, reason), layers in groups.items():
+        known = [x for x in layers if isinstance(x, int)]
+        span = f"{min(known)}-{max(known)}" if known else "?"
+        lines.append(f"  layers {span} ({len(layers)}): {patterns}, heads q/kv {heads} -> "
+                     f"{'sparse' if ok else 'dense'}: {reason}")
+    return lines
+
+
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
@@ -103,14 +118,9 @@ def main(argv=None) -> int:
     _say("What the backend rewrites (explain(), a Dynamo trace of the retrieval prompt; no Inductor):")
     t0 = time.perf_counter()
     report = explain(model, input_ids=needle.ids[:, :256].to(dev), config=config)
-    rows = report.rows
-    kinds = sorted({(r.patterns[0] if r.patterns else "-", r.rewritten, r.reason) for r in rows})
-    for pat, ok, reason in kinds:
-        n = sum(1 for r in rows if (r.patterns[0] if r.patterns else "-", r.rewritten, r.reason) == (pat, ok, reason))
-        layers = [r.layer for r in rows if (r.patterns[0] if r.patterns else "-", r.rewritten, r.reason) == (pat, ok, reason)]
-        _say(f"  layers {min(layers)}-{max(layers)} ({n}): {pat}, heads {rows[0].q_heads}/{rows[0].kv_heads} -> "
-             f"{'sparse' if ok else 'dense'}: {reason}")
-    _say(f"  {report.rewritten}/{len(rows)} SDPA nodes rewritten in {len(report.graphs)} graph(s) "
+    for line in _compact(report):
+        _say(line)
+    _say(f"  {report.rewritten}/{len(report.rows)} SDPA nodes rewritten in {len(report.graphs)} graph(s) "
          f"({time.perf_counter() - t0:.0f}s; print(explain(...)) gives the per-layer table)")
     _say()
 
