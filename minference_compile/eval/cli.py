@@ -64,6 +64,8 @@ def add_arguments(p) -> None:
     p.add_argument("--ppl-rise", type=float, default=0.01, help="check: max ppl rise vs dense (fraction)")
     p.add_argument("--kv-drop", type=float, default=0.02, help="check: max kv accuracy drop vs dense")
     p.add_argument("--min-recall", type=float, default=0.8, help="check: min mean recall")
+    p.add_argument("--report-only", action="store_true", help="no model run: tables, checks and files from the "
+                   "cells already in OUT/cells.jsonl (e.g. of an interrupted run)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no line per cell")
 
@@ -117,7 +119,6 @@ def run(args) -> int:
     path = fetch.resolve(args.model)
     model_id = pathlib.Path(path).name
     out = pathlib.Path(args.out or pathlib.Path("eval-results") / model_id)
-    model, tok = load_model(path, dev)
     configs = build_configs(args)
     modes = ["dense", *configs]
     spec = tasks.EvalSpec(
@@ -127,46 +128,53 @@ def run(args) -> int:
         kv_samples=args.kv_samples, kv_pairs=args.kv_pairs,
         recall_lengths=_ints(args.recall_lengths) if args.recall_lengths else None, recall_rows=args.recall_rows,
         new_tokens=args.new_tokens, seed=args.seed)
-    cfg = model.config
-    print(f"model {path}: {cfg.model_type}, {cfg.num_hidden_layers} layers, heads "
-          f"{cfg.num_attention_heads}:{cfg.num_key_value_heads}, {next(model.parameters()).dtype}; {device_name(dev)}")
-    for name, c in configs.items():
-        print(f"sparse config {name!r}: {describe_config(c)}")
     store = Store(out / "cells.jsonl")
-    cells = tasks.plan(spec)
-    total = len(cells) * len(modes)
-    progress = None
-    if not args.no_progress:
-        try:
-            from tqdm.auto import tqdm
-            progress = tqdm(total=total, desc="eval", unit="cell", dynamic_ncols=True)
-        except ImportError:
-            progress = None
-    log = (lambda s: None) if args.quiet else (progress.write if progress is not None else print)
-    runner = Runner(model, configs)
     fps = {m: tasks.fingerprint(model_id, m, configs.get(m)) for m in modes}
-    ctx = tasks.Context(runner=runner, tok=tok, store=store, model_id=model_id, fingerprints=fps, log=log,
-                        progress=progress)
-    tasks.run_all(ctx, spec, modes)
-    if progress is not None:
-        progress.close()
+    texts, stats = {}, {}
+    if args.report_only:
+        cfg = transformers.AutoConfig.from_pretrained(path)
+        dtype = "dtype as run"
+    else:
+        model, tok = load_model(path, dev)
+        cfg, dtype = model.config, str(next(model.parameters()).dtype)[6:]
+        print(f"model {path}: {cfg.model_type}, {cfg.num_hidden_layers} layers, heads "
+              f"{cfg.num_attention_heads}:{cfg.num_key_value_heads}, {dtype}; {device_name(dev)}")
+        for name, c in configs.items():
+            print(f"sparse config {name!r}: {describe_config(c)}")
+        progress = None
+        if not args.no_progress:
+            try:
+                from tqdm.auto import tqdm
+                progress = tqdm(total=len(tasks.plan(spec)) * len(modes), desc="eval", unit="cell", dynamic_ncols=True)
+            except ImportError:
+                progress = None
+        log = (lambda s: None) if args.quiet else (progress.write if progress is not None else print)
+        runner = Runner(model, configs)
+        ctx = tasks.Context(runner=runner, tok=tok, store=store, model_id=model_id, fingerprints=fps, log=log,
+                            progress=progress, device=device_name(dev))
+        tasks.run_all(ctx, spec, modes)
+        if progress is not None:
+            progress.close()
+        texts, stats = ctx.texts, runner.stats
 
     mine = {(t, m, Store.key(t, m, fps[m], **c)) for t, c in tasks.plan(spec) for m in modes}
     records = [store.get(k) for _, _, k in sorted(mine) if store.get(k) is not None]
     compiled = {n: f"{s.rewritten} SDPA rewritten, {s.left_dense} left dense in {len(s.graphs)} graph(s)"
-                for n, s in runner.stats.items() if s.graphs}
+                for n, s in stats.items() if s.graphs}
+    devices = sorted({r.get("device") or "(not recorded)" for r in records})
     header = {
         "model": f"{model_id} ({cfg.model_type}, {cfg.num_hidden_layers} layers, heads "
-                 f"{cfg.num_attention_heads}:{cfg.num_key_value_heads}, {str(next(model.parameters()).dtype)[6:]})",
-        "device": device_name(dev),
+                 f"{cfg.num_attention_heads}:{cfg.num_key_value_heads}, {dtype})",
+        "device": "; ".join(devices) if args.report_only else device_name(dev),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
-        "needle lengths x depths": f"{spec.lengths} x {list(spec.depths)}",
-        "text": ", ".join(f"{k}: {v}" for k, v in ctx.texts.items()) or "(all cells resumed)",
+        **({"needle lengths x depths": f"{spec.lengths} x {list(spec.depths)}"} if "needle" in spec.tasks else {}),
+        "text": ", ".join(f"{k}: {v}" for k, v in texts.items()) or "(no cell measured by this invocation)",
         "sparse configs": "; ".join(f"{n}: {describe_config(c)}" for n, c in configs.items()),
-        "compilations (this run)": "; ".join(f"{n}: {v}" for n, v in compiled.items()) or "none (all cells resumed)",
+        "compilations (this run)": "; ".join(f"{n}: {v}" for n, v in compiled.items()) or "none",
         "measured time": f"{sum(r['wall_s'] for r in records) / 60:.1f} min over {len(records)} cells "
                          f"(this invocation {(time.perf_counter() - t_start) / 60:.1f} min)",
+        "cells": f"{len(records)} of {len(tasks.plan(spec)) * len(modes)} planned",
     }
     th = report.Thresholds(ppl_rise=args.ppl_rise, kv_drop=args.kv_drop, min_recall=args.min_recall)
     summary = report.write_all(records, modes, out, header, th)

@@ -50,6 +50,7 @@ class Context:
     log: Callable[[str], None] = print
     progress: Optional[object] = None  # tqdm-like: update(n), set_postfix_str(s)
     texts: dict = field(default_factory=dict)
+    device: str = ""  # recorded in every cell
 
 
 def fingerprint(model_id: str, mode: str, config=None) -> str:
@@ -112,7 +113,8 @@ def run_all(ctx: Context, spec: EvalSpec, modes: Sequence[str], text_ids: Option
                     ctx.progress.set_postfix_str(f"{mode} {task} {cell}")
                 t0 = time.perf_counter()
                 rec = _measure(ctx, spec, task, mode, cell, pb, text_ids, with_recall)
-                rec.update(task=task, mode=mode, model=ctx.model_id, wall_s=round(time.perf_counter() - t0, 2), **cell)
+                rec.update(task=task, mode=mode, model=ctx.model_id, device=ctx.device,
+                           wall_s=round(time.perf_counter() - t0, 2), **cell)
                 ctx.store.put(key, rec)
                 ctx.log(_line(rec))
             if ctx.progress is not None:
