@@ -153,8 +153,8 @@ def needle_heatmap(records: list, modes: Sequence[str], path: pathlib.Path, titl
     lengths = sorted({r["length"] for r in needle})
     depths = sorted({r["depth"] for r in needle})
     modes = [m for m in modes if any(r["mode"] == m for r in needle)]
-    fig, axes = plt.subplots(1, len(modes), figsize=(1.2 + 0.9 * len(lengths) * len(modes), 0.5 * len(depths) + 1.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(modes), figsize=(1.6 + 1.1 * len(lengths) * len(modes), 0.5 * len(depths) + 2.0),
+                             squeeze=False, constrained_layout=True)
     cmap = ListedColormap(["#d7301f", "#1a9850"])
     cells = _by(needle, "mode", "length", "depth")
     for ax, m in zip(axes[0], modes):
@@ -175,7 +175,6 @@ def needle_heatmap(records: list, modes: Sequence[str], path: pathlib.Path, titl
                 ha="center", fontsize=9)
     axes[0][0].set_ylabel("needle depth")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -197,7 +196,8 @@ def recall_map(records: list, modes: Sequence[str], path: pathlib.Path, title: s
         mine = [r for r in rec if r["mode"] == m]
         if mine:
             picks.append(max(mine, key=lambda r: r["length"]))
-    fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks) + 1, 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(picks), figsize=(3.6 * len(picks) + 1.2, 4.4), squeeze=False,
+                             constrained_layout=True)
     im = None
     for ax, r in zip(axes[0], picks):
         im = ax.imshow(r["recall"], vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -206,7 +206,7 @@ def recall_map(records: list, modes: Sequence[str], path: pathlib.Path, title: s
         ax.set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="attention mass kept")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
