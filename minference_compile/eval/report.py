@@ -138,6 +138,12 @@ def write_csv(records: list, path: pathlib.Path) -> None:
             w.writerow(r)
 
 
+def _wrap(title: str, fig) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width=max(30, int(fig.get_figwidth() * 15))))
+
+
 def needle_heatmap(records: list, modes: Sequence[str], path: pathlib.Path, title: str) -> bool:
     """One panel per mode: depth x length, green found / red missed (the seed's figure style)."""
     needle = [r for r in records if r["task"] == "needle"]
@@ -174,7 +180,7 @@ def needle_heatmap(records: list, modes: Sequence[str], path: pathlib.Path, titl
         ax.text(0.5, -0.35 if len(depths) < 4 else -0.22, f"{found}/{total} found", transform=ax.transAxes,
                 ha="center", fontsize=9)
     axes[0][0].set_ylabel("needle depth")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, fig), fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -205,7 +211,7 @@ def recall_map(records: list, modes: Sequence[str], path: pathlib.Path, title: s
         ax.set_xlabel("q head")
         ax.set_ylabel("layer")
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="attention mass kept")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(_wrap(title, fig), fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
