@@ -158,7 +158,10 @@ def test_eval_end_to_end_resumes_and_flags_bad_config(runner, model, tmp_path):
     assert not checks[("bad", "ppl@512")], summary["check_lines"]  # perplexity catches it ...
     assert not checks[("bad", "recall@512")], summary["check_lines"]  # ... and so does recall
     assert not summary["passed"]
-    for f in ("summary.md", "summary.json", "cells.csv", "needle.png", "recall.png"):
+    import importlib.util
+
+    pngs = ("needle.png", "recall.png") if importlib.util.find_spec("matplotlib") else ()  # CI's .[test] has none
+    for f in ("summary.md", "summary.json", "cells.csv", *pngs):
         assert (tmp_path / f).stat().st_size > 0, f
     assert json.loads((tmp_path / "summary.json").read_text())["passed"] is False
     assert "| good |" in summary["table"] and "perplexity" in summary["table"]
