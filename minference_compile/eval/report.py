@@ -73,18 +73,8 @@ def checks(records: list, modes: Sequence[str], th: Thresholds) -> list:
 def tables(records: list, modes: Sequence[str]) -> str:
     """Markdown tables: needle found per length, ppl per length, kv accuracy, recall."""
     lines = []
-    needle = [r for r in records if r["task"] == "needle"]
-    if needle:
-        lengths = sorted({r["length"] for r in needle})
-        lines += ["needle (found / depths per length)", "",
-                  "| mode | " + " | ".join(f"{L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
-        for m in modes:
-            row = []
-            for L in lengths:
-                c = [r["found"] for r in needle if r["mode"] == m and r["length"] == L]
-                row.append(f"{sum(c)}/{len(c)}" if c else "-")
-            lines.append(f"| {m} | " + " | ".join(row) + " |")
-        lines.append("")
+    lines += _found_table(records, "needle", "needle (found / depths per length)", modes,
+                          lambda c: f"{sum(c)}/{len(c)}")
     ppl = [r for r in records if r["task"] == "ppl"]
     if ppl:
         lengths = sorted({r["length"] for r in ppl})
@@ -113,19 +103,22 @@ def tables(records: list, modes: Sequence[str]) -> str:
                 lines.append(f"| {r['mode']} | {r['length']} | {r['recall_mean']:.3f} | {r['recall_min']:.3f} | "
                              f"{low}/{len(flat)} | {r.get('density_mean') or float('nan'):.1%} |")
             lines.append("")
-    kv = [r for r in records if r["task"] == "kv"]
-    if kv:
-        lengths = sorted({r["length"] for r in kv})
-        lines += ["key-value retrieval accuracy (samples)", "",
-                  "| mode | " + " | ".join(f"{L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
-        for m in modes:
-            row = []
-            for L in lengths:
-                c = [r["found"] for r in kv if r["mode"] == m and r["length"] == L]
-                row.append(f"{sum(c) / len(c):.0%} ({len(c)})" if c else "-")
-            lines.append(f"| {m} | " + " | ".join(row) + " |")
-        lines.append("")
+    lines += _found_table(records, "kv", "key-value retrieval accuracy (samples)", modes,
+                          lambda c: f"{sum(c) / len(c):.0%} ({len(c)})")
     return "\n".join(lines)
+
+
+def _found_table(records: list, task: str, title: str, modes: Sequence[str], cell) -> list:
+    """A markdown table of `found` per mode and length for one task; `cell(found_list) -> str`."""
+    rows = [r for r in records if r["task"] == task]
+    if not rows:
+        return []
+    lengths = sorted({r["length"] for r in rows})
+    out = [title, "", "| mode | " + " | ".join(f"{L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for m in modes:
+        found = [[r["found"] for r in rows if r["mode"] == m and r["length"] == L] for L in lengths]
+        out.append(f"| {m} | " + " | ".join(cell(c) if c else "-" for c in found) + " |")
+    return out + [""]
 
 
 def write_csv(records: list, path: pathlib.Path) -> None:
