@@ -272,5 +272,5 @@ def test_chunked_prefill_compiles_at_most_twice(matches):
     # first chunk (empty cache: is_causal) + one graph for every later chunk position; (dynamic=True may make
     # Dynamo re-trace a graph once after specialising a float, which calls the backend twice for one graph)
     assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
-    assert {x.reason for x in matches} == {"is_causal", "causal mask"}
+    assert all(x.rewritten for x in matches) and {x.reason for x in matches} <= {"is_causal", "causal mask"}
     assert sparse_calls() == 6 * 2
