@@ -33,7 +33,7 @@ import math
 import operator
 import re
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.fx as fx

@@ -4,7 +4,6 @@ The ops do not validate (the public functions in api.py do). Outputs are always 
 (fake and real alike), so Inductor's assumed layout matches what the kernels write.
 Triton modules are imported inside the CUDA paths only.
 """
-import logging
 import math
 from typing import List, Optional, Tuple
 
@@ -22,7 +21,6 @@ from .tp import layer_mean
 from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .validate import check_head_dim
 
-log = logging.getLogger("minference_compile")
 
 
 def _scale(q: Tensor, scale: Optional[float]) -> float:
