@@ -93,16 +93,13 @@ class SDPAMatch:
         if not self.rewritten:
             return "dense: " + self.reason
         dev = device or self.device or "cpu"
-        if self.window:
-            from minference_compile.ops.decide import resolve_min_sparse_len
-
-            if length <= self.window:
-                return f"dense: sliding window {self.window} >= length"
-            t, how = resolve_min_sparse_len(self.min_sparse_len, [2], [0], [self.window], dev)
-            return (f"sparse: A-shape 0 + {self.window} (exact sliding window)" if length >= t else
-                    f"dense: sliding window, length < {how} {'(dense on ' + dev + ')' if t > 1 << 60 else t}")
         from minference_compile.ops.decide import length_decision
 
+        if self.window:  # the rule minference::local_attention applies (the same length rule as sparse_prefill)
+            if length <= self.window:
+                return f"dense: sliding window {self.window} >= length"
+            sparse, why = length_decision([2], [0], [self.window], length, length, self.min_sparse_len, dev)
+            return f"sparse: A-shape 0 + {self.window} (exact sliding window)" if sparse else "dense: " + why
         ids = [PATTERN_IDS[p] for p in self.patterns]
         sparse, why = length_decision(ids, self.vertical_size, self.slash_size, length, length, self.min_sparse_len, dev)
         if not sparse:
