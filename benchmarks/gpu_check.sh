@@ -6,7 +6,12 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
 OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
-if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
+# wheels carried once (.whl) stay installed in /tmp/site while the machine is warm
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl; fi
+if [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site; fi
+# a real model carried in pieces (.qw/pN, one per call) is gathered in /tmp/qw
+if [ -d .qw ]; then mkdir -p /tmp/qw && cp .qw/p* /tmp/qw/ && ls /tmp/qw | tr '\n' ' ' && echo; fi
+export MINFERENCE_COMPILE_CACHE=/tmp/mc
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
 nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 COMMIT=$(cat .commit 2>/dev/null || echo unknown)
@@ -53,6 +58,26 @@ for m in $modes; do
       timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods vs-injected --max-minutes 6 --commit "$COMMIT" --out "$OUT" --tag vs 2>&1 | tail -20 ;;
     e2e-1m-dense)  # dense chunked pre-fill, same chunk, 4 of 28 layers (scaled by depth in prefill_ms_full_depth)
       timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --methods eager-sdpa --layers 4 --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag dense4 2>&1 | tail -20 ;;
+    evalsmoke)  # the eval's GPU path on a tiny model; the aligned slash-tile kernel tests
+      timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_eval.py tests/test_kernels_triton.py -k "gpu or aligned" 2>&1 | tee "$OUT/tests_evalsmoke.log" | tail -8 ;;
+    searched)  # issue 10: kernel time at 128K of the shipped searched / adaptive Qwen2.5-0.5B configs vs cuDNN
+      for c in qwen05 qwen05-adaptive; do timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/$c.json --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -12; done ;;
+    aligned)  # issue 12: aligned slash tiles against today's tiles, same run, 128K llama3-8b
+      timeout 240 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-1000/6096+aligned,vs-100/800,vs-100/800+aligned,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 3.5 --commit "$COMMIT" --out "$OUT" --tag aligned 2>&1 | tail -30 ;;
+    e2e-128k-chunk)  # chunked (32K chunks) vs one-shot sparse pre-fill at 128K: A-shape and VS (injected)
+      timeout 400 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 32768 --methods ashape,vs-injected --max-minutes 5 --commit "$COMMIT" --out "$OUT" --tag chunk32k 2>&1 | tail -20 ;;
+    e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
+      timeout 560 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods block-sparse --max-minutes 7 --commit "$COMMIT" --out "$OUT" --tag bs 2>&1 | tail -20 ;;
+    e2e-512k-dense)  # dense chunked pre-fill at 512K on 2 of 28 layers (scaled by depth)
+      timeout 200 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k --chunk 65536 --methods eager-sdpa --layers 2 --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag dense2 2>&1 | tail -20 ;;
+    qwen-join)  # join the carried Qwen2.5-Coder-0.5B GGUF, sha-check and export it (minference-compile fetch)
+      mkdir -p /tmp/mc/models && cat /tmp/qw/p* > /tmp/mc/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf && python3 -m minference_compile.cli fetch qwen05 2>&1 | tail -5 ;;
+    qwen-eval)  # issue 9 targets (needle 4K-32K x 5 depths, ppl 16K/32K, kv 50 at 16K) + issue 10's searched configs:
+      # one process per sparse config, in parallel (the 0.5B model leaves the GPU idle; each also runs dense)
+      for c in default minference_compile/configs/qwen05.json benchmarks/results/accuracy/vs100-800.json minference_compile/configs/qwen05-adaptive.json; do
+        n=$(basename "$c" .json)
+        timeout ${EVAL_S:-500} python3 -m minference_compile.cli eval qwen05 --device cuda --config "$c" --lengths 4k,8k,16k,32k --ppl-lengths 16k,32k --kv-lengths 16k --kv-samples 50 --recall-lengths 32k --no-progress --out "$OUT/qwen05-gpu-$n" > "$OUT/eval-$n.log" 2>&1 &
+      done; wait; for f in "$OUT"/eval-*.log; do echo "--- $f"; tail -n 25 "$f"; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -199,3 +199,36 @@ def test_cli_arguments():
     assert all(c.min_sparse_len == 0 and c.vs_max_work == 1.0 for c in configs.values())
     args = p.parse_args(["x", "--as-deployed"])
     assert cli.build_configs(args)["default"].min_sparse_len is None
+
+
+def test_cli_several_configs(tmp_path):
+    import argparse
+
+    from minference_compile.eval import cli
+
+    f = tmp_path / "mine.json"
+    f.write_text(json.dumps([{"0": ["stream_llm", 4, 64, 1.0]}]))
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    configs = cli.build_configs(p.parse_args(["x", "--config", f"default,{f}", "--budgets", "100/800"]))
+    assert list(configs) == ["default", "mine", "100/800"]
+    assert configs["mine"].layer_entries(0, 1)[0][0] == "stream_llm"
+    with pytest.raises(SystemExit, match="two configs named"):
+        cli.build_configs(p.parse_args(["x", "--config", f"{f},{f}"]))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_eval_runner_on_gpu_runs_the_kernels(tmp_path):
+    # the eval's GPU path (bf16, Triton kernels): the sparse op runs, covering budgets give dense's answer
+    model = tiny_llama(sharpen=3.0).to("cuda", torch.bfloat16)
+    runner = Runner(model, {"good": GOOD, "bad": BAD})
+    ids = sampled_text(tiny_llama(sharpen=3.0), 1000)
+    runner.prefill("bad", ids)
+    counts = profile_ops(lambda: runner.prefill("bad", ids))
+    assert counts["sparse_prefill"] == 2 and counts["sdpa_outside"] == 0, counts
+    d, _ = runner.nll("dense", ids, 256)
+    g, _ = runner.nll("good", ids, 256)
+    b, _ = runner.nll("bad", ids, 256)
+    assert math.isfinite(d) and abs(g - d) < 0.02 * abs(d) + 0.02, (g, d)
+    assert b > g, (b, g)

