@@ -77,7 +77,11 @@ for m in $modes; do
       for c in default minference_compile/configs/qwen05.json benchmarks/results/accuracy/vs100-800.json minference_compile/configs/qwen05-adaptive.json; do
         n=$(basename "$c" .json)
         timeout ${EVAL_S:-500} python3 -m minference_compile.cli eval qwen05 --device cuda --config "$c" --lengths 4k,8k,16k,32k --ppl-lengths 16k,32k --kv-lengths 16k --kv-samples 50 --recall-lengths 32k --no-progress --out "$OUT/qwen05-gpu-$n" > "$OUT/eval-$n.log" 2>&1 &
-      done; wait; for f in "$OUT"/eval-*.log; do echo "--- $f"; tail -n 25 "$f"; done ;;
+      done
+      # and the per-head search at 32K on both calibration prompts (issue 10: coverage at equal recall)
+      mkdir -p "$OUT/search32k"
+      timeout ${EVAL_S:-500} python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$OUT/search32k/qwen05-32k.json" --workdir /tmp/search32k > "$OUT/search32k.log" 2>&1 &
+      wait; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -); for f in "$OUT"/eval-*.log "$OUT/search32k.log"; do echo "--- $f"; tail -n 25 "$f"; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

