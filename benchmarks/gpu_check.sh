@@ -17,7 +17,7 @@ nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', to
 COMMIT=$(cat .commit 2>/dev/null || echo unknown)
 modes=${*:-tests memory quick}
 # the seed's per-head config for the e2e seed-config rows (never committed: shared/ on the device, ../shared here)
-SEEDCFG=$(ls shared/minference_configs/Qwen2.5_7B_Instruct_1M.json ../shared/minference_configs/Qwen2.5_7B_Instruct_1M.json 2>/dev/null | head -1)
+SEEDCFG=$(ls .seed/Qwen2.5_7B_Instruct_1M.json shared/minference_configs/Qwen2.5_7B_Instruct_1M.json ../shared/minference_configs/Qwen2.5_7B_Instruct_1M.json 2>/dev/null | head -1)
 TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096,flex-bs-top100,flex-vs-1000/6096
 for m in $modes; do
   echo "=== $m ==="
@@ -61,9 +61,13 @@ for m in $modes; do
     evalsmoke)  # the eval's GPU path on a tiny model; the aligned slash-tile kernel tests
       timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_eval.py tests/test_kernels_triton.py -k "gpu or aligned" 2>&1 | tee "$OUT/tests_evalsmoke.log" | tail -8 ;;
     searched)  # issue 10: kernel time at 128K of the shipped searched / adaptive Qwen2.5-0.5B configs vs cuDNN
-      for c in qwen05 qwen05-adaptive; do timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/$c.json --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -12; done ;;
+      for c in ${SEARCHED:-qwen05 qwen05-adaptive}; do timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/$c.json --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -12; done ;;
     aligned)  # issue 12: aligned slash tiles against today's tiles, same run, 128K llama3-8b
       timeout 240 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-1000/6096+aligned,vs-100/800,vs-100/800+aligned,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 3.5 --commit "$COMMIT" --out "$OUT" --tag aligned 2>&1 | tail -30 ;;
+    e2e-main)  # the e2e table's one-shot rows, one process: eager SDPA, A-shape, VS (injected), block-sparse at 32K and 128K
+      timeout ${E2E_S:-450} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,ashape,vs-injected,block-sparse --max-minutes ${E2E_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag main 2>&1 | tail -30 ;;
+    e2e-extra)  # the same lengths: torch.compile dense and the seed's own Qwen2.5-7B-1M per-head config (injected VS sets)
+      timeout ${E2E_S:-300} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods seed-config,compile-dense --seed-config "$SEEDCFG" --max-minutes ${E2E_MIN:-4} --commit "$COMMIT" --out "$OUT" --tag extra 2>&1 | tail -30 ;;
     e2e-128k-chunk)  # chunked (32K chunks) vs one-shot sparse pre-fill at 128K: A-shape and VS (injected)
       timeout 400 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 32768 --methods ashape,vs-injected --max-minutes 5 --commit "$COMMIT" --out "$OUT" --tag chunk32k 2>&1 | tail -20 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
