@@ -232,3 +232,9 @@ def test_eval_runner_on_gpu_runs_the_kernels(tmp_path):
     b, _ = runner.nll("bad", ids, 256)
     assert math.isfinite(d) and abs(g - d) < 0.02 * abs(d) + 0.02, (g, d)
     assert b > g, (b, g)
+
+
+def test_ppl_length_must_exceed_ppl_last():
+    with pytest.raises(ValueError, match="needs longer texts"):
+        tasks.EvalSpec(tasks=("ppl",), ppl_lengths=(1024,), ppl_last=1024)
+    tasks.EvalSpec(tasks=("needle",), lengths=(512,), ppl_last=1024)  # no ppl task: no constraint

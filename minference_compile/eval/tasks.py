@@ -39,6 +39,14 @@ class EvalSpec:
     new_tokens: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        if "ppl" in self.tasks or "recall" in self.tasks:
+            short = [L for L in list(self.ppl_lengths or self.lengths) + list(self.recall_lengths or [])
+                     if L <= self.ppl_last]
+            if short:
+                raise ValueError(f"perplexity of the last {self.ppl_last} tokens needs longer texts: ppl/recall "
+                                 f"length(s) {short} <= ppl_last; lower --ppl-last or raise --ppl-lengths")
+
 
 @dataclass
 class Context:
