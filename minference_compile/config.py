@@ -1,7 +1,9 @@
 """Per-layer, per-head sparse attention patterns (reads/writes the seed project's JSON format).
 
 File format: a JSON list with one entry per layer; each entry maps a head index (string) to
-``[pattern, vertical_size, slash_size, score]``. A head or layer without an entry gets ``default``.
+``[pattern, vertical_size, slash_size, score]`` (adaptive patterns: an optional 5th element); each pattern's spec
+in minference_compile/patterns/ parses, checks and writes its entry. A head or layer without an entry gets
+``default``.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ DEFAULT_LAST_Q = 64
 # D=128 on an H100 (0.55 on a near-dense index), 0.65-0.72 at D=64 (benchmarks/NOTES.md #12)
 DEFAULT_VS_MAX_WORK = 0.55
 
-HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
+HeadEntry = tuple  # (pattern: str, v_slot: int, s_slot: int): the op's slots (spec.head_entry())
 
 
 class ConfigError(ValueError):
