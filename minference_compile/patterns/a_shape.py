@@ -14,15 +14,22 @@ from ..ops.crossover import round_up
 from .base import HeadGroup, Pattern, Slot, register
 
 
-def streaming(q, k, v, init_num: Union[int, torch.Tensor], local_window: Union[int, torch.Tensor], scale: float,
-              head_mask=None, out=None) -> torch.Tensor:
-    """A-shape attention on q's device: init_num / local_window int or per-head [Hq] int32 tensors."""
-    if q.device.type == "cpu":
-        return cpu.streaming_attention(q, k, v, init_num, local_window, scale, head_mask, out)
+def streaming_kernel(q, k, v, init_num: Union[int, torch.Tensor], local_window: Union[int, torch.Tensor],
+                     scale: float, head_mask=None, out=None) -> torch.Tensor:
+    """The Triton A-shape kernel (CUDA; CPU tensors under TRITON_INTERPRET=1): init_num / local_window int or
+    per-head [Hq] int32 tensors."""
     from ..triton_kernels.streaming import streaming_attention_fwd
     per_head = lambda x: x if isinstance(x, torch.Tensor) else device_tensor([x] * q.shape[1], q.device)  # noqa: E731
     return streaming_attention_fwd(q, k, v, per_head(init_num), per_head(local_window), scale, head_mask=head_mask,
                                    out=out)
+
+
+def streaming(q, k, v, init_num: Union[int, torch.Tensor], local_window: Union[int, torch.Tensor], scale: float,
+              head_mask=None, out=None) -> torch.Tensor:
+    """A-shape attention on q's device: the CPU path or the kernel."""
+    if q.device.type == "cpu":
+        return cpu.streaming_attention(q, k, v, init_num, local_window, scale, head_mask, out)
+    return streaming_kernel(q, k, v, init_num, local_window, scale, head_mask, out)
 
 
 @register
@@ -51,7 +58,7 @@ class AShape(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return streaming(group.q, group.k, group.v, *selection, group.scale, head_mask, out)
+        return streaming_kernel(group.q, group.k, group.v, *selection, group.scale, head_mask, out)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

@@ -12,7 +12,7 @@ from ..triton_kernels import naive
 from ..ops import cpu
 from ..ops.adaptive import adaptive_block_sparse_index
 from .base import DEFAULT_THRESHOLD, HeadGroup, Pattern, Slot, register
-from .block_sparse import BlockSparse, block_sparse
+from .block_sparse import BlockSparse, block_sparse_kernel
 
 
 @register
@@ -42,7 +42,7 @@ class BlockSparseAdaptive(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return block_sparse(group.q, group.k, group.v, selection, group.scale, head_mask, out)
+        return block_sparse_kernel(group.q, group.k, group.v, selection, group.scale, head_mask, out)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

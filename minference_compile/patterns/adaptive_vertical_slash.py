@@ -12,7 +12,7 @@ from ..triton_kernels import naive
 from ..ops import cpu
 from ..ops.adaptive import adaptive_vertical_slash
 from .base import DEFAULT_THRESHOLD, HeadGroup, Pattern, Slot, register
-from .vertical_slash import VerticalSlash, vertical_slash
+from .vertical_slash import VerticalSlash, vertical_slash_kernel
 
 
 @register
@@ -44,7 +44,7 @@ class VerticalSlashAdaptive(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return vertical_slash(group.q, group.k, group.v, *selection, group.scale, head_mask, out)
+        return vertical_slash_kernel(group.q, group.k, group.v, *selection, group.scale, head_mask, out)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

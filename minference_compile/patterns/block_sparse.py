@@ -12,12 +12,18 @@ from ..ops.crossover import round_up
 from .base import HeadGroup, Pattern, Slot, register
 
 
-def block_sparse(q, k, v, block_index, scale: float, head_mask=None, out=None) -> torch.Tensor:
-    """Attention over a compact block index [B, Hq, NQB, K] (ascending ids, -1 padded) on q's device."""
-    if q.device.type == "cpu":
-        return cpu.block_sparse_attention(q, k, v, block_index, scale, head_mask, out)
+def block_sparse_kernel(q, k, v, block_index, scale: float, head_mask=None, out=None) -> torch.Tensor:
+    """The Triton kernel (CUDA; CPU tensors under TRITON_INTERPRET=1) over a compact block index [B, Hq, NQB, K]
+    (ascending ids, -1 padded)."""
     from ..triton_kernels.block_sparse import block_sparse_attention_fwd
     return block_sparse_attention_fwd(q, k, v, block_index, scale, head_mask=head_mask, out=out, compact=True)
+
+
+def block_sparse(q, k, v, block_index, scale: float, head_mask=None, out=None) -> torch.Tensor:
+    """Block-sparse attention on q's device: the CPU path or the kernel."""
+    if q.device.type == "cpu":
+        return cpu.block_sparse_attention(q, k, v, block_index, scale, head_mask, out)
+    return block_sparse_kernel(q, k, v, block_index, scale, head_mask, out)
 
 
 @register
@@ -47,7 +53,7 @@ class BlockSparse(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return block_sparse(group.q, group.k, group.v, selection, group.scale, head_mask, out)
+        return block_sparse_kernel(group.q, group.k, group.v, selection, group.scale, head_mask, out)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 from ..triton_kernels import naive
 from ..ops import cpu
-from .a_shape import streaming
+from .a_shape import streaming_kernel
 from .base import HeadGroup, Pattern, register
 
 
@@ -29,7 +29,7 @@ class Dense(Pattern):
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
         # A-shape with init_num >= S is dense causal attention (one launch with the sparse heads' conventions)
         whole = torch.full((group.q.shape[1],), group.k.shape[2], dtype=torch.int32, device=group.q.device)
-        return streaming(group.q, group.k, group.v, whole, whole, group.scale, head_mask, out)
+        return streaming_kernel(group.q, group.k, group.v, whole, whole, group.scale, head_mask, out)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

@@ -26,14 +26,20 @@ def build_index(q, k, vertical, slash):
     return build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
 
 
-def vertical_slash(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None) -> torch.Tensor:
-    """Vertical-slash attention on q's device from the column / offset sets (index: a prebuilt CUDA index)."""
-    if q.device.type == "cpu":
-        return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
+def vertical_slash_kernel(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None):
+    """The Triton kernel (CUDA; CPU tensors under TRITON_INTERPRET=1) from the column / offset sets (index: the
+    prebuilt index of those sets, else built here)."""
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
     if index is None:
         index = build_index(q, k, vertical, slash)
     return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
+
+
+def vertical_slash(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None) -> torch.Tensor:
+    """Vertical-slash attention on q's device: the CPU path or the kernel."""
+    if q.device.type == "cpu":
+        return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
+    return vertical_slash_kernel(q, k, v, vertical, slash, scale, head_mask, out, index)
 
 
 @register
@@ -67,8 +73,8 @@ class VerticalSlash(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
-        return vertical_slash(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale, head_mask,
-                              out, selection.index)
+        return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
+                                     head_mask, out, selection.index)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection: VSSelection) -> torch.Tensor:
