@@ -207,13 +207,13 @@ class VSInjector:
 
     @contextlib.contextmanager
     def active(self):
-        from minference_compile.ops import library
-        orig = library._estimate
-        library._estimate = functools.partial(self, orig)
+        from minference_compile.patterns import vertical_slash  # sparse_prefill's estimate call
+        orig = vertical_slash._estimate
+        vertical_slash._estimate = functools.partial(self, orig)
         try:
             yield self
         finally:
-            library._estimate = orig
+            vertical_slash._estimate = orig
 
 
 def vs_budgets(cfg, num_layers: int, num_heads: int) -> set:

@@ -14,7 +14,7 @@ import torch
 
 from minference_compile import reset_runtime_stats, runtime_stats
 
-from minference_compile.ops import library
+from minference_compile.ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
 
 from .registry import SHAPES, VS_DEFAULT, parse_length
@@ -31,14 +31,14 @@ def main(argv=None) -> None:
     q, k, v = random_qkv(S, hq, hkv, D)
     nv, ns = VS_DEFAULT
     pats, vs, ss = [1] * hq, [nv] * hq, [ns] * hq
-    vert, slash = library._estimate(q, k, vs, ss, 64, library.SINK_TOKENS, library.LOCAL_WINDOW)
+    vert, slash = estimate_vertical_slash(q, k, vs, ss, 64, SINK_TOKENS, LOCAL_WINDOW)
     work = float(work_share(build_vertical_slash_index(vert, slash, S), S).mean())
     dense = dense_causal_ms(q, k, v)
     print(f"# {torch.cuda.get_device_name()} {a.shape} S={S}: cuDNN {dense:.2f} ms; VS ({nv}, {ns}) work {work:.3f}")
     from minference_compile.ops.dense import dense_attention
     parts = {"dense_attention (the fallback's SDPA call)": lambda: dense_attention(q, k, v, D ** -0.5),
-             "estimate_vertical_slash": lambda: library._estimate(q, k, vs, ss, 64, library.SINK_TOKENS,
-                                                                  library.LOCAL_WINDOW),
+             "estimate_vertical_slash": lambda: estimate_vertical_slash(q, k, vs, ss, 64, SINK_TOKENS,
+                                                                  LOCAL_WINDOW),
              "build_vertical_slash_index": lambda: build_vertical_slash_index(vert, slash, S, pair=D > 64)}
     for name, fn in parts.items():
         print(f"  {name:45s} {bench_ms(fn)[0]:8.2f} ms")

@@ -1,7 +1,9 @@
 """Per-layer, per-head sparse attention patterns (reads/writes the seed project's JSON format).
 
 File format: a JSON list with one entry per layer; each entry maps a head index (string) to
-``[pattern, vertical_size, slash_size, score]``. A head or layer without an entry gets ``default``.
+``[pattern, vertical_size, slash_size, score]`` (adaptive patterns: an optional 5th element); each pattern's spec
+in minference_compile/patterns/ parses, checks and writes its entry. A head or layer without an entry gets
+``default``.
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import json
 import os
 from typing import Any, Mapping, Sequence, Union
 
-PATTERNS = ("dense", "vertical_and_slash", "stream_llm", "block_sparse",
-            "vertical_and_slash_adaptive", "block_sparse_adaptive")  # ids 4, 5: ops/adaptive.py
-# Adaptive entries: [pattern, v_cap, s_cap, score, {"gamma": 0.9}] / [pattern, topk_cap, 0, score, {"tau": 0.9}];
-# the threshold (optional, default 0.9) is packed into the slash slot the op receives (ops/adaptive.pack_threshold)
-ADAPTIVE_THRESHOLD_KEYS = {"vertical_and_slash_adaptive": "gamma", "block_sparse_adaptive": "tau"}
+from .patterns import Pattern, PatternError, as_spec, pattern_names
+
+# Per-head patterns are typed specs (minference_compile/patterns/): each parses, validates and writes its own seed
+# entry and packs into the op's int lists. The config stores a head as ``(pattern, v_slot, s_slot)``, the op's slots
+# (an adaptive threshold packed into s_slot); ``head_spec`` gives the spec.
+PATTERNS = pattern_names()  # in id order
 PATTERN_IDS = {name: i for i, name in enumerate(PATTERNS)}  # ids of minference::sparse_prefill
 
 DEFAULT_ENTRY = ("vertical_and_slash", 1000, 6096)
@@ -26,7 +29,7 @@ DEFAULT_LAST_Q = 64
 # D=128 on an H100 (0.55 on a near-dense index), 0.65-0.72 at D=64 (benchmarks/NOTES.md #12)
 DEFAULT_VS_MAX_WORK = 0.55
 
-HeadEntry = tuple  # (pattern: str, vertical_size: int, slash_size: int)
+HeadEntry = tuple  # (pattern: str, v_slot: int, s_slot: int): the op's slots (spec.head_entry())
 
 
 class ConfigError(ValueError):
@@ -42,60 +45,24 @@ def _where(source, layer=None, head=None) -> str:
     return ", ".join(parts)
 
 
-# The smallest value each pattern's kernel accepts for its two slots (the public functions check the same):
-# vertical-slash needs >= 1 column and >= 1 diagonal; A-shape init may be 0 (a pure sliding window), local >= 1;
-# block-sparse needs topk >= 1 (its second slot is unused).
-_MINIMUM = {"dense": (0, 0), "vertical_and_slash": (1, 1), "stream_llm": (0, 1), "block_sparse": (1, 0),
-            "vertical_and_slash_adaptive": (1, 1), "block_sparse_adaptive": (1, 0)}
-_SLOTS = {"vertical_and_slash": ("vertical_size", "slash_size"), "stream_llm": ("init_num", "local_window_num"),
-          "block_sparse": ("topk", "(unused)"), "dense": ("(unused)", "(unused)"),
-          "vertical_and_slash_adaptive": ("vertical cap", "slash cap"), "block_sparse_adaptive": ("topk cap", "(unused)")}
+def _spec(raw: Any, source, layer, head) -> Pattern:
+    """A seed entry list, a stored (pattern, v_slot, s_slot) tuple or a spec -> spec; errors name file/layer/head."""
+    try:
+        return as_spec(raw)
+    except PatternError as e:
+        raise ConfigError(f"{_where(source, layer, head)}: {e}") from None
 
 
 def _parse_entry(raw: Any, source, layer, head) -> HeadEntry:
-    if not isinstance(raw, (list, tuple)) or len(raw) < 3:
+    if not isinstance(raw, Pattern) and not isinstance(raw, (list, tuple)):
         raise ConfigError(f"{_where(source, layer, head)}: expected [pattern, vertical_size, slash_size, score], got {raw!r}")
-    pattern, v, s = raw[0], raw[1], raw[2]
-    if pattern not in PATTERNS:
-        raise ConfigError(f"{_where(source, layer, head)}: unknown pattern {pattern!r} (known: {', '.join(PATTERNS)})")
-    for name, val, lo in zip(_SLOTS[pattern], (v, s), _MINIMUM[pattern]):
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or int(val) != val:
-            raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be an integer, got {val!r}")
-        if val < lo:
-            raise ConfigError(f"{_where(source, layer, head)}: {pattern} {name} must be >= {lo}, got {val}")
-    if pattern in ADAPTIVE_THRESHOLD_KEYS:
-        return (pattern, int(v), _adaptive_slot(raw, int(s), source, layer, head))
-    return (pattern, int(v), int(s))
-
-
-def _adaptive_slot(raw, cap: int, source, layer, head) -> int:
-    from .ops.adaptive import pack_threshold
-    key = ADAPTIVE_THRESHOLD_KEYS[raw[0]]
-    extra = raw[4] if len(raw) > 4 else {}
-    if not isinstance(extra, Mapping) or set(extra) - {key}:
-        raise ConfigError(f"{_where(source, layer, head)}: {raw[0]} takes an optional 5th element {{\"{key}\": x}}, "
-                          f"got {extra!r}")
-    thr = extra.get(key)
-    ok = thr is None or (not isinstance(thr, bool) and isinstance(thr, (int, float)) and 0.0 < thr <= 1.0)
-    if not ok or cap >= 10**9:
-        raise ConfigError(f"{_where(source, layer, head)}: {key} must be a number in (0, 1] and the cap below 1e9, "
-                          f"got {thr!r}, {cap}")
-    return pack_threshold(cap, thr)
-
-
-def _entry_list(entry: HeadEntry, score) -> list:
-    """A head entry in the seed's list form; adaptive entries with a threshold get it back as a 5th element."""
-    p, v, s = entry
-    if p in ADAPTIVE_THRESHOLD_KEYS and s >= 10**9:
-        from .ops.adaptive import unpack_threshold
-        cap, thr = unpack_threshold(s)
-        return [p, v, cap, score, {ADAPTIVE_THRESHOLD_KEYS[p]: thr}]
-    return [p, v, s, score]
+    return _spec(raw, source, layer, head).head_entry()
 
 
 @dataclasses.dataclass(frozen=True)
 class MInferenceConfig:
-    """``layers[l][h] = (pattern, vertical_size, slash_size)``; heads/layers missing use ``default``.
+    """``layers[l][h] = (pattern, v_slot, s_slot)``; heads/layers missing use ``default``. Entries may be given as
+    specs (``VerticalSlash(1000, 6096)``), seed lists or such tuples; ``head_spec`` returns the spec.
 
     ``scores`` keeps the seed's 4th column (unused by the pass) so ``to_json`` round-trips.
     """
@@ -117,9 +84,8 @@ class MInferenceConfig:
 
     def __post_init__(self) -> None:
         """Validate whatever way the config was built (constructor, dict, JSON): errors name source/layer/head."""
-        # (parsed entries hold adaptive thresholds packed: back to the list form to check them like a file's)
-        default = self.default if isinstance(self.default, list) or len(self.default) > 3 else _entry_list(self.default, 0)
-        object.__setattr__(self, "default", _parse_entry(default, self.source, None, "default"))
+        # entries may be specs, seed lists or stored (pattern, v_slot, s_slot) tuples: stored as the latter
+        object.__setattr__(self, "default", _parse_entry(self.default, self.source, None, "default"))
         for name in ("starting_layer", "last_q"):
             val = getattr(self, name)
             if isinstance(val, bool) or not isinstance(val, int) or val < (1 if name == "last_q" else 0):
@@ -134,9 +100,8 @@ class MInferenceConfig:
         if not isinstance(self.layers, tuple):
             raise ConfigError(f"{_where(self.source)}: layers must be a tuple of per-layer (head, entry) pairs; "
                               "use MInferenceConfig.from_dict for the seed's list format")
-        for li, heads in enumerate(self.layers):
-            for h, entry in heads:
-                _parse_entry(_entry_list(entry, 0), self.source, li, h)
+        object.__setattr__(self, "layers", tuple(tuple((h, _parse_entry(e, self.source, li, h)) for h, e in heads)
+                                                 for li, heads in enumerate(self.layers)))
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -186,7 +151,7 @@ class MInferenceConfig:
         out = []
         for li, heads in enumerate(self.layers):
             sc = dict(self.scores[li]) if li < len(self.scores) else {}
-            out.append({str(h): _entry_list(e, sc.get(h, 0)) for h, e in heads})
+            out.append({str(h): _spec(e, self.source, li, h).to_entry(sc.get(h, 0)) for h, e in heads})
         return out
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -199,6 +164,7 @@ class MInferenceConfig:
         return len(self.layers)
 
     def head_entry(self, layer: int, head: int) -> HeadEntry:
+        """``(pattern, v_slot, s_slot)``: the op's slots of the head (``head_spec`` for the typed spec)."""
         if layer < self.starting_layer:
             return ("dense", 0, 0)
         if layer < len(self.layers):
@@ -209,6 +175,13 @@ class MInferenceConfig:
 
     def layer_entries(self, layer: int, num_heads: int) -> tuple:
         return tuple(self.head_entry(layer, h) for h in range(num_heads))
+
+    def head_spec(self, layer: int, head: int) -> Pattern:
+        """The head's typed spec (minference_compile/patterns/), e.g. ``VerticalSlash(1000, 6096)``."""
+        return _spec(self.head_entry(layer, head), self.source, layer, head)
+
+    def layer_specs(self, layer: int, num_heads: int) -> tuple:
+        return tuple(self.head_spec(layer, h) for h in range(num_heads))
 
     def validate_for(self, num_layers: int, num_heads: int) -> "MInferenceConfig":
         """Raise ConfigError unless this config fits a model of ``num_layers`` x ``num_heads`` (q heads)."""

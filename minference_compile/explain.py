@@ -32,7 +32,7 @@ class ExplainReport:
         return row.at_length(self.length, self.device or None)
 
     def __str__(self) -> str:
-        head = ["layer", "node", "heads q/kv", "patterns", "vertical", "slash", "rewrite"]
+        head = ["layer", "node", "heads q/kv", "patterns", "rewrite"]
         if self.length is not None:
             head.append(f"at {self.length} on {self.device or 'traced device'}")
         lines = [tuple(head)]
@@ -40,7 +40,8 @@ class ExplainReport:
             res = ("sparse: " if r.rewritten else "dense: ") + r.reason
             layer = f"{r.layer}" + ("" if r.layer_source == "nn_module_stack" else "?")
             heads = f"{r.q_heads}/{r.kv_heads}" + (f" ({r.tp})" if r.tp else "")
-            row = [layer, r.node, heads, _summary(r.patterns), _summary(r.vertical_size), _summary(r.slash_size), res]
+            # each head's pattern label (minference_compile/patterns/): vs(1000,6096), ashape(128,1024), bs(16), ...
+            row = [layer, r.node, heads, _summary(tuple(s.label for s in r.specs)), res]
             if self.length is not None:
                 row.append(self.at(r))
             lines.append(tuple(row))

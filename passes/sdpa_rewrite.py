@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from minference_compile.ops import head_dim_supported  # also registers minference::sparse_prefill
 import minference_compile.ops.padded  # noqa: F401  (registers minference::sparse_prefill_masked)
 import minference_compile.ops.local  # noqa: F401  (registers minference::local_attention)
-from minference_compile.config import PATTERN_IDS, ConfigError, ConfigLike, MInferenceConfig, as_config
+from minference_compile.patterns import AShape, Dense, from_head_entry, pack_layer
+from minference_compile.config import ConfigError, ConfigLike, MInferenceConfig, as_config
 from minference_compile.ops.decide import resolve_min_sparse_len
 
 from .causal_mask import known_eq, prove_causal_mask, shape_of
@@ -87,6 +88,11 @@ class SDPAMatch:
     window: int = 0  # sliding window (local_attention) or 0
     tp: str = ""  # tensor parallel: "rank r/w: q heads a-b of H" or ""
 
+    @property
+    def specs(self) -> tuple:
+        """Per q head: the pattern spec (minference_compile/patterns/) the op's int lists hold."""
+        return tuple(from_head_entry(e) for e in zip(self.patterns, self.vertical_size, self.slash_size))
+
     def at_length(self, length: int, device: Optional[str] = None) -> str:
         """What this node runs for a prompt of ``length`` tokens on ``device`` (default: the traced one),
         before the data-dependent checks (vs_max_work, padding, packed sequences), which are named."""
@@ -98,14 +104,14 @@ class SDPAMatch:
         if self.window:  # the rule minference::local_attention applies (the same length rule as sparse_prefill)
             if length <= self.window:
                 return f"dense: sliding window {self.window} >= length"
-            sparse, why = length_decision([2], [0], [self.window], length, length, self.min_sparse_len, dev)
+            sparse, why = length_decision(*pack_layer([AShape(0, self.window)]), length, length, self.min_sparse_len,
+                                          dev)
             return f"sparse: A-shape 0 + {self.window} (exact sliding window)" if sparse else "dense: " + why
-        ids = [PATTERN_IDS[p] for p in self.patterns]
-        sparse, why = length_decision(ids, self.vertical_size, self.slash_size, length, length, self.min_sparse_len, dev)
+        sparse, why = length_decision(*pack_layer(self.specs), length, length, self.min_sparse_len, dev)
         if not sparse:
             return "dense: " + why
         checks = []
-        if dev == "cuda" and "vertical_and_slash" in self.patterns:
+        if dev == "cuda" and any(s.estimates_work for s in self.specs):
             checks.append("vs_max_work on the estimate")
         if "padding" in self.reason:
             checks.append("padding")
@@ -261,15 +267,15 @@ class MInferenceSDPAPass(_Base):
                       f"of {shard.total}")
         total = shard.total if shard else hq
         self._check_config(layer, total)
-        entries = ()
+        specs = ()  # per q head of this rank: its pattern spec (minference_compile/patterns/)
         if hq:
-            entries = self.config.layer_entries(layer, total)[shard.offset:shard.offset + hq] if shard else \
-                self.config.layer_entries(layer, hq)
+            specs = self.config.layer_specs(layer, total)[shard.offset:shard.offset + hq] if shard else \
+                self.config.layer_specs(layer, hq)
+        ids, vs, ss = pack_layer(specs)  # the op's int lists
         base = dict(
             layer=layer, layer_source=layer_source, module=module, q_heads=hq, kv_heads=hkv,
-            patterns=tuple(e[0] for e in entries), vertical_size=tuple(e[1] for e in entries),
-            slash_size=tuple(e[2] for e in entries), config_source=self.config.source, node=node.name,
-            device=device, tp=tp,
+            patterns=tuple(s.name for s in specs), vertical_size=tuple(vs), slash_size=tuple(ss),
+            config_source=self.config.source, node=node.name, device=device, tp=tp,
         )
 
         def dense(reason: str) -> SDPAMatch:
@@ -313,19 +319,16 @@ class MInferenceSDPAPass(_Base):
             # a sliding-window layer: exact local attention, whatever the config says for its heads
             new = self._insert(graph, node, torch.ops.minference.local_attention.default,
                                (q, k0, v0, proof.padding, proof.positions, proof.window, scale, min_len, layer))
-            base.update(patterns=("stream_llm",) * hq, vertical_size=(0,) * hq, slash_size=(proof.window,) * hq)
+            ids, vs, ss = pack_layer([AShape(0, proof.window)] * hq)
+            base.update(patterns=(AShape.name,) * hq, vertical_size=tuple(vs), slash_size=tuple(ss))
             return self._done(node, new, k, k0, v, v0, mask, proof, base, f"sliding window {proof.window} ({form})",
                               op="local_attention", window=proof.window, min_sparse_len=min_len)
-        if all(e[0] == "dense" for e in entries):
+        if all(i == Dense.id for i in ids):
             return dense("config: all heads dense" + (" (below starting_layer)" if layer < self.config.starting_layer else ""))
-        ids = [PATTERN_IDS[e[0]] for e in entries]
-        vs, ss = list(base["vertical_size"]), list(base["slash_size"])
         tp_world = shard.world if shard else 1
         if shard and min_len < 0 and device:
             # every rank must take the same length decision: resolve "auto" from the whole layer's heads
-            g = self.config.layer_entries(layer, total)
-            min_len = resolve_min_sparse_len(-1, [PATTERN_IDS[e[0]] for e in g], [e[1] for e in g],
-                                             [e[2] for e in g], device)[0]
+            min_len = resolve_min_sparse_len(-1, *pack_layer(self.config.layer_specs(layer, total)), device)[0]
         if tp_world > 1 and not _world_is(tp_world):
             tp_world = 1  # the TP group is not the whole world (DP x TP): vs_max_work decides per rank, see DESIGN.md
         tail = (ids, vs, ss, scale, min_len, self.config.last_q, float(self.config.vs_max_work), layer, tp_world)

@@ -565,3 +565,26 @@ def test_chunked_rows_equal_unchunked(S, c0, device):
     # the chunk's own selection: same scores of the same 64-row means, so the same ids (CPU: exact fp32 path)
     if not CUDA:
         assert torch.equal(block_sparse_index(qc, k, 3), bi[:, :, c0 // 64:])
+
+
+# ---- every registered pattern's kernel path (minference_compile/patterns/), as sparse_prefill runs it on CUDA ----
+
+@pytest.mark.parametrize("name", ["dense", "vertical_and_slash", "stream_llm", "block_sparse",
+                                  "vertical_and_slash_adaptive", "block_sparse_adaptive"])
+@pytest.mark.parametrize("S,Hq,Hkv,D", [(65, 4, 2, 64)] + ([(1000, 8, 2, 128)] if CUDA else []))
+def test_registry_kernel_path(name, S, Hq, Hkv, D, device):
+    """select (index build) + attend_cuda of each pattern against its naive reference; heads of other patterns
+    (head_mask) stay NaN."""
+    from minference_compile.patterns import REGISTRY, HeadGroup
+    from test_patterns import SPECS
+
+    assert set(SPECS) == set(REGISTRY)  # the parametrization above lists every registered pattern
+    cls, dtype = REGISTRY[name], DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    a, b = SPECS[name]
+    specs = tuple(([a, None, b, None] * Hq)[:Hq])
+    group = HeadGroup(q, k, v, D ** -0.5, 64, specs)
+    hm = torch.tensor([s is not None for s in specs], device=device)
+    selection = cls.select(group)
+    out = cls.attend_cuda(group, selection, hm, nan_out(q))
+    check(out, cls.reference(group, selection), dtype, hm)

@@ -213,7 +213,7 @@ def test_arange_positions_mask_is_plain_causal():
 
 def test_custom_scale_reaches_the_estimate(monkeypatch):
     """The estimate ranks at the node's scale (Gemma-style query_pre_attn_scalar), not 1/sqrt(D)."""
-    import minference_compile.ops.library as lib
+    import minference_compile.patterns.vertical_slash as lib  # the vertical-slash pattern's estimate call
 
     seen = []
     real = lib._estimate

@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PATTERN_IDS, MInferenceConfig
-from ..ops.crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH
+from ..patterns import AShape, BlockSparse, Dense, VerticalSlash
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash
 from ..triton_kernels.block_sparse_index import block_sparse_index
 
 BLOCK = 64
+# the fixed patterns' ids (the keep masks below are this module's own, per pattern: see pattern_masks)
+DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = Dense.id, VerticalSlash.id, AShape.id, BlockSparse.id
 IMPL = "minference_recall"
 _STATE: dict = {}  # active collection: {"configs", "rows", "min_len", "out"}
 

@@ -3,6 +3,8 @@
 Measured on an H100 (torch 2.11, bf16, llama3-8b shape, benchmarks/results/bench-crossover-*.csv and
 bench-full-*.csv; `python -m benchmarks.run --crossover`), kernel + index build against cuDNN SDPA in the same run:
 
+Each pattern's rule lives with its spec (``min_sparse_len()`` in minference_compile/patterns/*.py):
+
 * A-shape 128 + 4096: 0.94x at 8K, 1.54-1.64x at 16K. The kernel runs at ~0.7 of cuDNN's rate on the pairs
   it keeps, so it wins once coverage (init + local) * S / (S^2 / 2) < ~0.5: S > 4 * (init + local).
 * block-sparse top-100: 0.93x at 16K (index build included), 1.88x at 32K. Coverage 2 * 64 * topk / S
@@ -28,9 +30,6 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
-
-
 MIN_CHUNK_ROWS = 64
 
 
@@ -40,22 +39,15 @@ def effective_len(q_len: int, kv_len: int) -> int:
     return 2 * kv_len - q_len
 
 
-def _round_up(x: int, to: int = 1024) -> int:
+def round_up(x: int, to: int = 1024) -> int:
     return -(-x // to) * to
 
 
 def pattern_min_len(pattern: int, vertical_size: int, slash_size: int) -> int:
-    from .adaptive import BS_ADAPTIVE, VS_ADAPTIVE, unpack_threshold
-    if pattern in (VS_ADAPTIVE, BS_ADAPTIVE):  # unmeasured: as the fixed pattern at the caps (conservative)
-        return pattern_min_len(VERTICAL_SLASH if pattern == VS_ADAPTIVE else BLOCK_SPARSE, vertical_size,
-                               unpack_threshold(slash_size)[0])
-    if pattern == STREAM_LLM:
-        return _round_up(4 * (vertical_size + slash_size))
-    if pattern == BLOCK_SPARSE:
-        return _round_up(320 * vertical_size)
-    if pattern == VERTICAL_SLASH:
-        return 32768 if slash_size <= 1024 else 131072
-    return 0
+    """One head's crossover from its op slots: the pattern's own rule (``min_sparse_len`` of its spec in
+    minference_compile/patterns/, where the measurements above are applied)."""
+    from ..patterns import unpack  # the registry imports this module
+    return unpack(pattern, vertical_size, slash_size).min_sparse_len()
 
 
 def auto_min_sparse_len(patterns: Sequence[int], vertical_size: Sequence[int], slash_size: Sequence[int],

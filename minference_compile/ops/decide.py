@@ -6,15 +6,12 @@ from typing import Sequence, Tuple
 
 from .crossover import MIN_CHUNK_ROWS, auto_min_sparse_len, effective_len, runs_sparse
 
-PATTERN_NAMES = ("dense", "vertical_and_slash", "stream_llm", "block_sparse", "vertical_and_slash_adaptive",
-                 "block_sparse_adaptive")
-ADAPTIVE = (4, 5)
-
 
 def pattern_summary(patterns: Sequence[int]) -> str:
+    from ..patterns import BY_ID  # the registry imports this package
     counts = {}
     for p in patterns:
-        name = PATTERN_NAMES[p] if 0 <= p < len(PATTERN_NAMES) else str(p)
+        name = BY_ID[p].name if p in BY_ID else str(p)
         counts[name] = counts.get(name, 0) + 1
     return ", ".join(f"{n} x{c}" for n, c in counts.items())
 
@@ -37,8 +34,12 @@ def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int
         return False, "config: all heads dense"
     if q_len > kv_len:
         return False, f"q_len {q_len} > kv_len {kv_len}"
-    if q_len < kv_len and any(p in ADAPTIVE for p in patterns):
-        return False, f"adaptive patterns run unchunked pre-fill only (chunk of {q_len} rows at kv_len {kv_len})"
+    if q_len < kv_len:
+        from ..patterns import by_id
+        unchunked = sorted({by_id(p).name for p in patterns if not by_id(p).chunked})
+        if unchunked:  # (the adaptive patterns)
+            return False, (f"{', '.join(unchunked)} run unchunked pre-fill only (chunk of {q_len} rows at kv_len "
+                           f"{kv_len})")
     if q_len < kv_len and q_len < MIN_CHUNK_ROWS:
         return False, f"q_len {q_len} < {MIN_CHUNK_ROWS} rows against kv_len {kv_len} (decode / short chunk tail run dense)"
     t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type)

@@ -1,4 +1,5 @@
-"""torch.library custom ops `minference::*`: CPU -> ops/cpu.py, CUDA -> triton_kernels/*.
+"""torch.library custom ops `minference::*`: CPU -> ops/cpu.py, CUDA -> triton_kernels/*; ``sparse_prefill`` runs
+each head's pattern through the registry (minference_compile/patterns/: index build, CPU path or kernel).
 
 The ops do not validate (the public functions in api.py do). Outputs are always contiguous
 (fake and real alike), so Inductor's assumed layout matches what the kernels write.
@@ -10,17 +11,17 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..patterns import base as registry
+from ..patterns.a_shape import streaming as _streaming
+from ..patterns.block_sparse import block_sparse as _block_sparse_fwd
+from ..patterns.vertical_slash import vertical_slash as _vertical_slash
 from ..triton_kernels._torch_util import device_tensor
-from . import cpu
-from .adaptive import BS_ADAPTIVE, VS_ADAPTIVE
-from .crossover import BLOCK_SPARSE, DENSE, STREAM_LLM, VERTICAL_SLASH
 from .decide import length_decision
 from .dense import dense_attention
 from .record import RECORD
 from .tp import layer_mean
-from .estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
+from .estimate import estimate_vertical_slash as _estimate
 from .validate import check_head_dim
-
 
 
 def _scale(q: Tensor, scale: Optional[float]) -> float:
@@ -31,32 +32,9 @@ def _empty(q: Tensor) -> Tensor:
     return q.new_empty(q.shape)
 
 
-# ---- device dispatch of the pattern kernels (head_mask / out: kernel-level conventions) ----
-
-def _vertical_slash(q, k, v, vertical, slash, scale, head_mask=None, out=None, index=None):
-    if q.device.type == "cpu":
-        return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
-    from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
-    from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
-    if index is None:
-        index = build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
-    return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
-
-
 def _block_sparse(q, k, v, topk, scale, head_mask=None, out=None):
     from ..triton_kernels.block_sparse_index import block_sparse_index
-    block_index = block_sparse_index(q, k, topk)
-    if q.device.type == "cpu":
-        return cpu.block_sparse_attention(q, k, v, block_index, scale, head_mask, out)
-    from ..triton_kernels.block_sparse import block_sparse_attention_fwd
-    return block_sparse_attention_fwd(q, k, v, block_index, scale, head_mask=head_mask, out=out, compact=True)
-
-
-def _streaming(q, k, v, init_num: Tensor, local_window: Tensor, scale, head_mask=None, out=None):
-    if q.device.type == "cpu":
-        return cpu.streaming_attention(q, k, v, init_num, local_window, scale, head_mask, out)
-    from ..triton_kernels.streaming import streaming_attention_fwd
-    return streaming_attention_fwd(q, k, v, init_num, local_window, scale, head_mask=head_mask, out=out)
+    return _block_sparse_fwd(q, k, v, block_sparse_index(q, k, topk), scale, head_mask, out)
 
 
 def _per_head(value: int, q: Tensor) -> Tensor:
@@ -109,92 +87,51 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
-    if not set(patterns) <= {DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE, VS_ADAPTIVE, BS_ADAPTIVE}:
-        raise ValueError(f"unknown pattern id in {list(patterns)} (0 dense, 1 vertical_and_slash, "
-                         "2 stream_llm, 3 block_sparse, 4 vertical_and_slash_adaptive, 5 block_sparse_adaptive)")
+    # per head its spec (minference_compile/patterns/): an unknown id or a bad budget is a clear error here
+    specs = [registry.unpack(p, vs, ss) for p, vs, ss in zip(patterns, vertical_size, slash_size)]
     sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
     if not sparse:
         RECORD.add(layer, "dense", reason, Sq, S)
         return dense_attention(q, k, v, scale)
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
-    present = set(patterns)
+    present = sorted(set(patterns))
     masks = {}
 
     def heads(p: int) -> Optional[Tensor]:
         # one pattern in the layer: no mask (the kernels compile without it); else one device copy per pattern
-        if present == {p}:
+        if len(present) == 1:
             return None
         if p not in masks:
             masks[p] = device_tensor([x == p for x in patterns], q.device, torch.bool)
         return masks[p]
 
-    def budget(p: int, fill: int) -> List[int]:
-        return [s if x == p else fill for x, s in zip(patterns, vertical_size)]
-
-    vs_index = None
-    if VERTICAL_SLASH in present:  # first: a too-dense estimate can send the whole layer to cuDNN
-        slash_budget = [s if x == VERTICAL_SLASH else 0 for x, s in zip(patterns, slash_size)]
-        vertical, slash = _estimate(q, k, budget(VERTICAL_SLASH, 0), slash_budget, last_q, SINK_TOKENS,
-                                    LOCAL_WINDOW, scale=scale)
-        if q.device.type == "cuda":  # CPU runs the masked reference path: no speed to protect there
-            from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for, work_share
-            vs_index = build_vertical_slash_index(vertical, slash, S, pair=pair_for(q.shape[-1]), q_len=Sq)
-            if vs_max_work < 1.0 and present <= {VERTICAL_SLASH, DENSE}:
-                # mean over the VS heads (the others' budgets are 0), over all tensor-parallel ranks
-                share = work_share(vs_index, S, q_len=Sq)
-                vs_heads = heads(VERTICAL_SLASH)
-                if vs_heads is not None:
-                    share = share * vs_heads
-                n_vs = q.shape[0] * sum(p == VERTICAL_SLASH for p in patterns)
-                work = layer_mean(share.sum(), n_vs, tp_world)  # the one host sync
-                if work > vs_max_work:
-                    RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
-                               f"pairs > {vs_max_work:.2f}", Sq, S)
-                    return dense_attention(q, k, v, scale)
+    groups = {p: registry.HeadGroup(q, k, v, scale, last_q, tuple(sp if x == p else None
+                                                                   for x, sp in zip(patterns, specs)))
+              for p in present}
+    # patterns with a work estimate (vertical-slash) select first: a too-dense estimate can send the whole layer
+    # to cuDNN (CUDA; CPU runs the masked reference path: no speed to protect there)
+    selections = {p: registry.by_id(p).select(groups[p]) for p in present if registry.by_id(p).estimates_work}
+    sparse_heads = [p for p in present if p != 0]  # dense heads (id 0) cost what they cost
+    if q.device.type == "cuda" and vs_max_work < 1.0 and sparse_heads and all(p in selections for p in sparse_heads):
+        total, n = 0, 0
+        for p in sparse_heads:
+            share = registry.by_id(p).work_share(groups[p], selections[p])
+            if heads(p) is not None:
+                share = share * heads(p)
+            total = total + share.sum()
+            n += q.shape[0] * sum(x == p for x in patterns)
+        work = layer_mean(total, n, tp_world)  # the one host sync: mean over the layer's heads on every TP rank
+        if work > vs_max_work:
+            RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
+                       f"pairs > {vs_max_work:.2f}", Sq, S)
+            return dense_attention(q, k, v, scale)
     RECORD.add(layer, "sparse", reason, Sq, S)
     out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
-    if DENSE in present:
-        if q.device.type == "cpu":
-            cpu.causal_attention(q, k, v, scale, heads(DENSE), out)
-        else:  # streaming with init_num >= S is dense causal attention
-            whole = _per_head(S, q)
-            _streaming(q, k, v, whole, whole, scale, heads(DENSE), out)
-    if VERTICAL_SLASH in present:
-        _vertical_slash(q, k, v, vertical, slash, scale, heads(VERTICAL_SLASH), out, vs_index)
-    if STREAM_LLM in present:
-        init = device_tensor(vertical_size, q.device)
-        local = device_tensor(slash_size, q.device)
-        _streaming(q, k, v, init, local, scale, heads(STREAM_LLM), out)
-    if BLOCK_SPARSE in present:
-        topks = {s for x, s in zip(patterns, vertical_size) if x == BLOCK_SPARSE}
-        topk = topks.pop() if len(topks) == 1 else budget(BLOCK_SPARSE, 1)  # a list: its max needs no sync
-        _block_sparse(q, k, v, topk, scale, heads(BLOCK_SPARSE), out)
-    if present & {VS_ADAPTIVE, BS_ADAPTIVE}:
-        _adaptive(q, k, v, patterns, vertical_size, slash_size, scale, last_q, heads, out)
+    for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
+        cls = registry.by_id(p)
+        sel = selections.pop(p) if p in selections else cls.select(groups[p])
+        cls.attend(groups[p], sel, heads(p), out)
     return out
-
-
-def _adaptive(q, k, v, patterns, vertical_size, slash_size, scale, last_q, heads, out) -> None:
-    """Heads of patterns 4/5 (ops/adaptive.py): caps in vertical_size (and slash_size), thresholds packed in
-    slash_size; other heads get cap 0 (they select nothing and are not computed)."""
-    from .adaptive import adaptive_block_sparse_index, adaptive_vertical_slash, unpack_threshold
-    slots = [unpack_threshold(s) for s in slash_size]
-    for p in (VS_ADAPTIVE, BS_ADAPTIVE):
-        if p not in patterns:
-            continue
-        cap_v = [vv if x == p else 0 for x, vv in zip(patterns, vertical_size)]
-        cap_s = [c if x == p else 0 for x, (c, _) in zip(patterns, slots)]
-        thr = [t for _, t in slots]
-        if p == VS_ADAPTIVE:
-            vertical, slash = adaptive_vertical_slash(q, k, cap_v, cap_s, thr, last_q)
-            _vertical_slash(q, k, v, vertical, slash, scale, heads(p), out)
-        else:
-            index = adaptive_block_sparse_index(q, k, cap_v, thr)
-            if q.device.type == "cpu":
-                cpu.block_sparse_attention(q, k, v, index, scale, heads(p), out)
-            else:
-                from ..triton_kernels.block_sparse import block_sparse_attention_fwd
-                block_sparse_attention_fwd(q, k, v, index, scale, head_mask=heads(p), out=out, compact=True)
 
 
 @vertical_slash_attention.register_fake

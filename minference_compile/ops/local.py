@@ -13,13 +13,12 @@ from typing import Optional
 
 import torch
 
-from . import cpu
-from .crossover import STREAM_LLM
+from ..patterns import AShape, pack_layer
+from ..patterns.a_shape import streaming
 from .decide import length_decision
 from .dense import dense_attention
 from .padded import _irregular, mask_inputs
 from .record import RECORD
-from ..triton_kernels._torch_util import device_tensor
 
 
 @torch.library.custom_op("minference::local_attention", mutates_args=())
@@ -43,19 +42,13 @@ def local_attention(
     if keep is not None or pos is not None:
         why = _irregular(padding_mask, position_ids, keep, pos)
     if not why:  # the length rule of sparse_prefill (chunks: q_len < kv_len, the last q_len positions)
-        sparse, rule = length_decision([STREAM_LLM], [0], [window], sq, skv, min_sparse_len, q.device.type)
+        sparse, rule = length_decision(*pack_layer([AShape(0, window)]), sq, skv, min_sparse_len, q.device.type)
         why = "" if sparse else rule
     if why:
         RECORD.add(layer, "dense", f"sliding window {window}: {why}", sq, skv)
         return dense_attention(q, k, v, scale, keep, positions=pos, window=window)
     RECORD.add(layer, "sparse", f"sliding window {window}: A-shape init 0, local {window}", sq, skv)
-    if q.device.type == "cpu":
-        return cpu.streaming_attention(q, k, v, 0, window, scale)
-    from ..triton_kernels.streaming import streaming_attention_fwd
-
-    H = q.shape[1]
-    return streaming_attention_fwd(q, k, v, device_tensor([0] * H, q.device), device_tensor([window] * H, q.device),
-                                   scale, out=q.new_empty(q.shape))
+    return streaming(q, k, v, 0, window, scale, out=q.new_empty(q.shape))
 
 
 @local_attention.register_fake

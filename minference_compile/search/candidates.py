@@ -4,50 +4,48 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from ..config import ADAPTIVE_THRESHOLD_KEYS
+from ..patterns import Pattern, by_name, parse_label
 
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    pattern: str  # a config.PATTERNS name
-    v: int = 0  # vertical budget / cap, A-shape init, block-sparse top-k / cap
-    s: int = 0  # slash budget / cap, A-shape local window
+    pattern: str  # a registered pattern name (minference_compile/patterns/)
+    v: int = 0  # the seed entry's 2nd element: vertical budget / cap, A-shape init, block-sparse top-k / cap
+    s: int = 0  # its 3rd: slash budget / cap, A-shape local window (0 where the pattern leaves it unused)
     threshold: Optional[float] = None  # gamma / tau of the adaptive patterns
 
     @property
     def adaptive(self) -> bool:
-        return self.pattern in ADAPTIVE_THRESHOLD_KEYS
+        return by_name(self.pattern).THRESHOLD is not None
+
+    @property
+    def spec(self) -> Pattern:
+        """The typed spec (validated), e.g. VerticalSlash(100, 800)."""
+        return by_name(self.pattern).from_entry(self.entry_numbers())
+
+    def entry_numbers(self) -> list:
+        cls = by_name(self.pattern)
+        return [self.pattern, self.v, self.s, 0] + ([{cls.THRESHOLD: self.threshold}] if cls.THRESHOLD else [])
+
+    @classmethod
+    def from_spec(cls, spec: Pattern) -> "Candidate":
+        """A spec as a candidate (adaptive: its threshold in effect, the default when the entry gave none)."""
+        _, v, s, *_ = spec.to_entry()
+        return cls(spec.name, v, s, spec.threshold if spec.THRESHOLD else None)
 
     @property
     def name(self) -> str:
-        short = {"dense": "dense", "vertical_and_slash": "vs", "stream_llm": "ashape", "block_sparse": "bs",
-                 "vertical_and_slash_adaptive": "vsa", "block_sparse_adaptive": "bsa"}[self.pattern]
-        if self.pattern == "dense":
-            return short
-        args = f"{self.v}" if self.pattern.startswith("block") else f"{self.v},{self.s}"
-        return f"{short}({args}" + (f";{self.threshold:g})" if self.adaptive else ")")
+        """The spec's label: dense, vs(100,800), ashape(128,1024), bs(16), vsa(1000,6096;0.9), bsa(128;0.9)."""
+        return self.spec.label
 
     def entry(self, score: float) -> list:
         """The head's entry in the seed's JSON format (adaptive: the threshold as a 5th element)."""
-        out = [self.pattern, self.v, self.s, round(float(score), 4)]
-        if self.adaptive:
-            out.append({ADAPTIVE_THRESHOLD_KEYS[self.pattern]: self.threshold})
-        return out
+        return self.spec.to_entry(round(float(score), 4))
 
 
 def parse(name: str) -> Candidate:
     """Inverse of Candidate.name."""
-    if name == "dense":
-        return Candidate("dense")
-    head, args = name.rstrip(")").split("(")
-    thr = None
-    if ";" in args:
-        args, t = args.split(";")
-        thr = float(t)
-    nums = [int(x) for x in args.split(",")]
-    pattern = {"vs": "vertical_and_slash", "ashape": "stream_llm", "bs": "block_sparse",
-               "vsa": "vertical_and_slash_adaptive", "bsa": "block_sparse_adaptive"}[head]
-    return Candidate(pattern, nums[0], nums[1] if len(nums) > 1 else 0, thr)
+    return Candidate.from_spec(parse_label(name))
 
 
 SEED = Candidate("vertical_and_slash", 1000, 6096)

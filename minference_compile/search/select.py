@@ -39,17 +39,11 @@ def config_list(pick: torch.Tensor, recall: torch.Tensor, candidates: list) -> l
 
 def picks_of_config(cfg, candidates: list, L: int, H: int) -> torch.Tensor:
     """[L, H] candidate index of each head of a MInferenceConfig (KeyError if an entry is not a candidate)."""
-    from ..ops.adaptive import unpack_threshold
-
     index = {c: i for i, c in enumerate(candidates)}
     pick = torch.empty(L, H, dtype=torch.long)
     for li in range(L):
         for h in range(H):
-            p, v, s = cfg.head_entry(li, h)
-            thr = None
-            if p.endswith("_adaptive"):
-                s, thr = unpack_threshold(s)
-            c = Candidate(p, v if p != "dense" else 0, s if p not in ("dense", "block_sparse") else 0, thr)
+            c = Candidate.from_spec(cfg.head_spec(li, h))
             if c not in index:
                 raise KeyError(f"layer {li} head {h}: {c.name} is not among the searched candidates")
             pick[li, h] = index[c]

@@ -32,13 +32,8 @@ def _config_for(model_dir: str, path):
 
 
 def _entry_candidate(entry) -> Candidate:
-    from ..ops.adaptive import unpack_threshold
-
-    p, v, s = entry
-    if p.endswith("_adaptive"):
-        s, thr = unpack_threshold(s)
-        return Candidate(p, v, s, thr)
-    return Candidate(p, v, s)
+    from ..patterns import as_spec
+    return Candidate.from_spec(as_spec(entry))
 
 
 # ---------------------------------------------------------------------------------------------------- explain

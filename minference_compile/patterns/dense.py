@@ -1,0 +1,36 @@
+"""``dense``: exact causal attention for the head (id 0; both slots unused)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..triton_kernels import naive
+from ..ops import cpu
+from .a_shape import streaming_kernel
+from .base import HeadGroup, Pattern, register
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Dense(Pattern):
+    name = "dense"
+    id = 0
+    short = "dense"
+
+    def min_sparse_len(self) -> int:
+        return 0  # a dense head never holds its layer back
+
+    @classmethod
+    def attend_cpu(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
+        return cpu.causal_attention(group.q, group.k, group.v, group.scale, head_mask, out)
+
+    @classmethod
+    def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
+        # A-shape with init_num >= S is dense causal attention (one launch with the sparse heads' conventions)
+        whole = torch.full((group.q.shape[1],), group.k.shape[2], dtype=torch.int32, device=group.q.device)
+        return streaming_kernel(group.q, group.k, group.v, whole, whole, group.scale, head_mask, out)
+
+    @classmethod
+    def reference(cls, group: HeadGroup, selection) -> torch.Tensor:
+        return naive.dense_causal_ref(group.q, group.k, group.v, group.scale)

@@ -1,0 +1,88 @@
+"""``vertical_and_slash`` (the seed's block-rounded vertical-slash): per head the ``vertical_size`` key columns and
+``slash_size`` diagonals ranked by the estimate of the last ``last_q`` queries (ops/estimate.py). Seed entry
+``["vertical_and_slash", vertical_size, slash_size, score]``; id 1."""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..triton_kernels import naive
+from ..ops import cpu
+from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
+from .base import HeadGroup, Pattern, Slot, register
+
+
+class VSSelection(NamedTuple):
+    vertical: torch.Tensor  # [B, Hq, NV] int32 key columns, -1 padded
+    slash: torch.Tensor  # [B, Hq, NS] int32 diagonal offsets, -1 padded
+    index: Optional[object] = None  # CUDA: the kernel's VSIndex, built once (the work check reads it too)
+
+
+def build_index(q, k, vertical, slash):
+    """The vertical-slash kernel's index (triton_kernels/vertical_slash_index.py) for q [B, Hq, Sq, D] over S keys."""
+    from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
+    return build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
+
+
+def vertical_slash_kernel(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None):
+    """The Triton kernel (CUDA; CPU tensors under TRITON_INTERPRET=1) from the column / offset sets (index: the
+    prebuilt index of those sets, else built here)."""
+    from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
+    if index is None:
+        index = build_index(q, k, vertical, slash)
+    return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
+
+
+def vertical_slash(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None) -> torch.Tensor:
+    """Vertical-slash attention on q's device: the CPU path or the kernel."""
+    if q.device.type == "cpu":
+        return cpu.vertical_slash_attention(q, k, v, vertical, slash, scale, head_mask, out)
+    return vertical_slash_kernel(q, k, v, vertical, slash, scale, head_mask, out, index)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class VerticalSlash(Pattern):
+    vertical_size: int
+    slash_size: int
+
+    name = "vertical_and_slash"
+    id = 1
+    short = "vs"
+    estimates_work = True
+    SLOTS = (Slot("vertical_size", "vertical_size", 1), Slot("slash_size", "slash_size", 1))
+
+    def min_sparse_len(self) -> int:
+        # coverage depends on the prompt: measured by slash budget, (100, 800) wins from 32K, (1000, 6096) from 128K
+        return 32768 if self.slash_size <= 1024 else 131072
+
+    @classmethod
+    def select(cls, group: HeadGroup) -> VSSelection:
+        q, k = group.q, group.k
+        vertical, slash = _estimate(q, k, group.values("vertical_size", 0), group.values("slash_size", 0),
+                                    group.last_q, SINK_TOKENS, LOCAL_WINDOW, scale=group.scale)
+        # CPU runs the masked reference path: no index to build there
+        return VSSelection(vertical, slash, build_index(q, k, vertical, slash) if q.device.type == "cuda" else None)
+
+    @classmethod
+    def attend_cpu(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
+        return cpu.vertical_slash_attention(group.q, group.k, group.v, selection.vertical, selection.slash,
+                                            group.scale, head_mask, out)
+
+    @classmethod
+    def attend_cuda(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
+        return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
+                                     head_mask, out, selection.index)
+
+    @classmethod
+    def reference(cls, group: HeadGroup, selection: VSSelection) -> torch.Tensor:
+        return naive.vertical_slash_ref(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale)
+
+    @classmethod
+    def work_share(cls, group: HeadGroup, selection: VSSelection) -> Optional[torch.Tensor]:
+        if selection.index is None:
+            return None
+        from ..triton_kernels.vertical_slash_index import work_share
+        return work_share(selection.index, group.k.shape[2], q_len=group.q.shape[2])
