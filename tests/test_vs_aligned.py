@@ -187,3 +187,47 @@ def test_vertical_slash_aligned_head_mask(device):
     idx = build_vertical_slash_index(vert, slash, S, aligned=True)
     out = vertical_slash_attention_fwd(q, k, v, idx, None, hm, nan_out(q))
     check(out, naive.vertical_slash_ref(q, k, v, vert, slash, aligned=True), dtype, hm)
+
+
+# ----------------------------------------------------------------------------------------------------
+# benchmark plumbing: the +aligned cases, the pair coverage and the CPU tile/step counts they report
+
+
+def test_benchmark_aligned_cases_and_coverage():
+    from benchmarks import coverage as cov
+    from benchmarks.registry import parse_cases
+    cases = parse_cases("vs-1000/6096+aligned,vs-100/800+aligned")
+    assert [c.params["aligned"] for c in cases] == [True, True] and cases[1].params["ns"] == 800
+    assert not parse_cases("vs-1000/6096")[0].params.get("aligned", False)
+    # the pattern's exact pair share (no query offset): block-rounded coverage of the aligned tile offsets
+    S = 300
+    vert, slash = rand_index(B, 3, 6, S, "cpu"), rand_index(B, 3, 9, S, "cpu")
+    slash[0, 0, :3] = torch.tensor([299, 250, 63])
+    mask = naive.vertical_slash_aligned_mask(vert, slash, S)
+    want = mask.sum((-1, -2)).double() / (S * (S + 1) / 2)
+    assert torch.allclose(torch.from_numpy(cov.coverage(vert, aligned_offsets(slash, S), S)), want)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("pair", [False, True])
+def test_benchmark_tile_steps(aligned, pair):
+    """aligned_tiles._steps counts the slash loop steps and the masked-branch steps of _slash_tile exactly."""
+    from benchmarks.aligned_tiles import _steps
+    S = 700
+    slash = rand_index(1, 4, 25, S, "cpu")
+    slash[0, 1, 10:18] = torch.tensor([40, 60, 100, 150, 260, 300, 330, 390])
+    idx = build_vertical_slash_index(torch.full((1, 4, 1), -1), slash, S, pair=pair, aligned=aligned)
+    m0s = [64 * qb for qb in range(-(-S // 64))]
+    for h in range(4):
+        for off, lo, cnt, beg, width in ((idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, 64),
+                                         (idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, 128)):
+            steps = masked = 0
+            for qb, m0 in enumerate(m0s):  # the kernel's loop and branch condition
+                for t in range(int(beg[0, h, qb]), int(cnt[0, h])):
+                    d, s_lo = int(off[0, h, t]), int(lo[0, h, t])
+                    full = m0 - d >= 0 and d - width + 64 >= s_lo and d - width + 64 >= 63
+                    steps, masked = steps + 1, masked + (not full)
+            n = int(cnt[0, h])
+            got = _steps(off[0, h].numpy().astype("int64"), lo[0, h].numpy().astype("int64"), n,
+                         torch.tensor(m0s).numpy(), width)
+            assert got == (steps, masked)
