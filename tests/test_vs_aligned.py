@@ -179,6 +179,17 @@ def test_vertical_slash_aligned_half(dtype, device):
               naive.vertical_slash_ref(q, k, v, vert, slash, aligned=True), dtype)
 
 
+@pytest.mark.parametrize("block", [16, 32])
+def test_vertical_slash_aligned_finer_blocks(block, device):
+    # the granularity experiment's block sizes: tiles at multiples of `block`, tile_prefix in units of `block`
+    S, Sq = 150, 107
+    q, k, v = qkv(S, 2, 1, 64, DTYPES[0], device, q_len=Sq)
+    vert, slash = rand_index(B, 2, 5, S, device), rand_index(B, 2, 9, S, device)
+    idx = build_vertical_slash_index(vert, slash, S, block=block, q_len=Sq, aligned=True)
+    out = vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), block=block)
+    check(out, naive.vertical_slash_ref(q, k, v, vert, slash, block=block, aligned=True), DTYPES[0])
+
+
 def test_vertical_slash_aligned_head_mask(device):
     dtype, S, Hq = DTYPES[-1], 130, 4
     q, k, v = qkv(S, Hq, 2, 64, dtype, device, layout="bshd")
