@@ -5,7 +5,7 @@ import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
                       qk_scale)
-from .vertical_slash_index import VSIndex
+from .vertical_slash_index import VSIndex, aligned_slots
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
 # BLOCK_N to 64 by the tile width, so one warpgroup (4 warps) per 64-row tile. The K/V addresses come from
@@ -126,7 +126,7 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     nqb = triton.cdiv(SQ, block)
     aligned = idx.tile_prefix.shape[-1] > 0
     prefix = idx.tile_prefix if aligned else idx.slash_prefix
-    n_pref = S // block + 2 if aligned else S
+    n_pref = aligned_slots(S, block) if aligned else S
     assert idx.tile_begin.shape[-1] == nqb and prefix.shape[-1] == n_pref + 1, "index built for another seq_len/block"
     if SQ == 0:
         return finish(out, work, head_mask)

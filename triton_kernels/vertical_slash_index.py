@@ -39,15 +39,20 @@ class VSIndex(NamedTuple):
 
 def aligned_offsets(slash: torch.Tensor, seq_len: int, block: int = 64) -> torch.Tensor:
     """slash [B,H,NS] int -> [B,H,2 NS] int64: the block-aligned tile offsets d (multiples of `block`) whose key
-    tiles [m0 - d, m0 - d + block) intersect a selected offset's range [m0 - s, m0 - s + block), i.e.
-    block * floor(s / block) and, when s % block != 0, the next multiple; -1 where s is outside [0, seq_len) or
-    s is a multiple. Values lie in [0, seq_len + block). Block-rounded attention over these offsets (a d >= seq_len
-    included) is the aligned semantics of docs/DESIGN.md."""
+    tiles [m0 - d, m0 - d + block) intersect a selected offset's range [m0 - s, m0 - s + block): entry k holds
+    block * floor(s_k / block), entry NS + k the next multiple when s_k % block != 0; -1 where there is none (s_k
+    outside [0, seq_len), or a multiple for the second). Values lie in [0, seq_len + block). Block-rounded attention
+    over these offsets (a d >= seq_len included) is the aligned semantics of docs/DESIGN.md."""
     s = slash.long()
     ok = (s >= 0) & (s < seq_len)
     d0 = torch.where(ok, s - s % block, -1)
     d1 = torch.where(ok & (s % block != 0), d0 + block, -1)
     return torch.cat([d0, d1], -1)
+
+
+def aligned_slots(seq_len: int, block: int = 64) -> int:
+    """Tile slots t = d / block of an aligned index (d < seq_len + block): tile_prefix has this + 1 entries."""
+    return seq_len // block + 2
 
 
 def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: bool) -> torch.Tensor:
@@ -131,7 +136,7 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     column_count = torch.searchsorted(cols.contiguous(), (m0 + block - 1).expand(B, H, nqb).contiguous(), right=True)
 
     # prefix[x] = #selected offsets < x (aligned: over tile slots t = d / block, O(S / block) per head)
-    n_pref, key = (S // block + 2, s // block) if aligned else (S, s)
+    n_pref, key = (aligned_slots(S, block), s // block) if aligned else (S, s)
     cnt = torch.zeros(B, H, n_pref + 1, dtype=torch.int32, device=dev)
     cnt.scatter_add_(-1, torch.where(valid, key + 1, 0), valid.to(torch.int32))
     prefix = cnt.cumsum(-1, dtype=torch.int32)
