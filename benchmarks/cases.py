@@ -69,7 +69,13 @@ def vs(case, q, k, v, S, seed=0):
     op_fn = None if aligned else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
     return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index), c, index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
-                    note=f"generated sets seed={seed}" + (" aligned tiles" if aligned else ""))
+                    note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
+                    + (", aligned tiles" if aligned else ""))
+
+
+def _tile_slots(index) -> float:
+    """Mean slash tile slots per head of a VSIndex (a 128-key wide tile counts two)."""
+    return float((index.tile_count + 2 * index.wide_count).float().mean())
 
 
 def bs(case, q, k, v, S):

@@ -257,3 +257,15 @@ def test_aligned_chunk_rows_equal_unchunked(device):
     qc = q[:, :, c0:]
     idx = build_vertical_slash_index(vert, slash, S, q_len=S - c0, aligned=True)
     assert torch.equal(vertical_slash_attention_fwd(qc, k, v, idx, None, out=nan_out(qc)), full[:, :, c0:])
+
+
+def test_benchmark_vs_case_prepares_aligned_index():
+    """The runner's set-up of the +aligned case (CPU tensors: nothing timed): an aligned index, its pair coverage
+    and work share, no op timing (the op is block-rounded)."""
+    from benchmarks import cases as C
+    from benchmarks.registry import CASE_BY_NAME
+    S = 2048
+    q = k = v = torch.zeros(1, 2, S, 64)
+    plain, al = (C.vs(CASE_BY_NAME[n], q, k, v, S) for n in ("vs-100/800", "vs-100/800+aligned"))
+    assert plain.op_fn is not None and al.op_fn is None and "aligned" in al.note and "tile slots" in al.note
+    assert al.coverage >= plain.coverage and 0 < al.tile_cov
