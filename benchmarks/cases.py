@@ -47,24 +47,35 @@ def dense(case, q, k, v, S):
 def vs(case, q, k, v, S, seed=0):
     from minference_compile.ops import estimate_vertical_slash, vertical_slash_sparse_attention
     from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
-    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
+    from minference_compile.triton_kernels.vertical_slash_index import (aligned_offsets, build_vertical_slash_index,
+                                                                        pair_for)
     nv, ns = case.params["nv"], case.params["ns"]
+    aligned = case.params.get("aligned", False)
     Hq = q.shape[1]
     vert, slash = generate_vs(S, Hq, nv, ns, seed=seed)
-    c = float(cov.coverage(vert, slash, S).mean())
+    # aligned: its pairs are the block-rounded pairs of the aligned tile offsets (those >= S reach no key here:
+    # no query offset)
+    c = float(cov.coverage(vert, aligned_offsets(slash, S) if aligned else slash, S).mean())
     vert, slash = vert.to(q.device), slash.to(q.device)
     pair = case.params.get("pair")
-    kw = {"pair": pair_for(q.shape[-1]) if pair is None else pair}  # None: what the op path does
+    kw = {"pair": pair_for(q.shape[-1]) if pair is None else pair, "aligned": aligned}  # pair None: the op's
     index = build_vertical_slash_index(vert, slash, S, **kw)
 
     def index_fn():
         ev, es = estimate_vertical_slash(q, k, nv, ns)
         return build_vertical_slash_index(ev, es, S, **kw)
 
-    return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index),
-                    c, index_fn, lambda: vertical_slash_sparse_attention(q, k, v, vert, slash),
+    # the public op has block-rounded semantics only: no op timing for aligned
+    op_fn = None if aligned else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
+    return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index), c, index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
-                    note=f"generated sets seed={seed}")
+                    note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
+                    + (", aligned tiles" if aligned else ""))
+
+
+def _tile_slots(index) -> float:
+    """Mean slash tile slots per head of a VSIndex (a 128-key wide tile counts two)."""
+    return float((index.tile_count + 2 * index.wide_count).float().mean())
 
 
 def bs(case, q, k, v, S):

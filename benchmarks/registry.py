@@ -40,6 +40,10 @@ CASES = [
     Case("vs-1000/6096-nopair", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "pair": False}),
     Case("vs-100/800+pair", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "pair": True}),
     Case("vs-100/800-nopair", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "pair": False}),
+    # aligned slash tiles (benchmarks/NOTES.md #16): same sets, whole 64-aligned key tiles (a superset of the
+    # block-rounded pairs), pairing as the library default for the head dim
+    Case("vs-1000/6096+aligned", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "aligned": True}),
+    Case("vs-100/800+aligned", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "aligned": True}),
 ]
 CASE_BY_NAME = {c.name: c for c in CASES}
 

@@ -115,13 +115,15 @@ def rand_index(B_, H, n, S, device, lo=-1):
 
 def implied_keys(idx, S, q_len=None):
     """[B,H,Sq,S] int: how often each (row, j) is visited by the tiles + uncovered columns of the index (row r at
-    position S - Sq + r)."""
+    position S - Sq + r). Aligned index (tile_prefix non-empty): a column is covered iff its 64-key tile slot
+    ceil((m0 - c) / 64) is listed."""
     Bn, H = idx.tile_count.shape
     sq = S if q_len is None else q_len
     off = S - sq
     cnt = torch.zeros(Bn, H, sq, S, dtype=torch.int32)
     idx = type(idx)(*(t.cpu() for t in idx))
-    cols, ccnt, pref = idx.columns, idx.column_count, idx.slash_prefix
+    aligned = idx.tile_prefix.shape[-1] > 0
+    cols, ccnt, pref = idx.columns, idx.column_count, idx.tile_prefix if aligned else idx.slash_prefix
     lists = [(idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin, 64),
              (idx.wide_offset, idx.wide_lo, idx.wide_count, idx.wide_begin, 128)]
     for b in range(Bn):
@@ -135,7 +137,11 @@ def implied_keys(idx, S, q_len=None):
                         js = [j for j in range(m0 - d, m0 - d + width) if 0 <= j < min(S, m0 - slo + 64)]
                         cnt[b, h, rows, js] += 1
                 for c in cols[b, h, :int(ccnt[b, h, qb])].tolist():
-                    lo, hi = min(max(m0 - c, 0), S), min(max(m0 - c + 64, 0), S)
+                    if aligned:
+                        lo = -((c - m0) // 64)
+                        hi = lo + 1
+                    else:
+                        lo, hi = min(max(m0 - c, 0), S), min(max(m0 - c + 64, 0), S)
                     if int(pref[b, h, hi] - pref[b, h, lo]) == 0:
                         cnt[b, h, rows, c] += 1
     causal = torch.arange(S)[None, :] <= torch.arange(off, S)[:, None]

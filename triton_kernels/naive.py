@@ -87,6 +87,35 @@ def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, blo
     return (m & _causal(S, "cpu", sq)).to(vertical.device)
 
 
+def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
+                                q_len=None) -> torch.Tensor:
+    """[B,H,Sq,S] bool, aligned vertical-slash (docs/DESIGN.md): as vertical_slash_mask, but a selected offset s
+    covers, in the block at m0, every whole key tile [m0 - d, m0 - d + 64) with d a multiple of 64 that meets its
+    range [m0 - s, m0 - s + 64) (|d - s| < 64: d = 64 floor(s/64), and d + 64 when s % 64 != 0)."""
+    B, H = vertical.shape[:2]
+    sq = S if q_len is None else int(q_len)
+    off = S - sq
+    m = torch.zeros(B, H, sq, S, dtype=torch.bool)
+    vs, ss = vertical.cpu().tolist(), slash.cpu().tolist()
+    for b in range(B):
+        for h in range(H):
+            for c in vs[b][h]:
+                if 0 <= c < S:
+                    m[b, h, :, c] = True
+            for s in set(ss[b][h]):
+                if not 0 <= s < S:
+                    continue
+                for d in range(0, S + 2 * block, block):
+                    if abs(d - s) >= block:
+                        continue
+                    for r0 in range(0, sq, block):
+                        m0 = off + r0
+                        lo, hi = max(0, m0 - d), min(S, m0 - d + block)
+                        if hi > lo:
+                            m[b, h, r0:r0 + block, lo:hi] = True
+    return (m & _causal(S, "cpu", sq)).to(vertical.device)
+
+
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
     """[B,H,Sq,S] bool from block_index [B,H,ceil(Sq/64),K] (absolute key-block ids, -1 pad): local row r (position
     S - Sq + r) attends j iff j <= its position and j // 64 is listed for query block r // 64."""
@@ -113,8 +142,9 @@ def streaming_ref(q, k, v, init_num, local_window, scale=None):
     return masked_attention_ref(q, k, v, mask, scale)
 
 
-def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK):
-    mask = vertical_slash_mask(vertical, slash, k.shape[2], block, q_len=q.shape[2])
+def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK, aligned=False):
+    build = vertical_slash_aligned_mask if aligned else vertical_slash_mask
+    mask = build(vertical, slash, k.shape[2], block, q_len=q.shape[2])
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 

@@ -1,10 +1,11 @@
-"""Block-rounded vertical-slash attention over a VSIndex (docs/DESIGN.md): slash tiles, then uncovered columns."""
+"""Vertical-slash attention over a VSIndex (docs/DESIGN.md; block-rounded or aligned, as the index was built): slash
+tiles, then uncovered columns."""
 import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
                       qk_scale)
-from .vertical_slash_index import VSIndex
+from .vertical_slash_index import VSIndex, aligned_slots
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
 # BLOCK_N to 64 by the tile width, so one warpgroup (4 warps) per 64-row tile. The K/V addresses come from
@@ -44,9 +45,9 @@ def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m
 @triton.jit
 def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COLS, CCNT, PREF, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-                   SQ, S, Hq, G, D, NS, NV, NQB, qk_scale,
+                   SQ, S, Hq, G, D, NS, NV, NQB, NPREF, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr):
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr, PREF_UNIT: tl.constexpr):
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -85,15 +86,18 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
                                     BLOCK_N, BLOCK_M, PREC)
 
     # phase 2: vertical columns <= m0 + 63, skipping those a slash range of this block already covers
-    # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63])
+    # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63]). PREF counts offsets below x in
+    # units of PREF_UNIT: 1 (slash_prefix) or, aligned, BLOCK_M (tile_prefix: offsets are multiples of BLOCK_M,
+    # the range holds one, d = BLOCK_M * ceil((m0 - c) / BLOCK_M)); NPREF + 1 entries. m0 - c >= -(BLOCK_M - 1),
+    # so the aligned division's operand is >= 0 (Triton divides toward zero)
     n_col = tl.load(CCNT + bh64 * NQB + qb)
     col_base = COLS + bh64 * NV
-    pref = PREF + bh64 * (S + 1)
+    pref = PREF + bh64 * (NPREF + 1)
     for c0 in range(0, n_col, BLOCK_N):
         cvalid = (c0 + rn) < n_col
         col = tl.load(col_base + c0 + rn, mask=cvalid, other=0)
-        lo = tl.minimum(tl.maximum(m0 - col, 0), S)
-        hi = tl.minimum(tl.maximum(m0 - col + BLOCK_M, 0), S)
+        lo = tl.minimum(tl.maximum((m0 - col + PREF_UNIT - 1) // PREF_UNIT, 0), NPREF)
+        hi = tl.minimum(tl.maximum((m0 - col + BLOCK_M + PREF_UNIT - 1) // PREF_UNIT, 0), NPREF)
         covered = (tl.load(pref + hi, mask=cvalid, other=0) - tl.load(pref + lo, mask=cvalid, other=0)) > 0
         kmask = cvalid & (col >= 0) & (col < S) & ~covered
         col64 = col.to(tl.int64)
@@ -120,7 +124,10 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     idx = VSIndex(*(t.contiguous() for t in index))
     assert block in (16, 32, 64), "block must be 16, 32 or 64"
     nqb = triton.cdiv(SQ, block)
-    assert idx.tile_begin.shape[-1] == nqb and idx.slash_prefix.shape[-1] == S + 1, "index built for another seq_len"
+    aligned = idx.tile_prefix.shape[-1] > 0
+    prefix = idx.tile_prefix if aligned else idx.slash_prefix
+    n_pref = aligned_slots(S, block) if aligned else S
+    assert idx.tile_begin.shape[-1] == nqb and prefix.shape[-1] == n_pref + 1, "index built for another seq_len/block"
     if SQ == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
@@ -134,10 +141,11 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
         q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin,
         idx.wide_offset if wide else idx.tile_offset, idx.wide_lo if wide else idx.tile_lo, idx.wide_count,
         idx.wide_begin, idx.columns,
-        idx.column_count, idx.slash_prefix, hm if hm is not None else idx.tile_count,
+        idx.column_count, prefix, hm if hm is not None else idx.tile_count,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
-        SQ, S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, qk_scale(scale, D),
-        BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), WIDE=wide,
+        SQ, S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, n_pref,
+        qk_scale(scale, D), BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None,
+        PREC=dot_precision(q.dtype), WIDE=wide, PREF_UNIT=block if aligned else 1,
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

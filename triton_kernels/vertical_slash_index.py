@@ -17,20 +17,42 @@ _TILE_PAD = -(2**30)  # below any real tile offset (>= -63), keeps tile_offset d
 
 
 class VSIndex(NamedTuple):
-    # NQB = ceil(q_len / block); query block qb starts at absolute position m0 = (seq_len - q_len) + block * qb
+    # NQB = ceil(q_len / block); query block qb starts at absolute position m0 = (seq_len - q_len) + block * qb.
+    # NS: slash slots (aligned=True: 2 x the given ones, every d a multiple of block and tile_lo its run's end)
     tile_offset: torch.Tensor   # [B,H,NS]  int32 d of each tile, descending; tile keys [m0 - d, m0 - d + 64)
     tile_lo: torch.Tensor       # [B,H,NS]  int32 s_lo of the tile's component: key j valid iff j < m0 - s_lo + 64
     tile_count: torch.Tensor    # [B,H]     int32 valid tiles
     tile_begin: torch.Tensor    # [B,H,NQB] int32 first tile with d < m0 + 64
     columns: torch.Tensor       # [B,H,NV]  int32 sorted unique in-range columns, then INT32_MAX
     column_count: torch.Tensor  # [B,H,NQB] int32 columns <= m0 + 63
-    slash_prefix: torch.Tensor  # [B,H,S+1] int32 number of selected offsets < x
+    slash_prefix: torch.Tensor  # [B,H,S+1] int32 number of selected offsets < x (aligned=True: [B,H,0], unused)
     # pair=True: double-width tiles, keys [m0 - d, m0 - d + 128), same layout; the tile_* lists keep the rest.
     # pair=False: NW = 0 and counts 0
     wide_offset: torch.Tensor   # [B,H,NW]
     wide_lo: torch.Tensor       # [B,H,NW]
     wide_count: torch.Tensor    # [B,H]
     wide_begin: torch.Tensor    # [B,H,NQB] first wide tile with d < m0 + 128
+    # aligned=True: [B,H,NT+1], NT = S // block + 2 slots t = d / block: number of aligned tiles with d / block < t
+    # (a column c of block m0 is covered iff tile t = ceil((m0 - c) / block) is listed). aligned=False: [B,H,0]
+    tile_prefix: torch.Tensor
+
+
+def aligned_offsets(slash: torch.Tensor, seq_len: int, block: int = 64) -> torch.Tensor:
+    """slash [B,H,NS] int -> [B,H,2 NS] int64: the block-aligned tile offsets d (multiples of `block`) whose key
+    tiles [m0 - d, m0 - d + block) intersect a selected offset's range [m0 - s, m0 - s + block): entry k holds
+    block * floor(s_k / block), entry NS + k the next multiple when s_k % block != 0; -1 where there is none (s_k
+    outside [0, seq_len), or a multiple for the second). Values lie in [0, seq_len + block). Block-rounded attention
+    over these offsets (a d >= seq_len included) is the aligned semantics of docs/DESIGN.md."""
+    s = slash.long()
+    ok = (s >= 0) & (s < seq_len)
+    d0 = torch.where(ok, s - s % block, -1)
+    d1 = torch.where(ok & (s % block != 0), d0 + block, -1)
+    return torch.cat([d0, d1], -1)
+
+
+def aligned_slots(seq_len: int, block: int = 64) -> int:
+    """Tile slots t = d / block of an aligned index (d < seq_len + block): tile_prefix has this + 1 entries."""
+    return seq_len // block + 2
 
 
 def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: bool) -> torch.Tensor:
@@ -42,13 +64,16 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
 
 
 def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
-                               pair: bool = False, q_len: Optional[int] = None) -> VSIndex:
+                               pair: bool = False, q_len: Optional[int] = None, aligned: bool = False) -> VSIndex:
     """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
 
     seq_len: kv_len S; q_len: query rows (default S), the last q_len positions, so query block qb starts at
     absolute position (S - q_len) + block * qb. Entries outside [0, S) (e.g. -1 padding) and duplicates select
     nothing. Runs on the inputs' device.
     pair: merge each component's tiles two by two into double-width tiles (fewer, wider kernel steps).
+    aligned: cover each selected offset by the whole key tiles at multiples d of `block` that its range touches
+    (a superset of the block-rounded keys; interior tiles need no mask); tile_* lists have 2 NS slots, the
+    column check uses tile_prefix instead of slash_prefix (docs/DESIGN.md "Vertical-slash, aligned").
     """
     B, H = slash.shape[:2]
     dev = slash.device
@@ -60,12 +85,16 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
         slash = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
     if vertical.shape[-1] == 0:
         vertical = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
-    ns = slash.shape[-1]
     m0 = torch.arange(nqb, device=dev, dtype=torch.int64) * block + (S - sq)
 
-    # slash offsets: unique, descending, invalid (-1) last
+    # slash offsets (aligned: the aligned tile offsets, which may reach S + block - 1): unique, descending,
+    # invalid (-1) last
     s = slash.to(device=dev, dtype=torch.int64)
-    s = _sorted_unique(s, (s >= 0) & (s < S), -1, descending=True)
+    s_end = S
+    if aligned:
+        s, s_end = aligned_offsets(s, S, block), S + block
+    ns = s.shape[-1]
+    s = _sorted_unique(s, (s >= 0) & (s < s_end), -1, descending=True)
     valid = s >= 0
     pos = torch.arange(ns, device=dev).expand(B, H, ns)
 
@@ -106,15 +135,18 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     cols = _sorted_unique(v, (v >= 0) & (v < S), INT32_MAX, descending=False)
     column_count = torch.searchsorted(cols.contiguous(), (m0 + block - 1).expand(B, H, nqb).contiguous(), right=True)
 
-    # slash_prefix[x] = #selected offsets < x
-    cnt = torch.zeros(B, H, S + 1, dtype=torch.int32, device=dev)
-    cnt.scatter_add_(-1, torch.where(valid, s + 1, 0), valid.to(torch.int32))
-    slash_prefix = cnt.cumsum(-1, dtype=torch.int32)
+    # prefix[x] = #selected offsets < x (aligned: over tile slots t = d / block, O(S / block) per head)
+    n_pref, key = (aligned_slots(S, block), s // block) if aligned else (S, s)
+    cnt = torch.zeros(B, H, n_pref + 1, dtype=torch.int32, device=dev)
+    cnt.scatter_add_(-1, torch.where(valid, key + 1, 0), valid.to(torch.int32))
+    prefix = cnt.cumsum(-1, dtype=torch.int32)
+    empty = prefix[..., :0]
+    slash_prefix, tile_prefix = (empty, prefix) if aligned else (prefix, empty)
 
     i32 = torch.int32
     return VSIndex(tile_offset.to(i32).contiguous(), tile_lo.to(i32).contiguous(), tile_count.to(i32).contiguous(),
                    tile_begin.to(i32).contiguous(), cols.to(i32).contiguous(), column_count.to(i32).contiguous(),
-                   slash_prefix.contiguous(), *(t.to(i32).contiguous() for t in wide))
+                   slash_prefix.contiguous(), *(t.to(i32).contiguous() for t in wide), tile_prefix.contiguous())
 
 
 def causal_pairs(q_len: int, kv_len: int) -> float:
