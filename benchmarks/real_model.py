@@ -31,6 +31,8 @@ import time
 
 import torch
 
+from minference_compile.chunked import cache_kwarg
+
 from minference_compile import MInferenceConfig, minference_backend
 
 DEFAULT_MODEL = os.environ.get(
@@ -176,14 +178,14 @@ def manual_greedy(model, ids, new: int):
     cache = DynamicCache(config=model.config)
     toks = []
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
         for i in range(new):
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             toks.append(int(nxt[0, 0]))
             if i == new - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            out = model(input_ids=nxt, attention_mask=mask, cache=cache, use_cache=True)
+            out = model(input_ids=nxt, attention_mask=mask, use_cache=True, **{cache_kwarg(model): cache})
     return toks, time.perf_counter() - t0
 
 

@@ -54,7 +54,7 @@ def check_cache_fits(model, total_len: int, cached_len: int = 0, batch: int = 1,
             "memory, or a quantised / offloaded cache.")
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers >= 5.2x names the cache argument `cache` (`past_key_values` deprecated), earlier 5.x
     `past_key_values`."""
     params = inspect.signature(model.forward).parameters
@@ -98,7 +98,7 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
         raise ValueError(f"input_ids must be [B, N] with N > 0, got {tuple(input_ids.shape)}")
     fwd = model if forward is None else forward
     cache = _new_cache(model) if cache is None else cache
-    name = _cache_kwarg(model)
+    name = cache_kwarg(model)
     past = cache.get_seq_length()
     B, N = input_ids.shape
     check_cache_fits(model, past + N, past, B)
@@ -145,7 +145,7 @@ def greedy_continue(model, cache, last_logits: torch.Tensor, steps: int, *, forw
     """Greedy decoding after chunked_prefill: `steps` tokens [B, steps], one forward (q_len 1, dense) per token
     after the first (which comes from `last_logits` [B, vocab])."""
     fwd = model if forward is None else forward
-    name = _cache_kwarg(model)
+    name = cache_kwarg(model)
     tok = last_logits.argmax(-1, keepdim=True)
     out = [tok]
     for _ in range(steps - 1):

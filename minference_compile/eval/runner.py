@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..backend import minference_backend
+from ..chunked import cache_kwarg
 from ..config import MInferenceConfig
 
 
@@ -84,6 +85,7 @@ class Runner:
         for name, config in self.configs.items():
             self.forwards[name] = compile_forward(model, config, self.stats[name])
         self.device = next(model.parameters()).device
+        self._cache_kw = None  # "cache" (transformers >= 5.2x) or "past_key_values" (5.17): read from forward
 
     @torch.no_grad()
     def prefill(self, mode: str, ids: torch.Tensor, keep: int = 1):
@@ -94,12 +96,14 @@ class Runner:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
+        self._cache_kw = self._cache_kw or cache_kwarg(self.model)
         t0 = time.perf_counter()
         # positions as a tensor, at least 2: an int logits_to_keep (and a size-1 tensor) is specialised by
         # Dynamo, one compilation per value; this way one compilation serves every length and keep
         n = min(max(keep, 2), ids.shape[1])
         keep_at = torch.arange(ids.shape[1] - n, ids.shape[1], device=self.device)
-        out = self.forwards[mode](input_ids=ids.to(self.device), cache=cache, use_cache=True, logits_to_keep=keep_at)
+        out = self.forwards[mode](input_ids=ids.to(self.device), use_cache=True, logits_to_keep=keep_at,
+                                  **{self._cache_kw: cache})
         logits = out.logits[:, -keep:].float()
         _sync(self.device)
         return logits, cache, time.perf_counter() - t0
@@ -116,7 +120,7 @@ class Runner:
             toks.append(int(nxt[0, 0]))
             if toks[-1] in eos or i == new_tokens - 1:
                 break
-            out = self.forwards["dense"](input_ids=nxt, cache=cache, use_cache=True)
+            out = self.forwards["dense"](input_ids=nxt, use_cache=True, **{self._cache_kw: cache})
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         return toks, secs
 
