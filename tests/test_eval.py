@@ -250,3 +250,14 @@ def test_ppl_length_must_exceed_ppl_last():
     with pytest.raises(ValueError, match="needs longer texts"):
         tasks.EvalSpec(tasks=("ppl",), ppl_lengths=(1024,), ppl_last=1024)
     tasks.EvalSpec(tasks=("needle",), lengths=(512,), ppl_last=1024)  # no ppl task: no constraint
+
+
+def test_checks_refuse_a_baseline_that_finds_nothing():
+    # dense 0/2 needles and 0% kv: "sparse finds wherever dense finds" would pass vacuously; it must fail instead
+    recs = [{"task": "needle", "mode": m, "length": 1, "depth": d, "found": False}
+            for m in ("dense", "s") for d in (0.0, 1.0)]
+    recs += [{"task": "kv", "mode": m, "length": 8, "sample": i, "found": False} for m in ("dense", "s") for i in range(3)]
+    got = {name: (ok, detail) for _, name, ok, detail in report.checks(recs, ["dense", "s"], report.Thresholds())}
+    assert got["needle: dense baseline finds some needle"][0] is False
+    assert "cannot judge" in got["kv@8: dense baseline answers some"][1] and not got["kv@8: dense baseline answers some"][0]
+    assert not any(name.startswith("needle: found") or name.startswith("kv@8: accuracy") for name in got)
