@@ -196,3 +196,29 @@ def test_choose_mean_matches_mean_recall_at_least_cost():
     assert pick.tolist() == [[2, 1]]
     assert choose_mean(recall, cost, ok, mean_target=0.9).tolist() == [[1, 1]]
     assert choose_mean(recall, cost, ok, mean_target=0.9, floor=0.92).tolist() == [[2, 1]]
+
+
+def test_capture_builds_no_square_mask_and_matches_the_model():
+    # the capture forward is plain causal attention without an [S, S] mask tensor, and leaves the outputs as they were
+    import transformers.masking_utils as mu
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from minference_compile.search import capture as cap
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, attn_implementation="sdpa")
+    ref_model = LlamaForCausalLM(cfg).eval()
+    model = LlamaForCausalLM(cfg).eval()
+    model.load_state_dict(ref_model.state_dict())
+    model.config._attn_implementation = cap.register()
+    ids = torch.randint(0, 64, (1, 100))
+    assert mu.AttentionMaskInterface._global_mapping[cap.NAME](batch_size=1, cache_position=None, kv_length=100) is None
+    out = cap.capture(model, ids, 8)
+    assert sorted(out) == [0, 1] and out[0]["k"].shape == (2, 100, 32)
+    with torch.no_grad():
+        ref = ref_model.model(input_ids=ids, use_cache=False).last_hidden_state
+        got = model.model(input_ids=ids, use_cache=False).last_hidden_state
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one unpadded sequence"):
+        cap.capture(model, ids.expand(2, -1), 8)

@@ -48,15 +48,22 @@ def _hook(module, query, key, value, attention_mask, **kwargs):
             torch.save(rec, os.path.join(st["dir"], f"layer{layer:03d}.pt"))
         else:
             st.setdefault("layers", {})[layer] = rec
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    # capture() runs one unpadded sequence: plain causal attention (is_causal, no mask tensor)
+    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+
+def _no_mask(*args, **kwargs) -> None:
+    """The capture forward is one unpadded causal sequence: no [S, S] mask is built (at 32K transformers'
+    no-cache mask is 1 GiB, and CUDA SDPA expanded it per head: 14 GiB on an H200)."""
+    return None
 
 
 def register() -> str:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, _hook)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
+    AttentionMaskInterface.register(NAME, _no_mask)
     return NAME
 
 
@@ -70,6 +77,8 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 def capture(model, ids: torch.Tensor, n_rows: int, out_dir: Optional[str] = None,
             full_q_layer: Optional[int] = None) -> dict:
     """One forward of ``ids`` [1, S]. With ``out_dir``: files layer###.pt there, returns {}; else {layer: record}."""
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"capture takes one unpadded sequence [1, S], got {tuple(ids.shape)}")
     S = ids.shape[1]
     _STATE.clear()
     _STATE.update(rows=sample_rows(S, n_rows), dir=out_dir, full_q_layer=full_q_layer)
