@@ -51,6 +51,9 @@ def test_query_offset_and_row_mask():
     ref = naive.masked_attention_ref(q, k, v, full)
     torch.testing.assert_close(fp8_attention_ref(q, k, v, lambda r0, r1: full[:, :, r0:r1], qk_format=None,
                                                  pv_dtype=None, rows=64), ref, atol=1e-5, rtol=1e-5)
+    narrow = lambda r0, r1: full[:, :, r0:r1, :170 + r1]  # keys past the chunk's last position left out
+    torch.testing.assert_close(fp8_attention_ref(q, k, v, narrow, qk_format=None, pv_dtype=None, rows=64), ref,
+                               atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fp8_attention_ref(q, k, v, qk_format=None, pv_dtype=None),
                                naive.dense_causal_ref(q, k, v), atol=1e-5, rtol=1e-5)
     a = fp8_attention_ref(q, k, v, full, smooth_k=True, rows=64)
@@ -118,3 +121,5 @@ def test_bad_format():
     q, k, v = _qkv(8, 2, 2, 64)
     with pytest.raises(ValueError, match="qk_format"):
         fp8_attention_ref(q, k, v, qk_format=torch.float16)
+    with pytest.raises(ValueError, match="all 8 keys"):
+        fp8_attention_ref(q, k, v, torch.ones(8, 1, dtype=torch.bool))

@@ -22,7 +22,8 @@ import torch
 from .naive import BLOCK
 
 E4M3_MAX = 448.0
-# mask(r0, r1) -> bool broadcastable to [B, Hq, r1 - r0, S] for the local query rows [r0, r1) (True = attend)
+# mask(r0, r1) -> bool broadcastable to [B, Hq, r1 - r0, W] for the local query rows [r0, r1) over the keys [0, W),
+# W <= S (keys >= W are not attended: a causal mask needs only W = S - Sq + r1); True = attend
 RowMask = Callable[[int, int], torch.Tensor]
 
 
@@ -68,6 +69,7 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     mask: None = causal, bottom-right (row r at position S - Sq + r attends keys <= it); a bool tensor broadcastable
     to [B,Hq,Sq,S]; or a RowMask giving each chunk's rows (True = attend, used as given: no causality added).
+    Memory: `rows` x S fp32 scores per q head at a time.
     qk_format None with pv_dtype None is the fp32 reference (naive.masked_attention_ref)."""
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -86,18 +88,21 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     rows = max(BLOCK, rows // BLOCK * BLOCK)
     for r0 in range(0, Sq, rows):
         r1 = min(r0 + rows, Sq)
-        s = torch.matmul(qo[..., r0:r1, :], ko.transpose(-1, -2))  # [B, Hkv, G, r, S]
-        if sq is None:
-            s = s * scale
-        else:
-            s = s * sq.view(B, Hkv, G, Sq, 1)[..., r0:r1, :] * kscale
         if mask is None:
-            keep = torch.arange(S)[None, :] <= torch.arange(off + r0, off + r1)[:, None]
+            keep = torch.arange(off + r1)[None, :] <= torch.arange(off + r0, off + r1)[:, None]
         elif callable(mask):
             keep = mask(r0, r1)
         else:
             keep = mask[..., r0:r1, :]
-        keep = torch.broadcast_to(keep.to(s.device), (B, Hq, r1 - r0, S)).reshape(B, Hkv, G, r1 - r0, S)
+            if keep.shape[-1] != S:
+                raise ValueError(f"mask must cover all {S} keys in its last dim, got {keep.shape[-1]}")
+        W = keep.shape[-1]
+        s = torch.matmul(qo[..., r0:r1, :], ko[..., :W, :].transpose(-1, -2))  # [B, Hkv, G, r, W]
+        if sq is None:
+            s = s * scale
+        else:
+            s = s * sq.view(B, Hkv, G, Sq, 1)[..., r0:r1, :] * kscale[..., :W]
+        keep = torch.broadcast_to(keep.to(s.device), (B, Hq, r1 - r0, W)).reshape(B, Hkv, G, r1 - r0, W)
         s = s.masked_fill(~keep, float("-inf"))
         m = s.amax(-1, keepdim=True)
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # empty rows: every p is 0
@@ -105,6 +110,6 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         l = p.sum(-1, keepdim=True)
         if pv_dtype is not None:
             p = p.to(pv_dtype).float()
-        o = torch.matmul(p, vo) / torch.where(l > 0, l, torch.ones_like(l))
+        o = torch.matmul(p, vo[..., :W, :]) / torch.where(l > 0, l, torch.ones_like(l))
         out[:, :, r0:r1] = o.reshape(B, Hq, r1 - r0, D).to(out.dtype)
     return out
