@@ -123,3 +123,16 @@ def test_bad_format():
         fp8_attention_ref(q, k, v, qk_format=torch.float16)
     with pytest.raises(ValueError, match="all 8 keys"):
         fp8_attention_ref(q, k, v, torch.ones(8, 1, dtype=torch.bool))
+
+
+def test_benchmark_vs_row_mask():
+    """benchmarks/fp8_accuracy's RowMask (ops/cpu's VS mask + causality) equals naive.vertical_slash_mask."""
+    from benchmarks.fp8_accuracy import vs_row_mask
+
+    S, Sq = 300, 190
+    g = torch.Generator().manual_seed(5)
+    vert, slash = torch.randint(-1, S, (2, 3, 6), generator=g), torch.randint(-1, S, (2, 3, 9), generator=g)
+    full = naive.vertical_slash_mask(vert, slash, S, q_len=Sq)
+    mask = vs_row_mask(vert, slash, S, Sq)
+    for r0, r1 in [(0, 64), (64, 190), (128, 190)]:
+        assert torch.equal(mask(r0, r1), full[:, :, r0:r1, :S - Sq + r1])
