@@ -28,6 +28,9 @@ METHODS = {
     "bf16": (True, dict(qk_format=torch.bfloat16, pv_dtype=torch.bfloat16)),
     "fp8": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16)),
     "fp8+smooth": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16, smooth_k=True)),
+    # finer variant: one scale per query row and per key (not the 64-row tiles)
+    "fp8+smooth/tok": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16, smooth_k=True,
+                                  q_block=1, k_block=1)),
 }
 
 
@@ -95,7 +98,7 @@ def run_errors(a) -> None:
     sets = load(a.captures)
     nv, ns = (int(x) for x in a.budget.split("/"))
     V, Sl = (torch.from_numpy(sets[f"{cap['prompt']}_v{nv}_s{ns}_{w}"]) for w in ("vertical", "slash"))
-    methods = ["bf16", "fp8", "fp8+smooth"]
+    methods = a.methods.split(",")
     res = {}  # (mask, method) -> (rel L2 [L, Hq], max abs [L, Hq], err norm^2, ref norm^2)
     for mname in ("dense", f"vs{nv}/{ns}"):
         rel, mx = {m: [] for m in methods}, {m: [] for m in methods}
@@ -121,7 +124,7 @@ def run_errors(a) -> None:
         w = int(rel.argmax())
         print(f"| {mname} | {m} | {math.sqrt(num / den):.2e} | {rel.median():.2e} | {rel.max():.2e} "
               f"({w // H}, {w % H}) | {mx.max():.2e} |")
-    print("\nper layer, worst head rel L2 (dense: bf16 / fp8 / fp8+smooth; vs: same)")
+    print(f"\nper layer, worst head rel L2 (dense: {' / '.join(methods)}; vs: same)")
     for layer in range(L):
         cells = [f"{res[(mn, m)][0][layer].max():.1e}" for mn in ("dense", f"vs{nv}/{ns}") for m in methods]
         print(f"layer {layer:2d}: " + " ".join(cells))
@@ -189,6 +192,7 @@ def main(argv=None) -> None:
     e.add_argument("--qkv", required=True)
     e.add_argument("--captures", default="benchmarks/data/qwen05_captures.npz")
     e.add_argument("--budget", default="1000/6096")
+    e.add_argument("--methods", default="bf16,fp8,fp8+smooth")
     p = sub.add_parser("ppl")
     p.add_argument("--model", required=True)
     p.add_argument("--length", type=int, default=4096)

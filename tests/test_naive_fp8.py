@@ -72,16 +72,17 @@ def test_error_bounded(S, Hq, Hkv, D):
         assert _rel(out, ref) < 0.05
 
 
-def test_fp8_scores_are_the_dequantised_products():
+@pytest.mark.parametrize("qb,kb", [(64, 64), (1, 1), (16, 64)])
+def test_fp8_scores_are_the_dequantised_products(qb, kb):
     """The scaled e4m3 product equals the fp32 attention of the dequantised q, k (independent of the row/block
     bookkeeping), with P.V in fp32."""
     q, k, v = _qkv(300, 6, 2, 64)
-    q8, sq = quantize_blocks(q)
-    k8, sk = quantize_blocks(k)
-    qd = q8.float() * sq.repeat_interleave(64, -1)[..., :300, None]
-    kd = k8.float() * sk.repeat_interleave(64, -1)[..., :300, None]
-    torch.testing.assert_close(fp8_attention_ref(q, k, v, pv_dtype=None, rows=128), naive.dense_causal_ref(qd, kd, v),
-                               atol=1e-5, rtol=1e-5)
+    q8, sq = quantize_blocks(q, qb)
+    k8, sk = quantize_blocks(k, kb)
+    qd = q8.float() * sq.repeat_interleave(qb, -1)[..., :300, None]
+    kd = k8.float() * sk.repeat_interleave(kb, -1)[..., :300, None]
+    torch.testing.assert_close(fp8_attention_ref(q, k, v, pv_dtype=None, rows=128, q_block=qb, k_block=kb),
+                               naive.dense_causal_ref(qd, kd, v), atol=1e-5, rtol=1e-5)
 
 
 def test_quantize_blocks_bound_and_zero_blocks():

@@ -5,7 +5,7 @@ What a kernel would do, stated exactly (fp8_attention_ref):
 * smooth_k: k <- k - mean_j k[b, h, j, :] (fp32 mean over all S keys, per channel). It shifts every score of a
   query row by the same q . mean, so softmax is unchanged; it removes the channel offsets that waste K's range.
 * qk_format float8_e4m3fn: q is split into 64-row blocks per (b, q head) from row 0, k into 64-key blocks per
-  (b, kv head); each block x -> x8 = clamp(x / s, +-448).to(e4m3) (round to nearest even) with s = amax|x| / 448
+  (b, kv head) (q_block / k_block rows: 64 by default, 1 = per-token scales); each block x -> x8 = clamp(x / s, +-448).to(e4m3) (round to nearest even) with s = amax|x| / 448
   (s = 1 for an all-zero block). scores = (q8 . k8^T in fp32: e4m3 products are exact in fp32, fp32 sums) * sq
   * sk * scale, sq per query row block, sk per key block. (Hopper's FP8 MMA accumulates with fewer than 32 bits:
   not emulated.) qk_format bfloat16: q, k rounded to bf16, fp32 products and sums (a bf16 kernel). None: fp32.
@@ -44,7 +44,7 @@ def _rowwise(scale: torch.Tensor, n: int, block: int = BLOCK) -> torch.Tensor:
     return scale.repeat_interleave(block, dim=-1)[..., :n]
 
 
-def _qk_operands(q, k, qk_format, smooth_k: bool):
+def _qk_operands(q, k, qk_format, smooth_k: bool, q_block: int = BLOCK, k_block: int = BLOCK):
     """-> (qo [B,Hq,Sq,D] fp32, ko [B,Hkv,S,D] fp32, q row scales [B,Hq,Sq] or None, k key scales [B,Hkv,S] or None)."""
     qf, kf = q.float(), k.float()
     if smooth_k:
@@ -55,22 +55,24 @@ def _qk_operands(q, k, qk_format, smooth_k: bool):
         return qf.bfloat16().float(), kf.bfloat16().float(), None, None
     if qk_format != torch.float8_e4m3fn:
         raise ValueError(f"qk_format must be None, torch.bfloat16 or torch.float8_e4m3fn, got {qk_format}")
-    q8, sq = quantize_blocks(qf)
-    k8, sk = quantize_blocks(kf)
-    return q8.float(), k8.float(), _rowwise(sq, q.shape[2]), _rowwise(sk, k.shape[2])
+    q8, sq = quantize_blocks(qf, q_block)
+    k8, sk = quantize_blocks(kf, k_block)
+    return q8.float(), k8.float(), _rowwise(sq, q.shape[2], q_block), _rowwise(sk, k.shape[2], k_block)
 
 
 def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       mask: Union[None, torch.Tensor, RowMask] = None, scale: Optional[float] = None,
                       qk_format: Optional[torch.dtype] = torch.float8_e4m3fn, smooth_k: bool = False,
-                      pv_dtype: Optional[torch.dtype] = torch.bfloat16, rows: int = 4 * BLOCK) -> torch.Tensor:
+                      pv_dtype: Optional[torch.dtype] = torch.bfloat16, rows: int = 4 * BLOCK,
+                      q_block: int = BLOCK, k_block: int = BLOCK) -> torch.Tensor:
     """Attention of q [B,Hq,Sq,D] over k, v [B,Hkv,S,D] (GQA: q head h reads kv head h // (Hq // Hkv)) with the
     numerics of the module docstring -> [B,Hq,Sq,D] in q.dtype.
 
     mask: None = causal, bottom-right (row r at position S - Sq + r attends keys <= it); a bool tensor broadcastable
     to [B,Hq,Sq,S]; or a RowMask giving each chunk's rows (True = attend, used as given: no causality added).
-    Memory: `rows` x S fp32 scores per q head at a time.
-    qk_format None with pv_dtype None is the fp32 reference (naive.masked_attention_ref)."""
+    qk_format None with pv_dtype None is the fp32 reference (naive.masked_attention_ref). q_block / k_block: rows
+    per FP8 scale (64: the kernel's tiles; 1: per-token scales, a finer-grained variant).
+    Memory: `rows` x S fp32 scores per q head at a time."""
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -78,7 +80,7 @@ def fp8_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out = q.new_empty(q.shape)
     if B * Hq * Sq == 0:
         return out
-    qo, ko, sq, sk = _qk_operands(q, k, qk_format, smooth_k)
+    qo, ko, sq, sk = _qk_operands(q, k, qk_format, smooth_k, q_block, k_block)
     qo = qo.view(B, Hkv, G, Sq, D)
     ko = ko.unsqueeze(2)  # [B, Hkv, 1, S, D]
     vo = v.float() if pv_dtype is None else v.to(pv_dtype).float()
