@@ -28,6 +28,9 @@ METHODS = {
     "bf16": (True, dict(qk_format=torch.bfloat16, pv_dtype=torch.bfloat16)),
     "fp8": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16)),
     "fp8+smooth": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16, smooth_k=True)),
+    # SageAttention's INT8 per-block Q.K (same MMA rate as FP8 on Hopper), for comparison
+    "int8": (True, dict(qk_format=torch.int8, pv_dtype=torch.bfloat16)),
+    "int8+smooth": (True, dict(qk_format=torch.int8, pv_dtype=torch.bfloat16, smooth_k=True)),
     # finer variant: one scale per query row and per key (not the 64-row tiles)
     "fp8+smooth/tok": (True, dict(qk_format=torch.float8_e4m3fn, pv_dtype=torch.bfloat16, smooth_k=True,
                                   q_block=1, k_block=1)),

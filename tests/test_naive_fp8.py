@@ -70,18 +70,21 @@ def test_error_bounded(S, Hq, Hkv, D):
         out = fp8_attention_ref(q, k, v, smooth_k=smooth)
         assert torch.isfinite(out).all()
         assert _rel(out, ref) < 0.05
+        # int8 (measured ~0.006 here: 1/127 of the block max per element) sits between bf16 and e4m3
+        assert _rel(fp8_attention_ref(q, k, v, smooth_k=smooth, qk_format=torch.int8), ref) < 0.015
 
 
-@pytest.mark.parametrize("qb,kb", [(64, 64), (1, 1), (16, 64)])
-def test_fp8_scores_are_the_dequantised_products(qb, kb):
+@pytest.mark.parametrize("qb,kb,fmt", [(64, 64, FP8), (1, 1, FP8), (16, 64, FP8), (64, 64, torch.int8)])
+def test_fp8_scores_are_the_dequantised_products(qb, kb, fmt):
     """The scaled e4m3 product equals the fp32 attention of the dequantised q, k (independent of the row/block
     bookkeeping), with P.V in fp32."""
     q, k, v = _qkv(300, 6, 2, 64)
-    q8, sq = quantize_blocks(q, qb)
-    k8, sk = quantize_blocks(k, kb)
+    q8, sq = quantize_blocks(q, qb, fmt)
+    k8, sk = quantize_blocks(k, kb, fmt)
     qd = q8.float() * sq.repeat_interleave(qb, -1)[..., :300, None]
     kd = k8.float() * sk.repeat_interleave(kb, -1)[..., :300, None]
-    torch.testing.assert_close(fp8_attention_ref(q, k, v, pv_dtype=None, rows=128, q_block=qb, k_block=kb),
+    torch.testing.assert_close(fp8_attention_ref(q, k, v, pv_dtype=None, rows=128, q_block=qb, k_block=kb,
+                                                 qk_format=fmt),
                                naive.dense_causal_ref(qd, kd, v), atol=1e-5, rtol=1e-5)
 
 
@@ -96,6 +99,10 @@ def test_quantize_blocks_bound_and_zero_blocks():
     # e4m3: relative half-ulp 2^-4 for normals, absolute 2^-10 (half the smallest subnormal) in scaled units
     assert torch.all(err <= torch.maximum(x.abs() * 2 ** -4, sr * 2 ** -10) * 1.0001)
     assert torch.all(x8.float().abs().amax(-1).view(2, 3, -1)[..., :64].amax(-1) == E4M3_MAX)
+    i8, si = quantize_blocks(x, fmt=torch.int8)  # int8: absolute error <= half a step of the block's scale
+    assert i8.dtype == torch.int8 and torch.all(si[:, :, 1] == 1) and torch.all(i8[:, :, 64:128] == 0)
+    assert torch.all((i8.float() * si.repeat_interleave(64, -1)[..., :130, None] - x).abs()
+                     <= si.repeat_interleave(64, -1)[..., :130, None] * 0.5 * 1.0001)
 
 
 def test_zero_blocks_attention():

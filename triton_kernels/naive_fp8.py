@@ -8,7 +8,8 @@ What a kernel would do, stated exactly (fp8_attention_ref):
   (b, kv head) (q_block / k_block rows: 64 by default, 1 = per-token scales); each block x -> x8 = clamp(x / s, +-448).to(e4m3) (round to nearest even) with s = amax|x| / 448
   (s = 1 for an all-zero block). scores = (q8 . k8^T in fp32: e4m3 products are exact in fp32, fp32 sums) * sq
   * sk * scale, sq per query row block, sk per key block. (Hopper's FP8 MMA accumulates with fewer than 32 bits:
-  not emulated.) qk_format bfloat16: q, k rounded to bf16, fp32 products and sums (a bf16 kernel). None: fp32.
+  not emulated.) qk_format int8: the same with scale = amax / 127 and rounding to integers (SageAttention's
+  choice; int8 products are exact and their D-term sums stay below 2^24, so fp32 sums are exact). bfloat16: q, k rounded to bf16, fp32 products and sums (a bf16 kernel). None: fp32.
 * softmax in fp32: masked scores -inf, m = row max, p = exp(s - m), l = sum p (fp32, before any rounding of p).
 * P.V: pv_dtype bfloat16 rounds p and v to bf16, fp32 products and sums; None keeps fp32. out = (P.V) / l, cast to
   q.dtype. Rows with no attended key give 0.
@@ -22,20 +23,24 @@ import torch
 from .naive import BLOCK
 
 E4M3_MAX = 448.0
+INT8_MAX = 127.0
 # mask(r0, r1) -> bool broadcastable to [B, Hq, r1 - r0, W] for the local query rows [r0, r1) over the keys [0, W),
 # W <= S (keys >= W are not attended: a causal mask needs only W = S - Sq + r1); True = attend
 RowMask = Callable[[int, int], torch.Tensor]
 
 
-def quantize_blocks(x: torch.Tensor, block: int = BLOCK):
-    """x [B, H, N, D] -> (x8 [B, H, N, D] float8_e4m3fn, scale [B, H, ceil(N/block)] fp32) with x ~ x8 * scale
-    per block of `block` rows from row 0; scale = amax|block| / 448, 1 for an all-zero block."""
+def quantize_blocks(x: torch.Tensor, block: int = BLOCK, fmt: torch.dtype = torch.float8_e4m3fn):
+    """x [B, H, N, D] -> (x8 [B, H, N, D] fmt, scale [B, H, ceil(N/block)] fp32) with x ~ x8 * scale per block of
+    `block` rows from row 0; scale = amax|block| / 448 (e4m3: round to nearest even) or / 127 (int8: round half
+    to even), 1 for an all-zero block."""
     B, H, N, D = x.shape
     nb = -(-N // block)
+    top = {torch.float8_e4m3fn: E4M3_MAX, torch.int8: INT8_MAX}[fmt]
     xf = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * block - N)).view(B, H, nb, block, D)
     amax = xf.abs().amax(dim=(-1, -2))
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    x8 = (xf / scale[..., None, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
+    xs = (xf / scale[..., None, None]).clamp(-top, top)
+    x8 = (xs.round() if fmt == torch.int8 else xs).to(fmt)
     return x8.view(B, H, nb * block, D)[:, :, :N], scale
 
 
@@ -53,10 +58,10 @@ def _qk_operands(q, k, qk_format, smooth_k: bool, q_block: int = BLOCK, k_block:
         return qf, kf, None, None
     if qk_format == torch.bfloat16:
         return qf.bfloat16().float(), kf.bfloat16().float(), None, None
-    if qk_format != torch.float8_e4m3fn:
-        raise ValueError(f"qk_format must be None, torch.bfloat16 or torch.float8_e4m3fn, got {qk_format}")
-    q8, sq = quantize_blocks(qf, q_block)
-    k8, sk = quantize_blocks(kf, k_block)
+    if qk_format not in (torch.float8_e4m3fn, torch.int8):
+        raise ValueError(f"qk_format must be None, torch.bfloat16, torch.float8_e4m3fn or torch.int8, got {qk_format}")
+    q8, sq = quantize_blocks(qf, q_block, qk_format)
+    k8, sk = quantize_blocks(kf, k_block, qk_format)
     return q8.float(), k8.float(), _rowwise(sq, q.shape[2], q_block), _rowwise(sk, k.shape[2], k_block)
 
 
