@@ -119,7 +119,7 @@ def run_errors(a) -> None:
         for m in methods:
             res[(mname, m)] = (torch.stack(rel[m]), torch.stack(mx[m]), num[m], den)
         print(f"{mname} done ({time.perf_counter() - t0:.0f}s)", flush=True)
-    L, H = res[("dense", "fp8")][0].shape
+    L, H = res[("dense", methods[0])][0].shape
     print(f"\n{cap['prompt']} qwen05, S={S}, last {Sq} rows, {L} layers x {H} heads; errors vs fp32\n")
     print("| mask | QK | rel L2 (all) | rel L2 median head | rel L2 worst head (layer, head) | max abs |")
     print("|---|---|---|---|---|---|")
