@@ -11,6 +11,7 @@ errors: attention output of those rows, emulated FP8 QK (with/without K smoothin
 under dense causal attention and under the captured (1000, 6096) vertical-slash sets.
 ppl: perplexity of the last --last tokens with every layer's attention computed by the emulation (fp32, bf16,
 fp8, fp8 + K smoothing), dense causal and vertical-slash (100, 800) estimated online per layer.
+--methods: any of METHODS (also int8 / int8+smooth: SageAttention's INT8 Q.K, and fp8+smooth/tok: per-token scales).
 """
 from __future__ import annotations
 
