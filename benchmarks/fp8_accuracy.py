@@ -3,6 +3,8 @@
     python -m benchmarks.fp8_accuracy capture --model ~/.cache/minference-models/qwen05 --out /tmp/fp8acc/qkv.pt
     python -m benchmarks.fp8_accuracy errors --qkv /tmp/fp8acc/qkv.pt
     python -m benchmarks.fp8_accuracy ppl --model ~/.cache/minference-models/smollm2 --length 4096 --last 1024
+    python -m benchmarks.fp8_accuracy ppl --model DIR/qwen05 --length 16384 --device cuda \
+        --methods bf16,fp8+smooth,int8+smooth     # the Qwen 16K bar (not run: CPU time)
 
 capture: one dense fp32 forward of qwen05 on the `nat16k` prompt of benchmarks/capture.py (the prompt whose
 vertical-slash sets benchmarks/data/qwen05_captures.npz holds; that file has index sets only, no q/k/v), saving
@@ -161,9 +163,9 @@ def run_ppl(a) -> None:
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, attn_implementation="fp8acc_ppl",
-                                                 dtype=torch.float32).eval()
+                                                 dtype=torch.float32).to(a.device).eval()
     text = NaturalText(tok, a.length)
-    ids = text.ids(a.length)
+    ids = text.ids(a.length).to(a.device)
     print(f"{a.model}: {ids.shape[1]} tokens of {text.source}, ppl of the last {a.last}", flush=True)
     model.set_attn_implementation("sdpa")  # check: the fp32 emulation's dense row must match the stock model
     t1 = time.perf_counter()
@@ -203,6 +205,7 @@ def main(argv=None) -> None:
     p.add_argument("--last", type=int, default=1024)
     p.add_argument("--patterns", default="dense,100/800")
     p.add_argument("--methods", default="fp32,bf16,fp8,fp8+smooth")
+    p.add_argument("--device", default="cpu", help="cuda: the same emulation on the GPU (fp32 model; for 16K)")
     a = ap.parse_args(argv)
     {"capture": run_capture, "errors": run_errors, "ppl": run_ppl}[a.cmd](a)
 
