@@ -6,8 +6,9 @@ What a kernel would do, stated exactly (fp8_attention_ref):
   query row by the same q . mean, so softmax is unchanged; it removes the channel offsets that waste K's range.
 * qk_format float8_e4m3fn: q is split into 64-row blocks per (b, q head) from row 0, k into 64-key blocks per
   (b, kv head) (q_block / k_block rows: 64 by default, 1 = per-token scales); each block x -> x8 =
-  clamp(x / s, +-448).to(e4m3) (round to nearest even) with s = amax|x| / 448 (s = 1 for an all-zero block). scores = (q8 . k8^T in fp32: e4m3 products are exact in fp32, fp32 sums) * sq
-  * sk * scale, sq per query row block, sk per key block. (Hopper's FP8 MMA accumulates with fewer than 32 bits:
+  clamp(x / s, +-448).to(e4m3) (round to nearest even) with s = amax|x| / 448 (s = 1 for an all-zero block).
+  scores = (q8 . k8^T in fp32: e4m3 products are exact in fp32, fp32 sums) * sq * sk * scale, sq per query row
+  block, sk per key block. (Hopper's FP8 MMA accumulates with fewer than 32 bits:
   not emulated.) qk_format int8: the same with scale = amax / 127 and rounding to integers (SageAttention's
   choice; int8 products are exact and their D-term sums stay below 2^24, so fp32 sums are exact). bfloat16: q, k
   rounded to bf16, fp32 products and sums (a bf16 kernel). None: fp32.
