@@ -107,11 +107,10 @@ def streaming_attention(q, k, v, init_num: Union[int, torch.Tensor], local_windo
     return _attend(q, k, v, scale, mask_fn, head_mask, out)
 
 
-def vertical_slash_attention(q, k, v, vertical: torch.Tensor, slash: torch.Tensor, scale: float,
-                             head_mask=None, out=None) -> torch.Tensor:
-    """Block-rounded VS: slash offset s covers keys [m0 - s, m0 - s + 64) of the block at (absolute) m0."""
-    S = k.shape[2]
-    off = S - q.shape[2]
+def vertical_slash_mask_fn(vertical: torch.Tensor, slash: torch.Tensor, S: int, Sq: int) -> MaskFn:
+    """MaskFn of block-rounded VS for q [B, Hq, Sq, D] over S keys (vertical/slash [B, Hq, N], -1 pads): slash
+    offset s covers keys [m0 - s, m0 - s + 64) of the block at (absolute) m0. Causality is the caller's."""
+    off = S - Sq
     columns = _presence(vertical.cpu(), S)  # [B, Hq, S]
     offsets = _presence(slash.cpu(), S).int()
     # prefix[x] = number of selected offsets < x; key j is covered in block m0 iff an offset
@@ -135,6 +134,13 @@ def vertical_slash_attention(q, k, v, vertical: torch.Tensor, slash: torch.Tenso
         covered = covered[:, :, _row_blocks(r0, r1)]
         return covered | columns[:, qh, None, :kend]
 
+    return mask_fn
+
+
+def vertical_slash_attention(q, k, v, vertical: torch.Tensor, slash: torch.Tensor, scale: float,
+                             head_mask=None, out=None) -> torch.Tensor:
+    """Block-rounded VS (vertical_slash_mask_fn)."""
+    mask_fn = vertical_slash_mask_fn(vertical, slash, k.shape[2], q.shape[2])
     return _attend(q, k, v, scale, mask_fn, head_mask, out)
 
 
