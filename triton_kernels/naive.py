@@ -60,12 +60,10 @@ def streaming_mask(B: int, H: int, S: int, init_num, local_window, device="cpu",
     return m.unsqueeze(0).expand(B, H, i.shape[0], S).clone()
 
 
-def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
-                        q_len=None) -> torch.Tensor:
-    """[B,H,Sq,S] bool, block-rounded vertical-slash: the query rows form 64-row blocks from the chunk's first row,
-    block qb starting at absolute position m0 = S - Sq + 64 qb; its row at position i attends j iff j <= i and
-    (j in vertical, or some selected slash offset s has m0 - s <= j < m0 - s + 64). vertical [B,H,NV], slash [B,H,NS];
-    entries outside [0, S) select nothing."""
+def _vs_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len, block: int, tiles) -> torch.Tensor:
+    """The vertical-slash masks built element by element: every row sees its head's vertical columns in [0, S);
+    ``tiles(s, m0)`` gives the key offsets d whose 64-key tile [m0 - d, m0 - d + block) offset s selects in the
+    query block starting at m0 (clipped to [0, S)); then causal."""
     B, H = vertical.shape[:2]
     sq = S if q_len is None else int(q_len)
     off = S - sq
@@ -81,10 +79,20 @@ def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, blo
                     continue
                 for r0 in range(0, sq, block):
                     m0 = off + r0
-                    lo, hi = max(0, m0 - s), min(S, m0 - s + block)
-                    if hi > lo:
-                        m[b, h, r0:r0 + block, lo:hi] = True
+                    for d in tiles(s, m0):
+                        lo, hi = max(0, m0 - d), min(S, m0 - d + block)
+                        if hi > lo:
+                            m[b, h, r0:r0 + block, lo:hi] = True
     return (m & _causal(S, "cpu", sq)).to(vertical.device)
+
+
+def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
+                        q_len=None) -> torch.Tensor:
+    """[B,H,Sq,S] bool, block-rounded vertical-slash: the query rows form 64-row blocks from the chunk's first row,
+    block qb starting at absolute position m0 = S - Sq + 64 qb; its row at position i attends j iff j <= i and
+    (j in vertical, or some selected slash offset s has m0 - s <= j < m0 - s + 64). vertical [B,H,NV], slash [B,H,NS];
+    entries outside [0, S) select nothing."""
+    return _vs_mask(vertical, slash, S, q_len, block, lambda s, m0: (s,))
 
 
 def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
@@ -92,28 +100,8 @@ def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: 
     """[B,H,Sq,S] bool, aligned vertical-slash (docs/DESIGN.md): as vertical_slash_mask, but a selected offset s
     covers, in the block at m0, every whole key tile [m0 - d, m0 - d + 64) with d a multiple of 64 that meets its
     range [m0 - s, m0 - s + 64) (|d - s| < 64: d = 64 floor(s/64), and d + 64 when s % 64 != 0)."""
-    B, H = vertical.shape[:2]
-    sq = S if q_len is None else int(q_len)
-    off = S - sq
-    m = torch.zeros(B, H, sq, S, dtype=torch.bool)
-    vs, ss = vertical.cpu().tolist(), slash.cpu().tolist()
-    for b in range(B):
-        for h in range(H):
-            for c in vs[b][h]:
-                if 0 <= c < S:
-                    m[b, h, :, c] = True
-            for s in set(ss[b][h]):
-                if not 0 <= s < S:
-                    continue
-                for d in range(0, S + 2 * block, block):
-                    if abs(d - s) >= block:
-                        continue
-                    for r0 in range(0, sq, block):
-                        m0 = off + r0
-                        lo, hi = max(0, m0 - d), min(S, m0 - d + block)
-                        if hi > lo:
-                            m[b, h, r0:r0 + block, lo:hi] = True
-    return (m & _causal(S, "cpu", sq)).to(vertical.device)
+    return _vs_mask(vertical, slash, S, q_len, block,
+                    lambda s, m0: [d for d in range(0, S + 2 * block, block) if abs(d - s) < block])
 
 
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:

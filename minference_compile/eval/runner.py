@@ -85,7 +85,7 @@ class Runner:
         for name, config in self.configs.items():
             self.forwards[name] = compile_forward(model, config, self.stats[name])
         self.device = next(model.parameters()).device
-        self._cache_kw = None  # "cache" (transformers >= 5.2x) or "past_key_values" (5.17): read from forward
+        self._cache_kw = cache_kwarg(model)  # "cache" (transformers >= 5.2x) or "past_key_values" (5.17)
 
     @torch.no_grad()
     def prefill(self, mode: str, ids: torch.Tensor, keep: int = 1):
@@ -96,7 +96,6 @@ class Runner:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=self.model.config)
-        self._cache_kw = self._cache_kw or cache_kwarg(self.model)
         t0 = time.perf_counter()
         # positions as a tensor, at least 2: an int logits_to_keep (and a size-1 tensor) is specialised by
         # Dynamo, one compilation per value; this way one compilation serves every length and keep

@@ -8,16 +8,14 @@ from typing import Optional
 
 import torch
 
-from ..triton_kernels import naive
-from ..ops import cpu
 from ..ops.adaptive import adaptive_block_sparse_index
-from .base import DEFAULT_THRESHOLD, HeadGroup, Pattern, Slot, register
-from .block_sparse import BlockSparse, block_sparse_kernel
+from .base import HeadGroup, Pattern, Slot, register
+from .block_sparse import BlockAttention, BlockSparse
 
 
 @register
 @dataclasses.dataclass(frozen=True)
-class BlockSparseAdaptive(Pattern):
+class BlockSparseAdaptive(BlockAttention, Pattern):
     topk_cap: int
     tau: Optional[float] = None  # None: the default 0.9 (the entry had no 5th element)
 
@@ -33,17 +31,4 @@ class BlockSparseAdaptive(Pattern):
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
-        thr = [DEFAULT_THRESHOLD if s is None else s.threshold for s in group.specs]
-        return adaptive_block_sparse_index(group.q, group.k, group.values("topk_cap", 0), thr)
-
-    @classmethod
-    def attend_cpu(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return cpu.block_sparse_attention(group.q, group.k, group.v, selection, group.scale, head_mask, out)
-
-    @classmethod
-    def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return block_sparse_kernel(group.q, group.k, group.v, selection, group.scale, head_mask, out)
-
-    @classmethod
-    def reference(cls, group: HeadGroup, selection) -> torch.Tensor:
-        return naive.block_sparse_ref(group.q, group.k, group.v, selection, group.scale)
+        return adaptive_block_sparse_index(group.q, group.k, group.values("topk_cap", 0), group.thresholds())

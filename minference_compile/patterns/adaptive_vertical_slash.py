@@ -11,7 +11,7 @@ import torch
 from ..triton_kernels import naive
 from ..ops import cpu
 from ..ops.adaptive import adaptive_vertical_slash
-from .base import DEFAULT_THRESHOLD, HeadGroup, Pattern, Slot, register
+from .base import HeadGroup, Pattern, Slot, register
 from .vertical_slash import VerticalSlash, vertical_slash_kernel
 
 
@@ -34,8 +34,7 @@ class VerticalSlashAdaptive(Pattern):
 
     @classmethod
     def select(cls, group: HeadGroup):
-        thr = [DEFAULT_THRESHOLD if s is None else s.threshold for s in group.specs]
-        return adaptive_vertical_slash(group.q, group.k, group.values("v_cap", 0), group.values("s_cap", 0), thr,
+        return adaptive_vertical_slash(group.q, group.k, group.values("v_cap", 0), group.values("s_cap", 0), group.thresholds(),
                                        group.last_q)
 
     @classmethod

@@ -60,6 +60,10 @@ class HeadGroup:
         """Per q head: this pattern's ``field``, ``fill`` for heads of other patterns (they select nothing)."""
         return [fill if s is None else getattr(s, field) for s in self.specs]
 
+    def thresholds(self) -> list:
+        """Per q head: an adaptive pattern's mass threshold (the default for heads of other patterns)."""
+        return [DEFAULT_THRESHOLD if s is None else s.threshold for s in self.specs]
+
 
 @dataclasses.dataclass(frozen=True)
 class Pattern:

@@ -26,9 +26,26 @@ def block_sparse(q, k, v, block_index, scale: float, head_mask=None, out=None) -
     return block_sparse_kernel(q, k, v, block_index, scale, head_mask, out)
 
 
+class BlockAttention:
+    """The attention half of the block-sparse patterns (fixed and adaptive): the selection is a
+    [B, Hq, NQB, K] tensor of key-block ids, run by the block-sparse kernel / CPU path / reference."""
+
+    @classmethod
+    def attend_cpu(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
+        return cpu.block_sparse_attention(group.q, group.k, group.v, selection, group.scale, head_mask, out)
+
+    @classmethod
+    def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
+        return block_sparse_kernel(group.q, group.k, group.v, selection, group.scale, head_mask, out)
+
+    @classmethod
+    def reference(cls, group: HeadGroup, selection) -> torch.Tensor:
+        return naive.block_sparse_ref(group.q, group.k, group.v, selection, group.scale)
+
+
 @register
 @dataclasses.dataclass(frozen=True)
-class BlockSparse(Pattern):
+class BlockSparse(BlockAttention, Pattern):
     topk: int
 
     name = "block_sparse"
@@ -46,15 +63,3 @@ class BlockSparse(Pattern):
         topks = {s.topk for s in group.specs if s is not None}
         # one budget: an int; else per head (other heads 1), whose max needs no device sync
         return block_sparse_index(group.q, group.k, topks.pop() if len(topks) == 1 else group.values("topk", 1))
-
-    @classmethod
-    def attend_cpu(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return cpu.block_sparse_attention(group.q, group.k, group.v, selection, group.scale, head_mask, out)
-
-    @classmethod
-    def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return block_sparse_kernel(group.q, group.k, group.v, selection, group.scale, head_mask, out)
-
-    @classmethod
-    def reference(cls, group: HeadGroup, selection) -> torch.Tensor:
-        return naive.block_sparse_ref(group.q, group.k, group.v, selection, group.scale)
