@@ -43,6 +43,8 @@ for m in $modes; do
       timeout 400 python3 -m benchmarks.call_forms --length 131072 --out "$OUT/call-forms-128k.json" 2>&1 | tee "$OUT/call_forms.log" | tail -30 ;;
     gputests)  # every GPU-marked test: kernels (incl. query offsets), ops, chunked pre-fill, vs_max_work
       timeout 560 python3 -m pytest -q -p no:cacheprovider -x tests/test_kernels_triton.py tests/test_gpu_ops.py tests/test_gpu_chunked.py tests/test_chunked_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -25 ;;
+    regtests)  # the GPU tests of code merged since the last device run: registry dispatch, aligned tiles, adaptive index, ops
+      timeout ${TEST_S:-300} python3 -m pytest -q -p no:cacheprovider tests/test_vs_aligned.py tests/test_gpu_ops.py tests/test_gpu_chunked.py tests/test_kernels_triton.py tests/test_adaptive.py tests/test_eval.py::test_eval_runner_on_gpu_runs_the_kernels ${TEST_EXTRA:-} 2>&1 | tee "$OUT/tests_regtests.log" | tail -25 ;;
     gpuops) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_ops.py tests/test_ops_cpu.py 2>&1 | tee "$OUT/tests_gpuops.log" | tail -15 ;;
     guard) timeout 120 python3 -m benchmarks.guard --seq 128k 2>&1 | tee "$OUT/guard.log" ;;
     tune) timeout 400 python3 -m benchmarks.tune 2>&1 | tee "$OUT/tune.log" | tail -90 ;;
@@ -63,7 +65,7 @@ for m in $modes; do
     searched)  # issue 10: kernel time at 128K of the shipped searched / adaptive Qwen2.5-0.5B configs vs cuDNN
       for c in ${SEARCHED:-qwen05 qwen05-adaptive}; do timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/$c.json --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -12; done ;;
     aligned)  # issue 12: aligned slash tiles against today's tiles, same run, 128K llama3-8b
-      timeout 240 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-1000/6096+aligned,vs-100/800,vs-100/800+aligned,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 3.5 --commit "$COMMIT" --out "$OUT" --tag aligned 2>&1 | tail -30 ;;
+      timeout 240 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases ${ALIGNED_CASES:-dense-cudnn,vs-1000/6096,vs-1000/6096+aligned,vs-100/800,vs-100/800+aligned,bs-top100,ashape-128+4096,flex-ashape-128+4096} --max-minutes ${ALIGNED_MIN:-3.5} --commit "$COMMIT" --out "$OUT" --tag aligned 2>&1 | tail -30 ;;
     e2e-main)  # the e2e table's one-shot rows, one process: eager SDPA, A-shape, VS (injected), block-sparse at 32K and 128K
       timeout ${E2E_S:-450} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,ashape,vs-injected,block-sparse --max-minutes ${E2E_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag main 2>&1 | tail -30 ;;
     e2e-extra)  # the same lengths: torch.compile dense and the seed's own Qwen2.5-7B-1M per-head config (injected VS sets)
