@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--shape", default="qwen2.5-7b", choices=list(MODEL_SHAPES))
     ap.add_argument("--lengths", default="32k,128k", help="comma list, k/m suffixes")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma list of {list(METHODS)}")
-    ap.add_argument("--chunk", type=int, default=0, help="chunked pre-fill with this chunk size (0: one shot)")
+    ap.add_argument("--chunk", default="0", help="chunked pre-fill with this chunk size (0: one shot); a comma list "
+                    "(e.g. 0,32768) runs every method in each mode in this one process (chunked vs one-shot, same run)")
     ap.add_argument("--generate", type=int, default=0, help="greedy tokens to generate after the pre-fill")
     ap.add_argument("--layers", type=int, default=0, help="build the model this many layers deep (0: full)")
     ap.add_argument("--seed-config", default=None, help="the seed's per-head JSON for this shape (method seed-config)")
@@ -462,20 +463,32 @@ def main(argv=None) -> int:
     register_attention()
     os.makedirs(a.out, exist_ok=True)
     meta = metadata(a)
-    meta.update(shape=a.shape, model=MODEL_SHAPES[a.shape][2], lengths=lengths, methods=methods, chunk=a.chunk,
+    chunks = [int(parse_lengths(c)[0]) if c.strip() not in ("", "0") else 0 for c in str(a.chunk).split(",")]
+    a.chunk = chunks[0]
+    meta.update(shape=a.shape, model=MODEL_SHAPES[a.shape][2], lengths=lengths, methods=methods, chunk=chunks,
                 via=a.via, layers=a.layers, seed_config=a.seed_config and os.path.basename(a.seed_config),
                 labels={m: METHODS[m][0] for m in methods})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    mode = ("chunk%d" % a.chunk) if a.chunk else "oneshot"
+    mode = "+".join(("chunk%d" % c) if c else "oneshot" for c in chunks)
     base = os.path.join(a.out, f"e2e-{a.shape}-{mode}-{stamp}{('-' + a.tag) if a.tag else ''}")
     print(f"# {meta['card']} torch {meta['torch']} commit {meta['commit']} -> {base}.csv", flush=True)
     t0 = time.time()
     rows = []
     clock = Clock(cuda)
-    for m in methods:
-        run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
+    for c in chunks:
+        a.chunk = c
+        for m in methods:
+            run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
     for S in lengths:
-        finish_group([r for r in rows if r["S"] == S])
+        for c in chunks:
+            finish_group([r for r in rows if r["S"] == S and (r.get("chunk") or 0) == c])
+    if len(chunks) > 1:  # chunked against one-shot, per method and length, same process
+        for r in rows:
+            one = [o for o in rows if o["S"] == r["S"] and o["case"] == r["case"] and not o.get("chunk")
+                   and o.get("status") == "ok"]
+            if r.get("chunk") and r.get("status") == "ok" and one:
+                r["note"] = (r.get("note", "") + "; " if r.get("note") else "") + \
+                    "chunked / one-shot pre-fill %.3f" % (r["prefill_ms"] / one[0]["prefill_ms"])
     meta["wall_s"] = time.time() - t0
     write(rows, meta, base)
     print(format_table(rows))
@@ -490,13 +503,14 @@ def main(argv=None) -> int:
 
 
 def format_table(rows) -> str:
-    head = f"{'S':>8} {'method':18} {'status':8} {'prefill ms':>11} {'ttft ms':>10} {'peak GiB':>9} {'attn ms':>9} " \
+    head = f"{'S':>8} {'chunk':>6} {'method':18} {'status':8} {'prefill ms':>11} {'ttft ms':>10} {'peak GiB':>9} {'attn ms':>9} " \
            f"{'rest ms':>9} {'x eager':>8} {'x compiled':>10}"
     out = [head]
     for r in rows:
-        out.append(f"{r['S']:>8} {r['case']:18} {r.get('status', '')[:8]:8} {_fmt(r.get('prefill_ms')):>11} "
+        out.append(f"{r['S']:>8} {str(r.get('chunk') or '-'):>6} {r['case']:18} {r.get('status', '')[:8]:8} {_fmt(r.get('prefill_ms')):>11} "
                    f"{_fmt(r.get('ttft_ms')):>10} {_fmt(r.get('peak_mem_gib')):>9} {_fmt(r.get('attention_ms')):>9} "
-                   f"{_fmt(r.get('rest_ms')):>9} {_fmt(r.get('speedup')):>8} {_fmt(r.get('speedup_vs_compiled')):>10}")
+                   f"{_fmt(r.get('rest_ms')):>9} {_fmt(r.get('speedup')):>8} {_fmt(r.get('speedup_vs_compiled')):>10}"
+                   + (f"  {r['note'].split('; ')[-1]}" if "chunked / one-shot" in (r.get("note") or "") else ""))
     return "\n".join(out)
 
 

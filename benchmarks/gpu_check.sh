@@ -72,6 +72,8 @@ for m in $modes; do
       timeout ${E2E_S:-300} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods seed-config,compile-dense --seed-config "$SEEDCFG" --max-minutes ${E2E_MIN:-4} --commit "$COMMIT" --out "$OUT" --tag extra 2>&1 | tail -30 ;;
     e2e-128k-chunk)  # chunked (32K chunks) vs one-shot sparse pre-fill at 128K: A-shape and VS (injected)
       timeout 400 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 32768 --methods ashape,vs-injected --max-minutes 5 --commit "$COMMIT" --out "$OUT" --tag chunk32k 2>&1 | tail -20 ;;
+    e2e-chunk-ratio)  # issue 11: chunked (32K) vs one-shot sparse pre-fill at 128K in ONE process, LAYERS deep (default 4)
+      timeout ${E2E_S:-300} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 0,32768 --layers ${LAYERS:-4} --methods ${E2E_METHODS:-eager-sdpa,ashape,vs-injected} --max-minutes ${E2E_MIN:-4} --commit "$COMMIT" --out "$OUT" --tag ratio 2>&1 | tail -20 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
       timeout 560 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods block-sparse --max-minutes 7 --commit "$COMMIT" --out "$OUT" --tag bs 2>&1 | tail -20 ;;
     e2e-512k-dense)  # dense chunked pre-fill at 512K on 2 of 28 layers (scaled by depth)

@@ -25,6 +25,20 @@ def test_dry_run_chunked_generate(tmp_path):
     assert (tmp_path / next(p.name for p in tmp_path.glob("*.csv"))).read_text().startswith("shape,layers")
 
 
+def test_dry_run_chunk_list_runs_both_modes_in_one_process(tmp_path):
+    """--chunk 0,128: one-shot and chunked rows from one run, each chunked row noting its ratio to one-shot."""
+    assert e2e.main(["--dry-run", "--lengths", "256", "--chunk", "0,128", "--reps", "1", "--no-split",
+                     "--methods", "eager-sdpa,ashape", "--out", str(tmp_path)]) == 0
+    rows = _rows(tmp_path)
+    assert [(r["case"], r["chunk"]) for r in rows] == [("eager-sdpa", ""), ("ashape", ""), ("eager-sdpa", 128),
+                                                         ("ashape", 128)]
+    assert all(r["status"] == "ok" for r in rows), rows
+    for r in rows[2:]:
+        want = r["prefill_ms"] / next(o for o in rows[:2] if o["case"] == r["case"])["prefill_ms"]
+        assert "chunked / one-shot pre-fill %.3f" % want in r["note"]
+    assert rows[0]["speedup"] == 1.0 and rows[2]["speedup"] == 1.0  # each mode against its own eager row
+
+
 def test_dry_run_one_shot_split(tmp_path):
     assert e2e.main(["--dry-run", "--lengths", "256", "--methods", "ashape,seed-config", "--layers", "1", "--reps", "1",
                      "--out", str(tmp_path)]) == 0
