@@ -90,22 +90,28 @@ for m in $modes; do
       mkdir -p "$OUT/search32k"
       timeout ${EVAL_S:-500} python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$OUT/search32k/qwen05-32k.json" --workdir /tmp/search32k > "$OUT/search32k.log" 2>&1 &
       wait; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -); for f in "$OUT"/eval-*.log "$OUT/search32k.log"; do echo "--- $f"; tail -n 25 "$f"; done ;;
-    qwen-search)  # issue 10: per-head search at 32K on both calibration prompts (all candidates), then selections from the
-      # same scores: per head >= 0.97 (all / fixed only) and --match-seed (least work at the seed's recall); kernel time at 128K
-      S32=/tmp/s32cfg; mkdir -p "$S32" "$OUT/search32k"
-      timeout ${SEARCH_S:-300} python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k.json" --workdir /tmp/search32k 2>&1 | tail -15
-      timeout 60 python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k-match.json" --workdir /tmp/search32k --match-seed 2>&1 | tail -8
-      timeout 60 python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k-match-fixed.json" --workdir /tmp/search32k --match-seed --allow fixed 2>&1 | tail -8
-      cp "$S32"/*.json "$OUT/search32k/"; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -)
-      for c in qwen05-32k-match qwen05-32k-match-fixed; do [ -f "$S32/$c.json" ] && timeout 90 python3 -m benchmarks.searched --config "$S32/$c.json" --seq 128k --index 2>&1 | tee "$OUT/search32k/searched-$c-128k.log" | tail -3; done ;;
-    qwen-eval2)  # issue 9 (needle 4K-32K x 5 depths, kv 50 at 16K) and issue 10 (adaptive, and the 32K searched configs): parallel
+    qwen-search|qwen-eval2)  # qwen-eval2: issue 9's evals (needle 4K-32K x 5 depths, kv 50 at 16K; adaptive also ppl/recall)
+      # in parallel with the search. qwen-search: issue 10's per-head search at 32K on both calibration prompts (all
+      # candidates), three selections from one scoring (per head >= 0.97; --match-seed; --match-seed fixed only), 128K kernels
       run_eval() { n=$1; shift; timeout ${EVAL_S:-400} python3 -m minference_compile.cli eval qwen05 --device cuda --no-progress --quiet --out /tmp/ev/$n "$@" > "$OUT/eval-$n.log" 2>&1; }
       mkdir -p /tmp/ev
-      run_eval default --config default --tasks needle,kv --lengths 4k,8k,16k,32k --kv-lengths 16k --kv-samples 50 &
-      run_eval qwen05 --config minference_compile/configs/qwen05.json --tasks needle,kv --lengths 4k,8k,16k,32k --kv-lengths 16k --kv-samples 50 &
-      run_eval qwen05-adaptive --config minference_compile/configs/qwen05-adaptive.json --tasks needle,ppl,kv,recall --lengths 4k,8k,16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
-      for c in /tmp/s32cfg/qwen05-32k-match.json /tmp/s32cfg/qwen05-32k-match-fixed.json; do
-        [ -f "$c" ] && run_eval "$(basename $c .json)" --config "$c" --tasks ppl,recall,kv --lengths 16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
+      if [ $m = qwen-eval2 ]; then
+        run_eval default --config default --tasks needle,kv --lengths 4k,8k,16k,32k --kv-lengths 16k --kv-samples 50 &
+        run_eval qwen05 --config minference_compile/configs/qwen05.json --tasks needle,kv --lengths 4k,8k,16k,32k --kv-lengths 16k --kv-samples 50 &
+        run_eval qwen05-adaptive --config minference_compile/configs/qwen05-adaptive.json --tasks needle,ppl,kv,recall --lengths 4k,8k,16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
+      fi
+      S32=/tmp/s32cfg; mkdir -p "$S32" "$OUT/search32k"
+      timeout ${SEARCH_S:-300} python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k.json" --workdir /tmp/search32k > "$OUT/search32k/search.log" 2>&1
+      timeout 60 python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k-match.json" --workdir /tmp/search32k --match-seed > "$OUT/search32k/match.log" 2>&1
+      timeout 60 python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k-match-fixed.json" --workdir /tmp/search32k --match-seed --allow fixed > "$OUT/search32k/match-fixed.log" 2>&1
+      cp "$S32"/*.json "$OUT/search32k/" 2>/dev/null; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -)
+      for f in search match match-fixed; do echo "--- search32k/$f.log"; tail -n 12 "$OUT/search32k/$f.log"; done
+      for c in qwen05-32k-match qwen05-32k-match-fixed; do [ -f "$S32/$c.json" ] && timeout 90 python3 -m benchmarks.searched --config "$S32/$c.json" --seq 128k --index > "$OUT/search32k/searched-$c-128k.log" 2>&1; tail -n 2 "$OUT/search32k/searched-$c-128k.log"; done
+      wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
+    qwen-eval3)  # issue 10: the 32K searched configs' accuracy (ppl 16K/32K, recall 32K, kv 50 at 16K), in parallel
+      run_eval() { n=$1; shift; timeout ${EVAL_S:-400} python3 -m minference_compile.cli eval qwen05 --device cuda --no-progress --quiet --out /tmp/ev/$n "$@" > "$OUT/eval-$n.log" 2>&1; }
+      for c in /tmp/s32cfg/qwen05-32k-match.json /tmp/s32cfg/qwen05-32k-match-fixed.json ${EXTRA_CFG:-}; do
+        [ -f "$c" ] && run_eval "$(basename $c .json)" --config "$c" --tasks ${EVAL3_TASKS:-ppl,recall,kv} --lengths 16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
       done
       wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
