@@ -1,0 +1,171 @@
+"""The opt-in TMA variants (tma=True: Q/K/V through tensor descriptors, benchmarks/NOTES.md #17) of the block-sparse
+and A-shape kernels against the naive references, same cases as test_kernels_triton: odd lengths, GQA, batch 2,
+D 64/96/128, query offsets, NaN-poisoned outputs. Triton 3.6's interpreter runs host tensor descriptors (zero fill
+outside the descriptor's shape), so these run on the CPU too; on CUDA they compile to TMA loads (sm90+).
+The NaN guard buffers of test_kernels_triton sit between heads in the descriptors' row views: a row past S read
+into an unmasked position (or a V row not zeroed) poisons the output. Every test checks TMA was really used."""
+import logging
+
+import pytest
+import torch
+
+from test_kernels_triton import (B, CUDA, DTYPES, OFFSET_SHAPES, SHAPES, check, device, nan_out,  # noqa: F401
+                                 qkv, seed)
+
+from minference_compile.triton_kernels import _common, block_sparse, naive, streaming
+from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
+from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
+from minference_compile.triton_kernels.streaming import streaming_attention_fwd
+
+INIT = torch.tensor([0, 4, 70, 1, 33, 0, 9, 2], dtype=torch.int32)
+LOCAL = torch.tensor([1, 0, 100, 65, 7, 200, 64, 130], dtype=torch.int32)
+
+
+@pytest.fixture
+def tma_used(monkeypatch):
+    """Records, per kernel call, whether the wrapper got descriptors (True) or fell back to pointers (False)."""
+    calls = []
+
+    def spy(*a, **kw):
+        d = _common.tma_descriptors(*a, **kw)
+        calls.append(d is not None)
+        return d
+
+    monkeypatch.setattr(block_sparse, "tma_descriptors", spy)
+    monkeypatch.setattr(streaming, "tma_descriptors", spy)
+    return calls
+
+
+def contiguous_qkv(S, Hq, Hkv, D, dtype, device, q_len=None):
+    """Plain contiguous tensors (the benchmark's layout): rows past S in the row view are the next head's keys."""
+    mk = lambda h, s: (torch.randn(B, h, s, D, device=device) * 2).to(dtype)  # noqa: E731
+    return mk(Hq, q_len or S), mk(Hkv, S), mk(Hkv, S)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_block_sparse_tma(S, Hq, Hkv, D, dtype, device, tma_used):
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    for topk in (2, torch.tensor([5, 4, 3, 2, 1, 5, 4, 3][:Hq], device=device)):
+        idx = block_sparse_index(q, k, topk)
+        ref = naive.block_sparse_ref(q, k, v, idx)
+        check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True, tma=True), ref, dtype)
+    check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), tma=True), ref, dtype)
+    assert tma_used == [True] * 3
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_block_sparse_tma_offset(Sq, S, Hq, Hkv, D, device, tma_used):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    idx = block_sparse_index(q, k, torch.tensor([5, 1, 3, 2, 1, 5, 4, 3][:Hq], device=device))
+    ref = naive.block_sparse_ref(q, k, v, idx)
+    check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True, tma=True), ref, dtype)
+    # messy ids: -1, duplicates, non-causal, out of range; rows without their diagonal blocks
+    messy = torch.randint(-1, -(-S // 64) + 2, (B, Hq, -(-Sq // 64), 4), dtype=torch.int32, device=device)
+    check(block_sparse_attention_fwd(q, k, v, messy, None, out=nan_out(q), tma=True),
+          naive.block_sparse_ref(q, k, v, messy), dtype)
+    assert tma_used == [True] * 2
+
+
+@pytest.mark.parametrize("S,Hq,Hkv,D", [(65, 4, 2, 96), (200, 4, 1, 64)] + ([(1000, 8, 2, 128)] if CUDA else []))
+def test_tma_contiguous_next_head_rows(S, Hq, Hkv, D, device, tma_used):
+    """Contiguous layout: the rows after a head's last key are the next head's (finite) keys, so a missing score
+    mask or V zeroing gives a wrong answer rather than NaN."""
+    dtype = DTYPES[0]
+    q, k, v = contiguous_qkv(S, Hq, Hkv, D, dtype, device)
+    idx = block_sparse_index(q, k, 3)
+    check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), compact=True, tma=True),
+          naive.block_sparse_ref(q, k, v, idx), dtype)
+    init, local = INIT[:Hq].to(device), LOCAL[:Hq].to(device) + 40
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=True),
+          naive.streaming_ref(q, k, v, init, local), dtype)
+    assert tma_used == [True] * 2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_streaming_tma(S, Hq, Hkv, D, dtype, device, tma_used):
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    init, local = INIT[:Hq].to(device), LOCAL[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=True)
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+    assert tma_used == [True]
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_streaming_tma_offset(Sq, S, Hq, Hkv, D, device, tma_used):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    init, local = INIT[:Hq].to(device), LOCAL[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=True)
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+    assert tma_used == [True]
+
+
+@pytest.mark.parametrize("S,Hq,Hkv,D", [(65, 7, 1, 64), (300, 2, 2, 128)] + ([(1000, 8, 2, 128)] if CUDA else []))
+def test_streaming_tma_128_key_tiles(S, Hq, Hkv, D, device, monkeypatch, tma_used):
+    monkeypatch.setattr(streaming, "_BLOCK_N", {64: 128, 128: 128})
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    init = torch.tensor([0, 4, 130, 1, 33, 0, 9, 2], dtype=torch.int32)[:Hq].to(device)
+    local = torch.tensor([1, 0, 100, 129, 7, 200, 64, 300], dtype=torch.int32)[:Hq].to(device)
+    out = streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=True)
+    check(out, naive.streaming_ref(q, k, v, init, local), dtype)
+    assert tma_used == [True]
+
+
+def test_tma_head_mask(device, tma_used):
+    dtype, S, Hq = DTYPES[-1], 190, 3
+    q, k, v = qkv(S, Hq, 1, 128, dtype, device)
+    hm = torch.tensor([True, False, True], device=device)
+    idx = torch.arange(3, device=device).expand(B, Hq, 3, 3).contiguous()
+    check(block_sparse_attention_fwd(q, k, v, idx, 0.25, hm, nan_out(q), tma=True),
+          naive.dense_causal_ref(q, k, v, 0.25), dtype, hm)
+    init, local = torch.tensor([4, 0, 8], dtype=torch.int32, device=device), torch.tensor([64, 30, 100],
+                                                                                         dtype=torch.int32,
+                                                                                         device=device)
+    check(streaming_attention_fwd(q, k, v, init, local, None, hm, nan_out(q), tma=True),
+          naive.streaming_ref(q, k, v, init, local), dtype, hm)
+    assert tma_used == [True] * 2
+
+
+def test_tma_falls_back_on_transposed_layout(device, tma_used, caplog, monkeypatch):
+    """[B,S,H,D] transposes (head stride not whole rows): pointer loads, one warning, same answer."""
+    monkeypatch.setattr(_common, "_tma_logged", set())
+    dtype, S, Hq = DTYPES[0], 150, 4
+    q, k, v = qkv(S, Hq, 2, 96, dtype, device, layout="bshd")
+    idx = block_sparse_index(q, k, 2)
+    with caplog.at_level(logging.WARNING, logger="minference_compile"):
+        for _ in range(2):
+            check(block_sparse_attention_fwd(q, k, v, idx, None, out=nan_out(q), tma=True),
+                  naive.block_sparse_ref(q, k, v, idx), dtype)
+    assert tma_used == [False, False]
+    assert sum("TMA loads requested" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_tma_environment_switches(device, tma_used, monkeypatch):
+    dtype, S = DTYPES[0], 130
+    q, k, v = qkv(S, 2, 1, 64, dtype, device)
+    init, local = torch.tensor([4, 0], dtype=torch.int32, device=device), torch.tensor([64, 30], dtype=torch.int32,
+                                                                                      device=device)
+    ref = naive.streaming_ref(q, k, v, init, local)
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)  # default: off
+    monkeypatch.setenv("MINFERENCE_TMA", "1")
+    monkeypatch.setenv("MINFERENCE_NUM_STAGES", "1")
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=False, num_stages=3), ref, dtype)
+    assert tma_used == [True]  # the wrapper only asks for descriptors when TMA is on
+
+
+def test_stages_override(monkeypatch):
+    monkeypatch.delenv("MINFERENCE_NUM_STAGES", raising=False)
+    assert _common.stages_override(3, None) == 3 and _common.stages_override(3, 1) == 1
+    monkeypatch.setenv("MINFERENCE_NUM_STAGES", "4")
+    assert _common.stages_override(2, None) == 4 and _common.stages_override(2, 2) == 2
+
+
+def test_tma_reason(device):
+    assert _common.tma_reason(torch.zeros(2, 3, 10, 64, device=device)) is None
+    assert "aligned" in _common.tma_reason(torch.zeros(1, 1, 10, 7, device=device))  # 28-byte rows
+    assert "whole rows" in _common.tma_reason(torch.zeros(1, 10, 3, 64, device=device).transpose(1, 2))
