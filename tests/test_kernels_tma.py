@@ -169,3 +169,37 @@ def test_tma_reason(device):
     assert _common.tma_reason(torch.zeros(2, 3, 10, 64, device=device)) is None
     assert "aligned" in _common.tma_reason(torch.zeros(1, 1, 10, 7, device=device))  # 28-byte rows
     assert "whole rows" in _common.tma_reason(torch.zeros(1, 10, 3, 64, device=device).transpose(1, 2))
+
+
+# ---- benchmark plumbing (CPU tensors under the interpreter: the set-up runs, nothing is timed) ----
+
+def test_benchmark_tma_cases(device):
+    from benchmarks import cases as C
+    from benchmarks import registry as R
+    cases = R.parse_cases(",".join(R.TMA_CASES + ["bs-top100+tma", "ashape-128+4096+tma"]))
+    assert [c.params.get("stages") for c in cases[:4]] == [1, 2, 3, 4] and cases[4].params["tma"]
+    S = 130
+    q, k, v = contiguous_qkv(S, 4, 2, 64, DTYPES[0], device)
+    q, k, v = q[:1], k[:1], v[:1]
+    bs_case = type(cases[0])("bs-small+tma@s2", "bs", {"topk": 2, "tma": True, "stages": 2})
+    p = C.bs(bs_case, q, k, v, S)
+    assert "tma" in p.note and "num_stages=2" in p.note and p.op_fn is None and p.index_fn is None
+    torch.testing.assert_close(p.fn(), C.bs(type(bs_case)("bs-small", "bs", {"topk": 2}), q, k, v, S).fn(), atol=1e-4, rtol=1e-4)
+    a_case = type(cases[0])("ashape-small+tma", "ashape", {"init": 4, "local": 64, "tma": True})
+    assert "tma" in C.ashape(a_case, q, k, v, S).note
+    assert C.ashape(R.CASE_BY_NAME["ashape-128+4096@s3"], q, k, v, S).note == "num_stages=3"
+
+
+def test_benchmark_tma_case_fails_soft(device, monkeypatch):
+    """A TMA case that cannot run, or whose output differs from pointer loads, raises: the runner records an error
+    row for it and goes on."""
+    from benchmarks import cases as C
+    from benchmarks import registry as R
+    S = 130
+    q, k, v = contiguous_qkv(S, 4, 2, 64, DTYPES[0], device)
+    with pytest.raises(RuntimeError, match="TMA unavailable"):
+        C.bs(R.CASE_BY_NAME["bs-top100+tma@s1"], q, k.transpose(1, 2).contiguous().transpose(1, 2), v, S)
+    wrong = lambda *a, **kw: streaming_attention_fwd(*a, **kw) + (1.0 if kw.get("tma") else 0.0)  # noqa: E731
+    monkeypatch.setattr(streaming, "streaming_attention_fwd", wrong)
+    with pytest.raises(RuntimeError, match="differs"):
+        C.ashape(R.CASE_BY_NAME["ashape-128+4096+tma@s2"], q, k, v, S)
