@@ -161,8 +161,11 @@ def tma_reason(*ts: torch.Tensor) -> Optional[str]:
             return "empty tensor"
         if t.data_ptr() % 16 or (t.stride(2) * t.element_size()) % 16:
             return "base or row stride not 16-byte aligned"
-        if _row_view(t) is None:
+        view = _row_view(t)
+        if view is None:
             return "batch/head strides are not whole rows (e.g. a [B,S,H,D] transpose)"
+        if view[0] >= 2**31:
+            return "more than 2^31 rows (int32 tile offsets)"
     return None
 
 

@@ -70,7 +70,8 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
         kmask = j < S
         if TMA:  # rows past S are another head's (or padding): masked scores, and V zeroed so 0 * NaN can't leak
             k = K.load([k_row + kb * BLOCK_N, 0])
-            v = tl.where(kmask[:, None], V.load([v_row + kb * BLOCK_N, 0]), 0.0)
+            v = V.load([v_row + kb * BLOCK_N, 0])
+            v = tl.where(kmask[:, None], v, tl.zeros_like(v))
         else:
             n0 = tl.cast(kb, tl.int64) * BLOCK_N
             k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)

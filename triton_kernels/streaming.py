@@ -22,7 +22,7 @@ def _kv_tiles(K, V, k_base, v_base, n0, rn, rd, kmask, dmask, skn, svn, TMA: tl.
         k = K.load([(k_base + n0).to(tl.int32), 0])
         v = V.load([(v_base + n0).to(tl.int32), 0])
         if MASKED:
-            v = tl.where(kmask[:, None], v, 0.0)
+            v = tl.where(kmask[:, None], v, tl.zeros_like(v))
     else:
         kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
         vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
