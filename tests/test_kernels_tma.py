@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from test_kernels_triton import (B, CUDA, DTYPES, OFFSET_SHAPES, SHAPES, TOL, check, device, nan_out,  # noqa: F401
-                                 qkv, seed)
+                                 offset_index_sets, qkv, rand_index, seed)
 
-from minference_compile.triton_kernels import _common, block_sparse, naive, streaming
+from minference_compile.triton_kernels import _common, block_sparse, naive, streaming, vertical_slash
 from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
 from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
 from minference_compile.triton_kernels.streaming import streaming_attention_fwd
+from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
+from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
 
 # on CUDA the variants need sm90+ (before it the wrapper falls back to pointer loads, which tma_used would flag)
 pytestmark = pytest.mark.skipif(CUDA and torch.cuda.get_device_capability()[0] < 9, reason="TMA needs sm90+")
@@ -35,6 +37,7 @@ def tma_used(monkeypatch):
 
     monkeypatch.setattr(block_sparse, "tma_descriptors", spy)
     monkeypatch.setattr(streaming, "tma_descriptors", spy)
+    monkeypatch.setattr(vertical_slash, "tma_descriptors", spy)
     return calls
 
 
@@ -82,7 +85,11 @@ def test_tma_contiguous_next_head_rows(S, Hq, Hkv, D, device, tma_used):
     init, local = INIT[:Hq].to(device), LOCAL[:Hq].to(device) + 40
     check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=True),
           naive.streaming_ref(q, k, v, init, local), dtype)
-    assert tma_used == [True] * 2
+    vert, slash = vs_sets(S, Hq, device)
+    idx = build_vertical_slash_index(vert, slash, S, pair=True)
+    check(vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), tma=True),
+          naive.vertical_slash_ref(q, k, v, vert, slash), dtype)
+    assert tma_used == [True] * 3
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -117,6 +124,54 @@ def test_streaming_tma_128_key_tiles(S, Hq, Hkv, D, device, monkeypatch, tma_use
     assert tma_used == [True]
 
 
+def vs_sets(S, Hq, device):
+    """Random vertical/slash ids plus runs of offsets (components of 2+ tiles: wide tiles, cut at the component
+    end), as test_kernels_triton.test_vertical_slash."""
+    vert, slash = rand_index(B, Hq, 7, S, device), rand_index(B, Hq, 6, S, device)
+    if S > 64:
+        runs = [torch.arange(0, S // 3, 20), S // 3 + 70 + torch.arange(0, 40, 15),
+                S * 3 // 4 + torch.arange(0, S // 3, 50)]
+        slash = torch.cat([slash, torch.cat(runs).to(device).expand(B, Hq, -1)], -1)
+    return vert, slash
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+@pytest.mark.parametrize("pair", [False, True])
+def test_vertical_slash_tma(S, Hq, Hkv, D, dtype, pair, device, tma_used):
+    """Slash tiles through descriptors (single and, pair=True, 128-key wide ones); columns stay pointer loads."""
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    vert, slash = vs_sets(S, Hq, device)
+    idx = build_vertical_slash_index(vert, slash, S, pair=pair)
+    check(vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), tma=True),
+          naive.vertical_slash_ref(q, k, v, vert, slash), dtype)
+    assert tma_used == [True]
+
+
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES)
+def test_vertical_slash_tma_offset_and_aligned(Sq, S, Hq, Hkv, D, device, tma_used):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    vert, slash = offset_index_sets(Sq, S, Hq, device)
+    for aligned in (False, True):
+        ref = naive.vertical_slash_ref(q, k, v, vert, slash, aligned=aligned)
+        for pair in (False, True):
+            idx = build_vertical_slash_index(vert, slash, S, pair=pair, q_len=Sq, aligned=aligned)
+            check(vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), tma=True), ref, dtype)
+    assert tma_used == [True] * 4
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_vertical_slash_tma_finer_blocks(block, device, tma_used):
+    dtype, S, Hq = DTYPES[0], 150, 2
+    q, k, v = qkv(S, Hq, 2, 96, dtype, device)
+    vert, slash = rand_index(B, Hq, 5, S, device), rand_index(B, Hq, 9, S, device)
+    idx = build_vertical_slash_index(vert, slash, S, block=block)
+    check(vertical_slash_attention_fwd(q, k, v, idx, None, out=nan_out(q), block=block, tma=True),
+          naive.vertical_slash_ref(q, k, v, vert, slash, block=block), dtype)
+    assert tma_used == [True]
+
+
 def test_tma_head_mask(device, tma_used):
     dtype, S, Hq = DTYPES[-1], 190, 3
     q, k, v = qkv(S, Hq, 1, 128, dtype, device)
@@ -129,7 +184,10 @@ def test_tma_head_mask(device, tma_used):
                                                                                          device=device)
     check(streaming_attention_fwd(q, k, v, init, local, None, hm, nan_out(q), tma=True),
           naive.streaming_ref(q, k, v, init, local), dtype, hm)
-    assert tma_used == [True] * 2
+    vert, slash = vs_sets(S, Hq, device)
+    check(vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, S, pair=True), None, hm,
+                                       nan_out(q), tma=True), naive.vertical_slash_ref(q, k, v, vert, slash), dtype, hm)
+    assert tma_used == [True] * 3
 
 
 def test_tma_falls_back_on_transposed_layout(device, tma_used, caplog, monkeypatch):
@@ -183,7 +241,10 @@ def test_tma_kernels_compile_to_tma_copies(device):
     t = torch.full((4,), 64, dtype=torch.int32, device=device)
     streaming_attention_fwd(q, k, v, t, t, tma=True)
     torch.cuda.synchronize()
-    for fn in (block_sparse._bs_fwd_kernel, streaming._streaming_fwd_kernel):
+    vert, slash = vs_sets(256, 4, device)
+    vertical_slash_attention_fwd(q, k, v, build_vertical_slash_index(vert, slash, 256, pair=True), tma=True)
+    torch.cuda.synchronize()
+    for fn in (block_sparse._bs_fwd_kernel, streaming._streaming_fwd_kernel, vertical_slash._vs_fwd_kernel):
         ptx = [kern.asm.get("ptx", "") for caches in fn.device_caches.values() for kern in caches[0].values()]
         assert any("cp.async.bulk.tensor" in p for p in ptx), f"{fn.__name__}: no TMA copy in any compiled variant"
 
