@@ -65,12 +65,14 @@ def vs(case, q, k, v, S, seed=0):
         ev, es = estimate_vertical_slash(q, k, nv, ns)
         return build_vertical_slash_index(ev, es, S, **kw)
 
-    # the public op has block-rounded semantics only: no op timing for aligned
-    op_fn = None if aligned else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
-    return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index), c, index_fn, op_fn,
+    kernel = lambda **kw: vertical_slash_attention_fwd(q, k, v, index, **kw)  # noqa: E731
+    kw, variant = _kernel_variant(case, kernel, q, k, v)
+    # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
+    op_fn = None if aligned or variant else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
+    return Prepared(lambda: kernel(**kw), c, None if variant else index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
-                    + (", aligned tiles" if aligned else ""))
+                    + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
 
 
 def _tile_slots(index) -> float:

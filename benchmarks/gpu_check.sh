@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 tma|tmatests|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
+#                                 tma|tmavs|tmatests|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -69,6 +69,11 @@ for m in $modes; do
       TMA_CASES=dense-cudnn,bs-top100,bs-top100+tma@s1,bs-top100+tma@s2,bs-top100+tma@s3,bs-top100+tma@s4,ashape-128+4096,ashape-128+4096+tma@s1,ashape-128+4096+tma@s2,ashape-128+4096+tma@s3,ashape-128+4096+tma@s4,bs-top100@s1,bs-top100@s2,bs-top100@s3,bs-top100@s4,ashape-128+4096@s1,ashape-128+4096@s2,ashape-128+4096@s3,ashape-128+4096@s4
       for sh in llama3-8b qwen2.5-0.5b; do
         timeout 75 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMA_CASES --no-index --max-minutes 1.0 --commit "$COMMIT" --out "$OUT" --tag tma-$sh 2>&1 | tail -28
+      done ;;
+    tmavs)  # the same for vertical-slash (TMA slash tiles; columns stay pointer loads), both budgets, 128K
+      TMAVS_CASES=dense-cudnn,vs-1000/6096,vs-1000/6096+tma@s1,vs-1000/6096+tma@s2,vs-1000/6096+tma@s3,vs-1000/6096+tma@s4,vs-100/800,vs-100/800+tma@s1,vs-100/800+tma@s2,vs-100/800+tma@s3,vs-100/800+tma@s4
+      for sh in llama3-8b qwen2.5-0.5b; do
+        timeout 110 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMAVS_CASES --no-index --max-minutes 1.5 --commit "$COMMIT" --out "$OUT" --tag tmavs-$sh 2>&1 | tail -20
       done ;;
     tmatests)  # the TMA variants' kernel tests, compiled (sm90+: real TMA loads; S up to 1000, bf16 and fp16)
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_tma.py 2>&1 | tee "$OUT/tests_tma.log" | tail -25 ;;

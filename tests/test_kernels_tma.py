@@ -267,6 +267,12 @@ def test_benchmark_tma_cases(device):
     a_case = type(cases[0])("ashape-small+tma", "ashape", {"init": 4, "local": 64, "tma": True})
     assert "tma" in C.ashape(a_case, q, k, v, S).note
     assert C.ashape(R.CASE_BY_NAME["ashape-128+4096@s3"], q, k, v, S).note == "num_stages=3"
+    vs_case = type(cases[0])("vs-small+tma@s1", "vs", {"nv": 20, "ns": 30, "tma": True, "stages": 1})
+    p = C.vs(vs_case, q, k, v, S)
+    assert "tma" in p.note and "num_stages=1" in p.note and p.op_fn is None and p.index_fn is None
+    plain = C.vs(type(bs_case)("vs-small", "vs", {"nv": 20, "ns": 30}), q, k, v, S)
+    assert plain.op_fn is not None and "tma" not in plain.note
+    torch.testing.assert_close(p.fn(), plain.fn(), atol=TOL[DTYPES[0]], rtol=TOL[DTYPES[0]])
 
 
 def test_benchmark_tma_case_fails_soft(device, monkeypatch):
