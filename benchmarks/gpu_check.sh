@@ -76,7 +76,7 @@ for m in $modes; do
         timeout 110 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMAVS_CASES --no-index --max-minutes 1.5 --commit "$COMMIT" --out "$OUT" --tag tmavs-$sh 2>&1 | tail -20
       done ;;
     tmatests)  # the TMA variants' kernel tests, compiled (sm90+: real TMA loads; S up to 1000, bf16 and fp16)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_tma.py 2>&1 | tee "$OUT/tests_tma.log" | tail -25 ;;
+      timeout 450 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_tma.py 2>&1 | tee "$OUT/tests_tma.log" | tail -25 ;;
     e2e-main)  # the e2e table's one-shot rows, one process: eager SDPA, A-shape, VS (injected), block-sparse at 32K and 128K
       timeout ${E2E_S:-450} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,ashape,vs-injected,block-sparse --max-minutes ${E2E_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag main 2>&1 | tail -30 ;;
     e2e-extra)  # the same lengths: torch.compile dense and the seed's own Qwen2.5-7B-1M per-head config (injected VS sets)
