@@ -65,17 +65,37 @@ def vs(case, q, k, v, S, seed=0):
         ev, es = estimate_vertical_slash(q, k, nv, ns)
         return build_vertical_slash_index(ev, es, S, **kw)
 
-    # the public op has block-rounded semantics only: no op timing for aligned
-    op_fn = None if aligned else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
-    return Prepared(lambda: vertical_slash_attention_fwd(q, k, v, index), c, index_fn, op_fn,
+    kernel = lambda **kw: vertical_slash_attention_fwd(q, k, v, index, **kw)  # noqa: E731
+    kw, variant = _kernel_variant(case, kernel, q, k, v)
+    # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
+    op_fn = None if aligned or variant else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
+    return Prepared(lambda: kernel(**kw), c, None if variant else index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
-                    + (", aligned tiles" if aligned else ""))
+                    + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
 
 
 def _tile_slots(index) -> float:
     """Mean slash tile slots per head of a VSIndex (a 128-key wide tile counts two)."""
     return float((index.tile_count + 2 * index.wide_count).float().mean())
+
+
+def _kernel_variant(case, kernel, q, k, v) -> tuple:
+    """(kernel keywords, note) of a case's "+tma" / "@sN" variant. A TMA case raises (the runner records an error
+    row) when the descriptors cannot be used, or when its output differs from today's kernel on the same inputs."""
+    kw = {"tma": bool(case.params.get("tma")), "num_stages": case.params.get("stages")}
+    note = "" if kw["num_stages"] is None else f"num_stages={kw['num_stages']}"
+    if kw["tma"]:
+        from minference_compile.triton_kernels._common import tma_reason
+        reason = tma_reason(q, k, v)
+        if reason is not None:
+            raise RuntimeError(f"TMA unavailable: {reason}")
+        want, got = kernel(tma=False), kernel(**kw)
+        err = float((got.float() - want.float()).abs().max())
+        if not err <= 2e-2:  # both bf16, same tiles and order: only rounding differs
+            raise RuntimeError(f"TMA output differs from pointer loads: max abs diff {err:.3g}")
+        note = f"tma (max abs diff vs pointer loads {err:.1e})" + (f", {note}" if note else "")
+    return kw, note
 
 
 def bs(case, q, k, v, S):
@@ -84,8 +104,12 @@ def bs(case, q, k, v, S):
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     topk = case.params["topk"]
     idx = block_sparse_index(q, k, topk)
-    return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True), cov.block_sparse_coverage(S, topk),
-                    lambda: block_sparse_index(q, k, topk), lambda: block_sparse_attention(q, k, v, topk))
+    kernel = lambda **kw: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw)  # noqa: E731
+    kw, note = _kernel_variant(case, kernel, q, k, v)
+    variant = bool(note)  # index and op timings only for today's default kernel
+    return Prepared(lambda: kernel(**kw), cov.block_sparse_coverage(S, topk),
+                    None if variant else (lambda: block_sparse_index(q, k, topk)),
+                    None if variant else (lambda: block_sparse_attention(q, k, v, topk)), note=note)
 
 
 def ashape(case, q, k, v, S):
@@ -95,8 +119,10 @@ def ashape(case, q, k, v, S):
     Hq = q.shape[1]
     it = torch.full((Hq,), init, dtype=torch.int32, device=q.device)
     lt = torch.full((Hq,), local, dtype=torch.int32, device=q.device)
-    return Prepared(lambda: streaming_attention_fwd(q, k, v, it, lt), cov.streaming_coverage(S, init, local),
-                    None, lambda: streaming_forward(q, k, v, init, local))
+    kernel = lambda **kw: streaming_attention_fwd(q, k, v, it, lt, **kw)  # noqa: E731
+    kw, note = _kernel_variant(case, kernel, q, k, v)
+    return Prepared(lambda: kernel(**kw), cov.streaming_coverage(S, init, local), None,
+                    None if note else (lambda: streaming_forward(q, k, v, init, local)), note=note)
 
 
 def prepare(case, q, k, v, S, flex_block=128):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
+#                                 tma|tmavs|tmatests|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -66,6 +66,19 @@ for m in $modes; do
       for c in ${SEARCHED:-qwen05 qwen05-adaptive}; do timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/$c.json --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -12; done ;;
     aligned)  # issue 12: aligned slash tiles against today's tiles, same run, 128K llama3-8b
       timeout 240 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases ${ALIGNED_CASES:-dense-cudnn,vs-1000/6096,vs-1000/6096+aligned,vs-100/800,vs-100/800+aligned,bs-top100,ashape-128+4096,flex-ashape-128+4096} --max-minutes ${ALIGNED_MIN:-3.5} --commit "$COMMIT" --out "$OUT" --tag aligned 2>&1 | tail -30 ;;
+    tma)  # issue 12 / NOTES #17: TMA descriptor loads vs pointer loads at 1-4 stages, 128K; one process per shape
+      # (a kernel fault then costs one shape); every +tma row first checks its output against pointer loads
+      TMA_CASES=dense-cudnn,bs-top100,bs-top100+tma@s1,bs-top100+tma@s2,bs-top100+tma@s3,bs-top100+tma@s4,ashape-128+4096,ashape-128+4096+tma@s1,ashape-128+4096+tma@s2,ashape-128+4096+tma@s3,ashape-128+4096+tma@s4,bs-top100@s1,bs-top100@s2,bs-top100@s3,bs-top100@s4,ashape-128+4096@s1,ashape-128+4096@s2,ashape-128+4096@s3,ashape-128+4096@s4
+      for sh in llama3-8b qwen2.5-0.5b; do
+        timeout 75 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMA_CASES --no-index --max-minutes 1.0 --commit "$COMMIT" --out "$OUT" --tag tma-$sh 2>&1 | tail -28
+      done ;;
+    tmavs)  # the same for vertical-slash (TMA slash tiles; columns stay pointer loads), both budgets, 128K
+      TMAVS_CASES=dense-cudnn,vs-1000/6096,vs-1000/6096+tma@s1,vs-1000/6096+tma@s2,vs-1000/6096+tma@s3,vs-1000/6096+tma@s4,vs-100/800,vs-100/800+tma@s1,vs-100/800+tma@s2,vs-100/800+tma@s3,vs-100/800+tma@s4
+      for sh in llama3-8b qwen2.5-0.5b; do
+        timeout 110 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMAVS_CASES --no-index --max-minutes 1.5 --commit "$COMMIT" --out "$OUT" --tag tmavs-$sh 2>&1 | tail -20
+      done ;;
+    tmatests)  # the TMA variants' kernel tests, compiled (sm90+: real TMA loads; S up to 1000, bf16 and fp16)
+      timeout 450 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_tma.py 2>&1 | tee "$OUT/tests_tma.log" | tail -25 ;;
     e2e-main)  # the e2e table's one-shot rows, one process: eager SDPA, A-shape, VS (injected), block-sparse at 32K and 128K
       timeout ${E2E_S:-450} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,ashape,vs-injected,block-sparse --max-minutes ${E2E_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag main 2>&1 | tail -30 ;;
     e2e-extra)  # the same lengths: torch.compile dense and the seed's own Qwen2.5-7B-1M per-head config (injected VS sets)

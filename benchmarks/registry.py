@@ -45,7 +45,19 @@ CASES = [
     Case("vs-1000/6096+aligned", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "aligned": True}),
     Case("vs-100/800+aligned", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "aligned": True}),
 ]
+# TMA loads (benchmarks/NOTES.md #17): the kernels with Q/K/V (VS: slash-tile K/V) through tensor descriptors
+# ("+tma"), at the tuned pipeline depth or forced to N stages ("@sN"), and today's pointer loads at N stages
+_VARIANT_BASES = (("bs-top100", "bs", {"topk": TOPK}),
+                  ("ashape-128+4096", "ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
+                  ("vs-1000/6096", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
+                  ("vs-100/800", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}))
+for _base, _fam, _p in _VARIANT_BASES:
+    CASES.append(Case(f"{_base}+tma", _fam, {**_p, "tma": True}))
+    for _n in (1, 2, 3, 4):
+        CASES.append(Case(f"{_base}@s{_n}", _fam, {**_p, "stages": _n}))
+        CASES.append(Case(f"{_base}+tma@s{_n}", _fam, {**_p, "tma": True, "stages": _n}))
 CASE_BY_NAME = {c.name: c for c in CASES}
+TMA_CASES = [f"{b}{v}@s{n}" for b, _, _ in _VARIANT_BASES for v in ("", "+tma") for n in (1, 2, 3, 4)]
 
 # --crossover: one sparse case per pattern, seed-default settings, against cuDNN dense
 CROSSOVER_CASES = ["vs-1000/6096", "bs-top100", "ashape-128+4096"]

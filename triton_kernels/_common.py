@@ -1,4 +1,5 @@
 """Shared pieces of the attention kernels: the online-softmax tile update and wrapper plumbing."""
+import logging
 import math
 import os
 from typing import Optional
@@ -112,4 +113,75 @@ def finish(out, work, head_mask):
         else:
             sel = head_mask.to(device=out.device, dtype=torch.bool)
             out[:, sel] = work[:, sel]
+    return out
+
+
+# ---- opt-in TMA (Hopper tensor-memory accelerator) loads: benchmarks/NOTES.md #17 ----
+# Q/K/V tiles are read through host tensor descriptors over a 2-D row view [rows, D] of [B, H, S, D]: row of
+# (b, h, n) = b * batch_rows + h * head_rows + n. The column bound D is a descriptor edge (zero fill past D),
+# the key/query bound S of one head is not: rows past S belong to the next head (or to padding), so the kernels
+# keep their j < S score masks and zero V rows past S on the masked tiles.
+_log = logging.getLogger("minference_compile")
+_tma_logged = set()
+
+
+def use_tma(tma: Optional[bool]) -> bool:
+    """tma=None: the MINFERENCE_TMA environment switch (default off)."""
+    return os.environ.get("MINFERENCE_TMA", "0") == "1" if tma is None else bool(tma)
+
+
+def stages_override(stages: int, num_stages: Optional[int]) -> int:
+    """num_stages, else MINFERENCE_NUM_STAGES, else the kernel's tuned value (benchmarks' stage sweeps)."""
+    if num_stages is None:
+        env = os.environ.get("MINFERENCE_NUM_STAGES", "")
+        num_stages = int(env) if env else None
+    return stages if num_stages is None else max(1, int(num_stages))
+
+
+def _row_view(t: torch.Tensor):
+    # (rows, batch_rows, head_rows) of a [B,H,S,D] tensor whose batch/head strides are whole rows, else None
+    B, H, S, D = t.shape
+    sb, sh, sn, _ = t.stride()
+    if sn <= 0 or sb % sn or sh % sn or (B > 1 and sb <= 0) or (H > 1 and sh <= 0):
+        return None
+    rows = (B - 1) * (sb // sn) + (H - 1) * (sh // sn) + S
+    return rows, sb // sn, sh // sn
+
+
+def tma_reason(*ts: torch.Tensor) -> Optional[str]:
+    """Why the TMA path cannot read these [B,H,S,D] tensors (None: it can)."""
+    t0 = ts[0]
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        if t0.device.type != "cuda":
+            return "not a CUDA tensor"
+        if torch.cuda.get_device_capability(t0.device)[0] < 9:
+            return "no TMA before sm90"
+    for t in ts:
+        if t.numel() == 0:
+            return "empty tensor"
+        if t.data_ptr() % 16 or (t.stride(2) * t.element_size()) % 16:
+            return "base or row stride not 16-byte aligned"
+        view = _row_view(t)
+        if view is None:
+            return "batch/head strides are not whole rows (e.g. a [B,S,H,D] transpose)"
+        if view[0] >= 2**31:
+            return "more than 2^31 rows (int32 tile offsets)"
+    return None
+
+
+def tma_descriptors(block_rows, block_d_, *ts: torch.Tensor):
+    """Per tensor (descriptor over its 2-D row view with block [rows, block_d_], batch_rows, head_rows), or None
+    (logged once per reason) when a tensor does not qualify: the caller then uses pointer loads."""
+    reason = tma_reason(*ts)
+    if reason is not None:
+        if reason not in _tma_logged:
+            _tma_logged.add(reason)
+            _log.warning("minference_compile: TMA loads requested but %s; using pointer loads", reason)
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    out = []
+    for t, rows_blk in zip(ts, block_rows):
+        rows, br, hr = _row_view(t)
+        desc = TensorDescriptor(t, [rows, t.shape[3]], [t.stride(2), 1], [rows_blk, block_d_])
+        out.append((desc, br, hr))
     return out

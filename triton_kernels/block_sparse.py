@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale)
+                      qk_scale, stages_override, tma_descriptors, use_tma)
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M = BLOCK_N = 64 are fixed by the 64x64 block semantics: one
 # warpgroup per tile. Measured on H100 at 64K top-100 (benchmarks/tune.py): 3 stages best at D=128 (2% over
@@ -18,7 +18,9 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    SQ, S, Hq, G, D, NQB, KMAX, qk_scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HAS_HM: tl.constexpr, PREC: tl.constexpr):
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr = False):
+    # TMA: Q/K/V are tensor descriptors over 2-D row views (_common.tma_descriptors) and the b/h strides are
+    # in rows (the n strides unused); else pointers and element strides
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -36,9 +38,14 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
-    k_base = K + b * skb + kvh * skh
-    v_base = V + b * svb + kvh * svh
+    if TMA:
+        q = Q.load([(b * sqb + h * sqh + r0).to(tl.int32), 0])  # rows past SQ: not stored
+        k_row = (b * skb + kvh * skh).to(tl.int32)
+        v_row = (b * svb + kvh * svh).to(tl.int32)
+    else:
+        q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
+        k_base = K + b * skb + kvh * skh
+        v_base = V + b * svb + kvh * svh
 
     acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
@@ -49,17 +56,26 @@ def _bs_fwd_kernel(Q, K, V, O, IDX, CNT, HM,
     n_diag = tl.where(m0 % BLOCK_N == 0, 1, 2)
     for s in range(0, n_sel - n_diag):
         kb = tl.load(IDX + row * KMAX + s)
-        n0 = tl.cast(kb, tl.int64) * BLOCK_N
-        k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
-        v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=dmask, other=0.0)
+        if TMA:
+            k = K.load([k_row + kb * BLOCK_N, 0])
+            v = V.load([v_row + kb * BLOCK_N, 0])
+        else:
+            n0 = tl.cast(kb, tl.int64) * BLOCK_N
+            k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=dmask, other=0.0)
+            v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=dmask, other=0.0)
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, dmask, qk_scale, PREC, MASKED=False)
     for s in range(tl.maximum(n_sel - n_diag, 0), n_sel):
         kb = tl.load(IDX + row * KMAX + s)
-        n0 = tl.cast(kb, tl.int64) * BLOCK_N
         j = kb * BLOCK_N + rn
         kmask = j < S
-        k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
-        v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+        if TMA:  # rows past S are another head's (or padding): masked scores, and V zeroed so 0 * NaN can't leak
+            k = K.load([k_row + kb * BLOCK_N, 0])
+            v = V.load([v_row + kb * BLOCK_N, 0])
+            v = tl.where(kmask[:, None], v, tl.zeros_like(v))
+        else:
+            n0 = tl.cast(kb, tl.int64) * BLOCK_N
+            k = tl.load(k_base + n0 * skn + rn[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
+            v = tl.load(v_base + n0 * svn + rn[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
         mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
 
@@ -82,12 +98,16 @@ def _compact(block_index: torch.Tensor, q_len: int, kv_len: int):
     return torch.where(x == big, -1, x).to(torch.int32).contiguous(), cnt
 
 
-def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False):
+def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None, out=None, compact=False, tma=None,
+                               num_stages=None):
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), block_index
     [B,Hq,ceil(Sq/64),K] int absolute key-block ids (-1 = padding; duplicates and non-causal ids select nothing);
     head_mask bool [Hq] or None. Returns out [B,Hq,Sq,D].
     compact=True: block_index is block_sparse_index's output (unique causal ids ascending, then -1), so the
-    per-call clean-up sort is skipped."""
+    per-call clean-up sort is skipped.
+    tma: read Q/K/V tiles through TMA tensor descriptors (None: the MINFERENCE_TMA=1 switch; falls back to pointer
+    loads, logged once, where the layout or device does not allow it). num_stages: override the tuned pipeline
+    depth (None: MINFERENCE_NUM_STAGES or the table)."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     assert SQ <= S, "q_len must be <= kv_len"
@@ -105,12 +125,18 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
     warps, stages = _CFG.get(bd, (8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
+    stages = stages_override(stages, num_stages)
+    descs = tma_descriptors((BLOCK, BLOCK, BLOCK), bd, q, k, v) if use_tma(tma) else None
+    if descs is None:
+        args = (q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
+                v, v.stride(0), v.stride(1), v.stride(2))
+    else:
+        args = tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))
     grid = (nqb, B * Hq)
     _bs_fwd_kernel[grid](
-        q, k, v, work, ids, cnt, hm if hm is not None else cnt,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
+        args[0], args[4], args[8], work, ids, cnt, hm if hm is not None else cnt,
+        *args[1:4], *args[5:8], *args[9:12], work.stride(0), work.stride(1), work.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
         BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
-        num_warps=warps, num_stages=stages)
+        TMA=descs is not None, num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale)
+                      qk_scale, stages_override, tma_descriptors, use_tma)
 
 # BLOCK_D -> (BLOCK_M, num_warps, num_stages). The pattern is element-exact, so BLOCK_M is free: 128 rows halve
 # the K/V re-reads of 64; at BLOCK_D 256 the 128-row fp32 accumulator would spill, so 64 rows there.
@@ -15,14 +15,28 @@ _BLOCK_N = {}  # BLOCK_D -> key tile width where measured to beat 64
 
 
 @triton.jit
-def _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn, S, init, local,
-                    qk_scale, PREC: tl.constexpr, MASKED: tl.constexpr):
+def _kv_tiles(K, V, k_base, v_base, n0, rn, rd, kmask, dmask, skn, svn, TMA: tl.constexpr, MASKED: tl.constexpr):
+    # the K/V key tile [n0, n0 + BLOCK_N): rows outside kmask read as 0 (TMA: k_base/v_base are the head's first
+    # row in the descriptors' row views; rows past the head's S are another head's, so masked tiles zero V)
+    if TMA:
+        k = K.load([(k_base + n0).to(tl.int32), 0])
+        v = V.load([(v_base + n0).to(tl.int32), 0])
+        if MASKED:
+            v = tl.where(kmask[:, None], v, tl.zeros_like(v))
+    else:
+        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
+        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
+        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _streaming_tile(acc, m_i, l_i, q, K, V, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn, S, init, local,
+                    qk_scale, PREC: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
     j = n0 + rn
     kmask = j < S
-    kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
-    vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
-    k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-    v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+    k, v = _kv_tiles(K, V, k_base, v_base, n0, rn, rd, kmask, dmask, skn, svn, TMA, MASKED)
     diff = offs_m[:, None] - j[None, :]
     mask = (diff >= 0) & ((diff < local) | (j[None, :] < init)) & kmask[None, :]
     return _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC, MASKED)
@@ -33,7 +47,9 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
                           sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                           SQ, S, Hq, G, D, qk_scale,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                          HAS_HM: tl.constexpr, PREC: tl.constexpr):
+                          HAS_HM: tl.constexpr, PREC: tl.constexpr, TMA: tl.constexpr = False):
+    # TMA: Q/K/V are tensor descriptors over 2-D row views (_common.tma_descriptors) and the b/h strides are
+    # in rows (the n strides unused); else pointers and element strides
     qb = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -50,9 +66,14 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
     offs_m = m0 + rm
     dmask = rd[None, :] < D
 
-    q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
-    k_base = K + b * skb + kvh * skh
-    v_base = V + b * svb + kvh * svh
+    if TMA:
+        q = Q.load([(b * sqb + h * sqh + r0).to(tl.int32), 0])  # rows past SQ: not stored
+        k_base = b * skb + kvh * skh
+        v_base = b * svb + kvh * svh
+    else:
+        q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
+        k_base = K + b * skb + kvh * skh
+        v_base = V + b * svb + kvh * svh
 
     init = tl.maximum(tl.load(INIT + h), 0)
     local = tl.maximum(tl.load(LOCAL + h), 0)
@@ -65,10 +86,7 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
     # phase 1: sink keys [0, end1), no mask but the bound
     for n0 in range(0, end1, BLOCK_N):
         kmask = (n0 + rn) < end1
-        kp = k_base + tl.cast(n0, tl.int64) * skn + rn[:, None] * skn + rd[None, :]
-        vp = v_base + tl.cast(n0, tl.int64) * svn + rn[:, None] * svn + rd[None, :]
-        k = tl.load(kp, mask=kmask[:, None] & dmask, other=0.0)
-        v = tl.load(vp, mask=kmask[:, None] & dmask, other=0.0)
+        k, v = _kv_tiles(K, V, k_base, v_base, n0, rn, rd, kmask, dmask, skn, svn, TMA, True)
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC)
 
     # phase 2: keys [lo, hi): causal, and local window or sink. Keys in [full_lo, m0) are inside every row's
@@ -77,21 +95,24 @@ def _streaming_fwd_kernel(Q, K, V, O, INIT, LOCAL, HM,
     full_lo = tl.minimum(lo + tl.cdiv(edge - lo, BLOCK_N) * BLOCK_N, hi)  # first tile on lo's grid past the edge
     full_hi = tl.maximum(full_lo + ((m0 + 1 - full_lo) // BLOCK_N) * BLOCK_N, full_lo)  # tiles ending <= m0
     for n0 in range(lo, full_lo, BLOCK_N):
-        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
-                                        S, init, local, qk_scale, PREC, True)
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, K, V, k_base, v_base, n0, offs_m, rn, rd, dmask, skn,
+                                        svn, S, init, local, qk_scale, PREC, True, TMA)
     for n0 in range(full_lo, full_hi, BLOCK_N):
-        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
-                                        S, init, local, qk_scale, PREC, False)
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, K, V, k_base, v_base, n0, offs_m, rn, rd, dmask, skn,
+                                        svn, S, init, local, qk_scale, PREC, False, TMA)
     for n0 in range(full_hi, hi, BLOCK_N):
-        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, k_base, v_base, n0, offs_m, rn, rd, dmask, skn, svn,
-                                        S, init, local, qk_scale, PREC, True)
+        acc, m_i, l_i = _streaming_tile(acc, m_i, l_i, q, K, V, k_base, v_base, n0, offs_m, rn, rd, dmask, skn,
+                                        svn, S, init, local, qk_scale, PREC, True, TMA)
 
     _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
-def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_mask=None, out=None):
+def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_mask=None, out=None, tma=None,
+                            num_stages=None):
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions); init_num, local_window:
-    int32 [Hq] (per head); head_mask: bool [Hq] or None.
+    int32 [Hq] (per head); head_mask: bool [Hq] or None. tma: read Q/K/V tiles through TMA tensor descriptors
+    (None: the MINFERENCE_TMA=1 switch; pointer loads, logged once, where the layout or device does not allow it).
+    num_stages: override the tuned pipeline depth (None: MINFERENCE_NUM_STAGES or the table).
 
     Returns out [B,Hq,Sq,D] (dtype of q; written in place if given; heads off in head_mask untouched).
     """
@@ -105,14 +126,21 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
     bm, warps, stages = _CFG.get(bd, (64, 8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         bm, stages = 64, min(stages, 2)
+    stages = stages_override(stages, num_stages)
+    bn = _BLOCK_N.get(bd, 64)
+    descs = tma_descriptors((bm, bn, bn), bd, q, k, v) if use_tma(tma) else None
+    if descs is None:
+        args = (q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
+                v, v.stride(0), v.stride(1), v.stride(2))
+    else:
+        args = tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))
     init = torch.as_tensor(init_num, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     local = torch.as_tensor(local_window, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     grid = (triton.cdiv(SQ, bm), B * Hq)
     _streaming_fwd_kernel[grid](
-        q, k, v, work, init, local, hm if hm is not None else init,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
+        args[0], args[4], args[8], work, init, local, hm if hm is not None else init,
+        *args[1:4], *args[5:8], *args[9:12], work.stride(0), work.stride(1), work.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
-        BLOCK_M=bm, BLOCK_N=_BLOCK_N.get(bd, 64), BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), TMA=descs is not None,
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

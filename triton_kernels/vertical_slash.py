@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale)
+                      qk_scale, stages_override, tma_descriptors, use_tma)
 from .vertical_slash_index import VSIndex, aligned_slots
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
@@ -20,23 +20,31 @@ BLOCK_N = 64
 
 @triton.jit
 def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0, d, s_lo, S, qk_scale,
-                WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr):
+                WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, PREC: tl.constexpr,
+                KD, VD, k_row, v_row, TMA: tl.constexpr):
     # keys [m0 - d, m0 - d + WIDTH), cut at the component end m0 - s_lo + BLOCK_M (m0, offs_m: absolute positions;
-    # S: kv_len)
+    # S: kv_len). TMA: K/V tiles through the descriptors KD/VD (block [WIDTH, BLOCK_D]) from the head's first row
+    # k_row/v_row; rows before key 0 or past the cut are other heads' or other keys: masked, V zeroed below
     rw = tl.arange(0, WIDTH)
     n0 = m0 - d
     j = n0 + rw
     kmask = (j >= 0) & (j < m0 - s_lo + BLOCK_M) & (j < S)
-    k = tl.load(k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask,
-                other=0.0)
-    v = tl.load(v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask,
-                other=0.0)
+    if TMA:
+        k = KD.load([(k_row + n0).to(tl.int32), 0])
+        v = VD.load([(v_row + n0).to(tl.int32), 0])
+    else:
+        k = tl.load(k_base + tl.cast(n0, tl.int64) * skn + rw[:, None] * skn + rd[None, :],
+                    mask=kmask[:, None] & dmask, other=0.0)
+        v = tl.load(v_base + tl.cast(n0, tl.int64) * svn + rw[:, None] * svn + rd[None, :],
+                    mask=kmask[:, None] & dmask, other=0.0)
     # full: at key >= 0, its last 64-key part (offset d_last) inside the component and wholly below the block's
     # first row
     d_last = d - WIDTH + BLOCK_M
     if (n0 >= 0) & (d_last >= s_lo) & (d_last >= BLOCK_M - 1):
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, kmask[None, :], qk_scale, PREC, MASKED=False)
     else:
+        if TMA:
+            v = tl.where(kmask[:, None], v, tl.zeros_like(v))
         mask = kmask[None, :] & (j[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
     return acc, m_i, l_i
@@ -46,8 +54,13 @@ def _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m
 def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COLS, CCNT, PREF, HM,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
                    SQ, S, Hq, G, D, NS, NV, NQB, NPREF, qk_scale,
+                   KD, VD, KWD, VWD, krb, krh, vrb, vrh,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr, PREF_UNIT: tl.constexpr):
+                   HAS_HM: tl.constexpr, PREC: tl.constexpr, WIDE: tl.constexpr, PREF_UNIT: tl.constexpr,
+                   TMA: tl.constexpr = False):
+    # TMA: slash tiles through descriptors over K/V's 2-D row views (KD/VD block [BLOCK_N, BLOCK_D], KWD/VWD
+    # [2 * BLOCK_N, BLOCK_D]; krb/krh/vrb/vrh: batch/head strides in rows); the gathered columns stay pointer loads
+    # (a row gather: TMA gather is sm100 only)
     qb = NQB - 1 - tl.program_id(0)  # late query blocks carry the most work: schedule them first
     bh = tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
@@ -68,6 +81,8 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
     q = _q_tile(Q, b, h, r0, sqb, sqh, sqm, SQ, D, BLOCK_M, BLOCK_D)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
+    k_row = b * krb + kvh * krh
+    v_row = b * vrb + kvh * vrh
 
     acc, m_i, l_i = _softmax_init(BLOCK_M, BLOCK_D)
 
@@ -78,12 +93,12 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
         for t in range(w_begin, tl.load(WCNT + bh64)):
             acc, m_i, l_i = _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0,
                                         tl.load(WOFF + bh64 * NS + t), tl.load(WLO + bh64 * NS + t), S, qk_scale,
-                                        2 * BLOCK_N, BLOCK_M, PREC)
+                                        2 * BLOCK_N, BLOCK_M, PREC, KWD, VWD, k_row, v_row, TMA)
     t_begin = tl.load(TBEG + bh64 * NQB + qb)
     for t in range(t_begin, tl.load(TCNT + bh64)):
         acc, m_i, l_i = _slash_tile(acc, m_i, l_i, q, k_base, v_base, skn, svn, rd, dmask, offs_m, m0,
                                     tl.load(TOFF + bh64 * NS + t), tl.load(TLO + bh64 * NS + t), S, qk_scale,
-                                    BLOCK_N, BLOCK_M, PREC)
+                                    BLOCK_N, BLOCK_M, PREC, KD, VD, k_row, v_row, TMA)
 
     # phase 2: vertical columns <= m0 + 63, skipping those a slash range of this block already covers
     # (column c is covered iff some selected offset lies in [m0 - c, m0 - c + 63]). PREF counts offsets below x in
@@ -109,14 +124,18 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
     _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
-def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M):
+def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M,
+                                 tma=None, num_stages=None):
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), index: VSIndex built for
     [B,Hq] with seq_len S, q_len Sq and `block`; head_mask: bool [Hq] or None. Returns out [B,Hq,Sq,D] (dtype of q;
     in place if given).
 
     `block` (rows per query block = slash tile width) is 64 in the library's semantics; 16 and 32 exist
     for the slash-granularity experiment (benchmarks/granularity.py): finer blocks compute fewer
-    elements per scattered slash, on smaller matrix products."""
+    elements per scattered slash, on smaller matrix products.
+    tma: read the slash tiles' K/V through TMA tensor descriptors (None: the MINFERENCE_TMA=1 switch; pointer
+    loads, logged once, where the layout or device does not allow it). num_stages: override the tuned pipeline
+    depth (None: MINFERENCE_NUM_STAGES or the table)."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     assert SQ <= S, "q_len must be <= kv_len"
@@ -136,6 +155,13 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     warps = max(1, warps * block // BLOCK_M)  # one warp per 16 rows
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
+    stages = stages_override(stages, num_stages)
+    descs = tma_descriptors((block, block, 2 * block, 2 * block), bd, k, v, k, v) if use_tma(tma) else None
+    if descs is None:  # the descriptor slots are not read (TMA=False): any pointer
+        tma_args = (k, v, k, v, 0, 0, 0, 0)
+    else:
+        (kd, krb, krh), (vd, vrb, vrh), (kwd, _, _), (vwd, _, _) = descs
+        tma_args = (kd, vd, kwd, vwd, krb, krh, vrb, vrh)
     grid = (nqb, B * Hq)
     _vs_fwd_kernel[grid](
         q, k, v, work, idx.tile_offset, idx.tile_lo, idx.tile_count, idx.tile_begin,
@@ -145,7 +171,7 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), work.stride(0), work.stride(1), work.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, idx.tile_offset.shape[-1], idx.columns.shape[-1], nqb, n_pref,
-        qk_scale(scale, D), BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None,
-        PREC=dot_precision(q.dtype), WIDE=wide, PREF_UNIT=block if aligned else 1,
+        qk_scale(scale, D), *tma_args, BLOCK_M=block, BLOCK_N=block, BLOCK_D=bd, HAS_HM=hm is not None,
+        PREC=dot_precision(q.dtype), WIDE=wide, PREF_UNIT=block if aligned else 1, TMA=descs is not None,
         num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)
