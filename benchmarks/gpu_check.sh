@@ -119,8 +119,15 @@ for m in $modes; do
       timeout 60 python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$S32/qwen05-32k-match-fixed.json" --workdir /tmp/search32k --match-seed --allow fixed > "$OUT/search32k/match-fixed.log" 2>&1
       cp "$S32"/*.json "$OUT/search32k/" 2>/dev/null; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -)
       for f in search match match-fixed; do echo "--- search32k/$f.log"; tail -n 12 "$OUT/search32k/$f.log"; done
-      for c in qwen05-32k-match qwen05-32k-match-fixed; do [ -f "$S32/$c.json" ] && timeout 90 python3 -m benchmarks.searched --config "$S32/$c.json" --seq 128k --index > "$OUT/search32k/searched-$c-128k.log" 2>&1; tail -n 2 "$OUT/search32k/searched-$c-128k.log"; done
+      if [ $m = qwen-eval2 ]; then  # the selected configs' accuracy, in what is left of the call (the GPU is shared: no timing here)
+        left=$(( ${CALL_S:-570} - SECONDS )); echo "eval3 budget ${left}s"
+        for c in "$S32/qwen05-32k-match.json" "$S32/qwen05-32k-match-fixed.json"; do
+          [ -f "$c" ] && [ $left -gt 60 ] && EVAL_S=$left run_eval "$(basename $c .json)" --config "$c" --tasks ppl,recall,kv --lengths 16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples ${KV3:-30} &
+        done
+      fi
       wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
+    searched32k)  # kernel time at 128K of the configs qwen-search selected (alone on the GPU)
+      for c in ${SEARCHED32:-qwen05-32k-match}; do timeout 90 python3 -m benchmarks.searched --config "/tmp/s32cfg/$c.json" --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -4; done ;;
     qwen-eval3)  # issue 10: the 32K searched configs' accuracy (ppl 16K/32K, recall 32K, kv 50 at 16K), in parallel
       run_eval() { n=$1; shift; timeout ${EVAL_S:-400} python3 -m minference_compile.cli eval qwen05 --device cuda --no-progress --quiet --out /tmp/ev/$n "$@" > "$OUT/eval-$n.log" 2>&1; }
       for c in /tmp/s32cfg/qwen05-32k-match.json /tmp/s32cfg/qwen05-32k-match-fixed.json ${EXTRA_CFG:-}; do
