@@ -10,6 +10,12 @@
   turned into a distribution over causal key blocks (softmax of scale * mean(q) . mean(k) + log(keys in block));
   the fewest blocks whose mass reaches ``tau`` (diagonal always kept), at most ``topk_cap``. Output: ascending
   ids then -1, the layout block_sparse_attention_fwd takes (compact).
+* block_sparse_antidiag (pattern id 6): the same selection (select_blocks) on XAttention's strided-antidiagonal
+  estimate instead of the pooled one (antidiag_block_mass): with stride s, strided row m = the s q rows of group m
+  in reverse order, strided column n = the s k rows of group n, concatenated; their dot product is the sum of
+  q.k along one antidiagonal of the s x s tile. softmax(dot / (s sqrt(D))) over causal strided columns, summed
+  over each 64 x 64 block and averaged over its strided rows: a mass per (query block, key block), rows summing
+  to 1. Every q and k row takes part (the pooled mean loses the spread inside a block).
 
 Everything is sort + cumsum + count on tensors: no host sync (caps and thresholds given as host lists).
 Thresholds travel through the op's int budget lists packed in decimal: slash slot = threshold_permille * 10**9
@@ -26,7 +32,7 @@ from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
 from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
 
-VS_ADAPTIVE, BS_ADAPTIVE = 4, 5  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
+VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
 DEFAULT_THRESHOLD = 0.9  # FlexPrefill's gamma / XAttention's tau defaults
 _PACK = 10**9
 
@@ -201,4 +207,68 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         out[:, :, r0:r1] = select_blocks(block_mass(q, k, r0, r1, block), r0, topk_cap, tau)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- antidiagonal
+def check_stride(stride: int, block: int = 64) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or block % stride:
+        raise ValueError(f"antidiagonal stride must be a positive divisor of the block size {block}, got {stride!r}")
+
+
+def strided_keys(k: torch.Tensor, stride: int) -> torch.Tensor:
+    """k [B, H, S, D] -> [B, H, ceil(S/stride), stride * D]: group n = rows n*s .. n*s+s-1 concatenated (rows past
+    S zero)."""
+    B, H, S, D = k.shape
+    n = -(-S // stride)
+    return torch.nn.functional.pad(k.float(), (0, 0, 0, n * stride - S)).reshape(B, H, n, stride * D)
+
+
+def strided_queries(q: torch.Tensor, stride: int) -> torch.Tensor:
+    """q [B, H, Sq, D] -> [B, H, ceil(Sq/stride), stride * D]: group m's rows in reverse order, so that
+    strided_queries[m] . strided_keys[n] = sum_j q[m*s + s-1-j] . k[n*s + j] (an antidiagonal of the s x s tile)."""
+    B, H, S, D = q.shape
+    n = -(-S // stride)
+    qp = torch.nn.functional.pad(q.float(), (0, 0, 0, n * stride - S))
+    return qp.view(B, H, n, stride, D).flip(3).reshape(B, H, n, stride * D)
+
+
+def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1: int, stride: int,
+                        block: int = 64) -> torch.Tensor:
+    """Estimated attention mass of query blocks r0..r1-1: [B, Hq, r1 - r0, NKB] fp32, causal rows summing to 1,
+    non-causal blocks 0. qs [B, Hq, NS, s*D] (strided_queries of all S rows), ks [B, Hkv, NS, s*D]
+    (strided_keys), NS = ceil(S / s); score scale 1 / (s sqrt(D)) (the mean logit of the antidiagonal)."""
+    B, Hq, ns, sd = qs.shape
+    Hkv = ks.shape[1]
+    per = block // stride  # strided rows (and columns) per 64-block
+    nkb = -(-S // block)
+    m0, m1 = r0 * per, min(ns, r1 * per)
+    rows = qs[:, :, m0:m1].reshape(B, Hkv, Hq // Hkv, m1 - m0, sd)
+    scale = 1.0 / (stride * math.sqrt(sd // stride))
+    logit = (rows @ ks.unsqueeze(2).transpose(-1, -2)).view(B, Hq, m1 - m0, ns) * scale
+    m = torch.arange(m0, m1, device=qs.device)[:, None]
+    p = torch.softmax(logit.masked_fill(torch.arange(ns, device=qs.device) > m, float("-inf")), -1)
+    p = torch.nn.functional.pad(p, (0, nkb * per - ns)).view(B, Hq, m1 - m0, nkb, per).sum(-1)
+    R = r1 - r0
+    p = torch.nn.functional.pad(p, (0, 0, 0, R * per - (m1 - m0))).view(B, Hq, R, per, nkb).sum(3)
+    n_rows = (torch.clamp(ns - torch.arange(r0, r1, device=qs.device) * per, max=per)).to(p.dtype)
+    return p / n_rows.view(1, 1, R, 1)
+
+
+def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
+                                stride: int = 8, block: int = 64) -> torch.Tensor:
+    """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on antidiag_block_mass, chunked over
+    query blocks so the strided score rows stay under block_sparse_index's byte budget (never S x S)."""
+    check_stride(stride, block)
+    B, Hq, S, _ = q.shape
+    n = -(-S // block)
+    kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
+    out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    qs, ks = strided_queries(q, stride), strided_keys(k, stride)
+    ns = ks.shape[2]
+    per = block // stride
+    chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * per * ns * 2)))  # logits + probabilities
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        out[:, :, r0:r1] = select_blocks(antidiag_block_mass(qs, ks, S, r0, r1, stride, block), r0, topk_cap, tau)
     return out
