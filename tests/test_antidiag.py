@@ -134,3 +134,13 @@ def test_bad_stride_is_a_clear_error():
     with pytest.raises(ValueError, match="positive divisor of the block size 64, got 3"):
         antidiag_block_sparse_index(q, k, 2, 0.9, 3)
     assert math.isclose(BlockSparseAntidiag(4, 2).threshold, 0.9)
+
+
+def test_antidiag_half_inputs_score_in_their_dtype():
+    """bf16 q/k: the strided product runs in bf16 (rounded logits), softmax in fp32; the index agrees with the
+    fp32 index of the same values up to a few near-ties."""
+    q, k = _qk(1000, 2, 1, 64, 7)
+    q, k = q.bfloat16(), k.bfloat16()
+    got = antidiag_block_sparse_index(q, k, 8, 0.9, 8)
+    want = antidiag_block_sparse_index(q.float(), k.float(), 8, 0.9, 8)
+    assert got.shape == want.shape and (got != want).float().mean() < 0.02

@@ -221,7 +221,7 @@ def strided_keys(k: torch.Tensor, stride: int) -> torch.Tensor:
     S zero)."""
     B, H, S, D = k.shape
     n = -(-S // stride)
-    return torch.nn.functional.pad(k.float(), (0, 0, 0, n * stride - S)).reshape(B, H, n, stride * D)
+    return torch.nn.functional.pad(k, (0, 0, 0, n * stride - S)).reshape(B, H, n, stride * D)
 
 
 def strided_queries(q: torch.Tensor, stride: int) -> torch.Tensor:
@@ -229,7 +229,7 @@ def strided_queries(q: torch.Tensor, stride: int) -> torch.Tensor:
     strided_queries[m] . strided_keys[n] = sum_j q[m*s + s-1-j] . k[n*s + j] (an antidiagonal of the s x s tile)."""
     B, H, S, D = q.shape
     n = -(-S // stride)
-    qp = torch.nn.functional.pad(q.float(), (0, 0, 0, n * stride - S))
+    qp = torch.nn.functional.pad(q, (0, 0, 0, n * stride - S))
     return qp.view(B, H, n, stride, D).flip(3).reshape(B, H, n, stride * D)
 
 
@@ -237,7 +237,8 @@ def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1:
                         block: int = 64) -> torch.Tensor:
     """Estimated attention mass of query blocks r0..r1-1: [B, Hq, r1 - r0, NKB] fp32, causal rows summing to 1,
     non-causal blocks 0. qs [B, Hq, NS, s*D] (strided_queries of all S rows), ks [B, Hkv, NS, s*D]
-    (strided_keys), NS = ceil(S / s); score scale 1 / (s sqrt(D)) (the mean logit of the antidiagonal)."""
+    (strided_keys), NS = ceil(S / s); score scale 1 / (s sqrt(D)) (the mean logit of the antidiagonal).
+    The product runs in q's dtype (bf16 on the GPU: tensor cores, fp32 accumulation), softmax and sums in fp32."""
     B, Hq, ns, sd = qs.shape
     Hkv = ks.shape[1]
     per = block // stride  # strided rows (and columns) per 64-block
@@ -245,10 +246,12 @@ def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1:
     m0, m1 = r0 * per, min(ns, r1 * per)
     rows = qs[:, :, m0:m1].reshape(B, Hkv, Hq // Hkv, m1 - m0, sd)
     scale = 1.0 / (stride * math.sqrt(sd // stride))
-    logit = (rows @ ks.unsqueeze(2).transpose(-1, -2)).view(B, Hq, m1 - m0, ns) * scale
+    logit = (rows @ ks.unsqueeze(2).transpose(-1, -2)).view(B, Hq, m1 - m0, ns).float() * scale
     m = torch.arange(m0, m1, device=qs.device)[:, None]
     p = torch.softmax(logit.masked_fill(torch.arange(ns, device=qs.device) > m, float("-inf")), -1)
-    p = torch.nn.functional.pad(p, (0, nkb * per - ns)).view(B, Hq, m1 - m0, nkb, per).sum(-1)
+    if nkb * per > ns:  # a partial last key block (no copy otherwise)
+        p = torch.nn.functional.pad(p, (0, nkb * per - ns))
+    p = p.view(B, Hq, m1 - m0, nkb, per).sum(-1)
     R = r1 - r0
     p = torch.nn.functional.pad(p, (0, 0, 0, R * per - (m1 - m0))).view(B, Hq, R, per, nkb).sum(3)
     n_rows = (torch.clamp(ns - torch.arange(r0, r1, device=qs.device) * per, max=per)).to(p.dtype)
