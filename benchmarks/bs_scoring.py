@@ -10,6 +10,10 @@ the seed's (1000, 6096) mean recall with no head below its worst (search/select.
 each with and without the antidiagonal candidates. Scores are cached next to the captures (``bs_scoring.pt``).
 
     python -m benchmarks.bs_scoring --captures /tmp/xattn_work/natural-16384
+
+``--last-rows FILE``: a q/k/v capture holding only the last rows' q ({'layers': [(q [1, Hq, R, D], k, v)]}, as
+benchmarks/fp8_accuracy.py captures): pooled vs antidiagonal on those rows' query blocks alone (recall on every
+one of those rows, coverage = computed share of those rows' causal pairs). No spread rows, no whole-prompt cost.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ import time
 
 import torch
 
+from minference_compile.ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks,
+                                             strided_keys, strided_queries)
 from minference_compile.search.candidates import SEED, SMALL, Candidate, default_candidates
 from minference_compile.search.score import evaluate_layer
 from minference_compile.search.select import choose, choose_mean, summary
@@ -59,11 +65,57 @@ def score(captures: str, cands: list, last_q: int = 64) -> tuple:
     return recall, cost
 
 
+def last_rows(path: str, cands: list) -> None:
+    """Pooled vs antidiagonal block candidates on the last rows of a q/k/v capture (see the module doc)."""
+    data = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    cands = [c for c in cands if c.pattern.startswith("block_sparse_")]
+    rec, cov = torch.zeros(len(cands), 0), torch.zeros(len(cands), 0)
+    for q, k, _ in data["layers"]:
+        q, k = q[0].float(), k[0].float()  # [Hq, R, D], [Hkv, S, D]
+        Hq, R, D = q.shape
+        S, G = k.shape[1], Hq // k.shape[0]
+        r0 = (S - R) // 64  # R a multiple of 64 ending at S: whole query blocks
+        nq, nk = R // 64, -(-S // 64)
+        kr = k.repeat_interleave(G, 0)
+        pos = torch.arange(S - R, S)
+        p = torch.softmax((q @ kr.transpose(1, 2) / D ** 0.5).masked_fill(torch.arange(S) > pos[:, None], -torch.inf), -1)
+        pb = torch.nn.functional.pad(p, (0, nk * 64 - S)).view(Hq, R, nk, 64).sum(-1)  # [Hq, R, NKB]
+        qm = q.view(Hq, nq, 64, D).mean(2)
+        km = torch.nn.functional.pad(k, (0, 0, 0, nk * 64 - S)).view(k.shape[0], nk, 64, D).sum(2)
+        km = km / torch.clamp(S - torch.arange(nk) * 64, max=64)[:, None]
+        pooled = block_mass_from_means(qm[None], km[None], S, r0)
+        qfull = q.new_zeros(1, Hq, S, D)
+        qfull[0, :, S - R:] = q
+        ad = {}
+        r_l, c_l = [], []
+        for c in cands:
+            if c.pattern == "block_sparse_antidiag":
+                if c.s not in ad:
+                    ad[c.s] = antidiag_block_mass(strided_queries(qfull, c.s), strided_keys(k[None], c.s), S, r0,
+                                                  r0 + nq, c.s)
+                mass = ad[c.s]
+            else:
+                mass = pooled
+            ids = select_blocks(mass, r0, c.v, c.threshold if c.adaptive else 2.0)[0].long()  # [Hq, nq, K]
+            rows_ids = ids.repeat_interleave(64, 1)  # [Hq, R, K]
+            r_l.append((pb.gather(2, rows_ids.clamp(min=0)) * (rows_ids >= 0)).sum(-1).mean(-1))
+            n_off = ((rows_ids >= 0).sum(-1) - 1).double()
+            c_l.append(((n_off * 64 + (pos % 64 + 1)).sum(-1) / (pos + 1).sum()).float())
+        rec, cov = torch.cat([rec, torch.stack(r_l)], 1), torch.cat([cov, torch.stack(c_l)], 1)
+    print(f"# {path}: last {R} rows of {S}, {len(data['layers'])} layers x {Hq} heads")
+    print(f"{'candidate':24s} {'recall mean':>11s} {'min':>6s} {'coverage':>8s}")
+    for i, c in enumerate(cands):
+        print(f"{c.name:24s} {float(rec[i].mean()):11.3f} {float(rec[i].min()):6.3f} {float(cov[i].mean()):8.3f}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--captures", required=True, help="folder of layer###.pt (capture with full_q=True)")
+    ap.add_argument("--captures", help="folder of layer###.pt (capture with full_q=True)")
+    ap.add_argument("--last-rows", help="instead: a q/k/v capture of the last rows (pooled vs antidiagonal only)")
     a = ap.parse_args(argv)
     cands = candidates()
+    if a.last_rows:
+        return last_rows(a.last_rows, cands)
     recall, cost = score(a.captures, cands)
     C, L, H = recall.shape
     print(f"# {a.captures}: {L} layers x {H} heads; recall = exact attention mass kept on the sampled rows, "
