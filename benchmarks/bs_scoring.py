@@ -8,6 +8,7 @@ pair work), so the figures are the search's. Prints per candidate the mean / min
 then the per-head choices: the cheapest candidate with recall >= 0.97, and the Lagrangian least mean coverage at
 the seed's (1000, 6096) mean recall with no head below its worst (search/select.choose_mean, ``--match-seed``),
 each with and without the antidiagonal candidates. Scores are cached next to the captures (``bs_scoring.pt``).
+``--no-sink``: the antidiagonal candidates without the forced block 0 (XAttention's rule as published).
 
     python -m benchmarks.bs_scoring --captures /tmp/xattn_work/natural-16384
 
@@ -24,6 +25,7 @@ import time
 
 import torch
 
+from minference_compile.ops import adaptive
 from minference_compile.ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks,
                                              strided_keys, strided_queries)
 from minference_compile.search.candidates import SEED, SMALL, Candidate, default_candidates
@@ -46,7 +48,7 @@ def candidates() -> list:
 
 def score(captures: str, cands: list, last_q: int = 64) -> tuple:
     """-> recall, cost [C, L, H] over the capture's layers (cached in the folder under the candidate names)."""
-    cache = os.path.join(captures, "bs_scoring.pt")
+    cache = os.path.join(captures, f"bs_scoring{'' if adaptive.ANTIDIAG_SINK else '-nosink'}.pt")
     names = [c.name for c in cands]
     if os.path.exists(cache):
         got = torch.load(cache)
@@ -96,7 +98,8 @@ def last_rows(path: str, cands: list) -> None:
                 mass = ad[c.s]
             else:
                 mass = pooled
-            ids = select_blocks(mass, r0, c.v, c.threshold if c.adaptive else 2.0)[0].long()  # [Hq, nq, K]
+            sink = adaptive.ANTIDIAG_SINK and c.pattern == "block_sparse_antidiag"
+            ids = select_blocks(mass, r0, c.v, c.threshold if c.adaptive else 2.0, sink)[0].long()  # [Hq, nq, K]
             rows_ids = ids.repeat_interleave(64, 1)  # [Hq, R, K]
             r_l.append((pb.gather(2, rows_ids.clamp(min=0)) * (rows_ids >= 0)).sum(-1).mean(-1))
             n_off = ((rows_ids >= 0).sum(-1) - 1).double()
@@ -112,7 +115,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captures", help="folder of layer###.pt (capture with full_q=True)")
     ap.add_argument("--last-rows", help="instead: a q/k/v capture of the last rows (pooled vs antidiagonal only)")
+    ap.add_argument("--no-sink", action="store_true", help="antidiagonal candidates without the forced block 0")
     a = ap.parse_args(argv)
+    adaptive.ANTIDIAG_SINK = not a.no_sink  # the measurement of the choice (the pattern keeps block 0)
     cands = candidates()
     if a.last_rows:
         return last_rows(a.last_rows, cands)

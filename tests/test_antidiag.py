@@ -42,6 +42,18 @@ def test_antidiag_matches_ref(S, hq, hkv, D, stride):
     assert torch.equal(got, antidiag_block_sparse_index_ref(q, k, caps, taus, stride))
 
 
+@pytest.mark.parametrize("sink", [False, True])
+def test_sink_block_rule(sink):
+    """sink=False is XAttention's rule as published (only the diagonal forced); sink=True also forces block 0
+    (cap >= 2). Both equal the loop reference."""
+    q, k = _qk(640, 2, 1, 64, 5)
+    got = antidiag_block_sparse_index(q, k, [1, 4], 0.3, 8, sink=sink)
+    assert torch.equal(got, antidiag_block_sparse_index_ref(q, k, [1, 4], 0.3, 8, sink))
+    has0 = (got[:, 1, 1:] == 0).any(-1)
+    assert has0.all() if sink else not has0.all()
+    assert (got[:, 0, :, 0] == torch.arange(10, dtype=torch.int32)).all()  # cap 1: the diagonal only
+
+
 def test_antidiag_chunking_is_invisible(monkeypatch):
     """One query block per chunk (tiny byte budget) gives the same index as one chunk; every row is written
     (the output is torch.empty: an unwritten row would differ)."""
@@ -67,10 +79,10 @@ def test_antidiag_selection_meets_tau_minimally(tau):
     ids = antidiag_block_sparse_index(q, k, 8, tau, 8)[0, 0]
     for qb in range(ids.shape[0]):
         sel = ids[qb][ids[qb] >= 0].long()
-        assert qb in sel.tolist() and (sel <= qb).all()
+        assert qb in sel.tolist() and 0 in sel.tolist() and (sel <= qb).all()  # diagonal and sink block forced
         got = float(mass[qb, sel].sum())
         assert got >= tau - 1e-6
-        others = [kb for kb in sel.tolist() if kb != qb]
+        others = [kb for kb in sel.tolist() if kb not in (qb, 0)]
         if others:
             assert got - float(mass[qb, others].min()) < tau
         if tau == 0.7 and qb > 2:

@@ -50,9 +50,9 @@ def adaptive_vertical_slash_ref(q, k, v_cap, s_cap, gamma, last_q=64, sink_token
     return out
 
 
-def _select_ref(mass_of, B, Hq, n, topk_cap, tau):
-    """mass_of(b, h, qb) -> fp64 [qb + 1] distribution over the causal key blocks; per row the diagonal first, then
-    by mass, kept while nothing is kept yet or the kept mass is below tau, at most min(cap, qb + 1) entries."""
+def _select_ref(mass_of, B, Hq, n, topk_cap, tau, sink=False):
+    """mass_of(b, h, qb) -> fp64 [qb + 1] distribution over the causal key blocks; per row the diagonal first (with
+    ``sink`` block 0 next), then by mass; kept while forced or the kept mass is below tau, at most min(cap, qb + 1)."""
     caps = [topk_cap] * Hq if isinstance(topk_cap, int) else [int(c) for c in topk_cap]
     taus = [tau] * Hq if isinstance(tau, float) else [float(t) for t in tau]
     kmax = max(1, min(max(caps), n))
@@ -61,10 +61,11 @@ def _select_ref(mass_of, B, Hq, n, topk_cap, tau):
         for h in range(Hq):
             for qb in range(n):
                 p = mass_of(b, h, qb)
-                order = [qb] + sorted(range(qb), key=lambda kb: -float(p[kb]))
+                forced = [qb] + ([0] if sink and qb > 0 else [])
+                order = forced + sorted([kb for kb in range(qb) if kb not in forced], key=lambda kb: -float(p[kb]))
                 sel, acc = [], 0.0
                 for kb in order[:min(caps[h], qb + 1)]:
-                    if not sel or acc < taus[h]:
+                    if kb in forced or acc < taus[h]:
                         sel.append(kb)
                     acc += float(p[kb])
                 out[b, h, qb, :len(sel)] = torch.tensor(sorted(sel), dtype=torch.int32)
@@ -109,9 +110,10 @@ def antidiag_block_mass_ref(q, k, stride):
     return out
 
 
-def antidiag_block_sparse_index_ref(q, k, topk_cap, tau, stride):
-    """-> [B, Hq, NQB, Kmax] int32 like antidiag_block_sparse_index (antidiag_block_mass_ref + greedy loop)."""
+def antidiag_block_sparse_index_ref(q, k, topk_cap, tau, stride, sink=True):
+    """-> [B, Hq, NQB, Kmax] int32 like antidiag_block_sparse_index (antidiag_block_mass_ref + greedy loop; block 0
+    kept after the diagonal unless sink=False)."""
     B, Hq, S, _ = q.shape
     n = -(-S // BLOCK)
     mass = antidiag_block_mass_ref(q, k, stride)
-    return _select_ref(lambda b, h, qb: mass[b, h, qb, :qb + 1], B, Hq, n, topk_cap, tau)
+    return _select_ref(lambda b, h, qb: mass[b, h, qb, :qb + 1], B, Hq, n, topk_cap, tau, sink)

@@ -33,6 +33,7 @@ from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
 from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
 
 VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
+ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
 DEFAULT_THRESHOLD = 0.9  # FlexPrefill's gamma / XAttention's tau defaults
 _PACK = 10**9
 
@@ -171,10 +172,10 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
 
 
-def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torch.Tensor:
+def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False) -> torch.Tensor:
     """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
-    ascending then -1: the diagonal block plus the fewest others (by mass) whose total with it reaches tau,
-    at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
+    ascending then -1: the diagonal block (and with ``sink`` block 0 next) plus the fewest others (by mass) whose
+    total with them reaches tau, at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
     B, Hq, R, n = mass.shape
     dev = mass.device
     kmax, cb = _budget(topk_cap, Hq, dev)
@@ -183,13 +184,16 @@ def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torc
     qb = torch.arange(r0, r0 + R, device=dev)
     kb = torch.arange(n, device=dev)
     key = mass.masked_fill(qb[:, None] == kb, float("inf"))  # diagonal first (masked_fill: no host sync)
+    if sink:
+        key[..., 0] = torch.where(qb == 0, key[..., 0], 2.0)  # then block 0 (above any mass <= 1)
     key.masked_fill_(qb[:, None] < kb, -1.0)  # non-causal last, even below a causal mass that underflowed to 0
     top = key.topk(kmax, dim=-1)
     m = mass.gather(-1, top.indices)
     before = m.cumsum(-1) - m
     slot = torch.arange(kmax, device=dev)
     t = _thresholds(tau, Hq, dev).view(1, -1, 1, 1)
-    keep = ((slot == 0) | (before < t)) & (slot < cap) & (slot <= qb.view(1, 1, -1, 1))
+    forced = (slot == 0) | ((slot == 1) & (qb.view(1, 1, -1, 1) > 0)) if sink else slot == 0
+    keep = (forced | (before < t)) & (slot < cap) & (slot <= qb.view(1, 1, -1, 1))
     big = torch.iinfo(torch.int64).max
     ids = torch.where(keep, top.indices, big).sort(-1).values
     return torch.where(ids == big, -1, ids).to(torch.int32)
@@ -259,10 +263,12 @@ def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1:
 
 
 def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
-                                stride: int = 8, block: int = 64) -> torch.Tensor:
+                                stride: int = 8, block: int = 64, sink: bool = None) -> torch.Tensor:
     """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on antidiag_block_mass, chunked over
-    query blocks so the strided score rows stay under block_sparse_index's byte budget (never S x S)."""
+    query blocks so the strided score rows stay under block_sparse_index's byte budget (never S x S).
+    sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal)."""
     check_stride(stride, block)
+    sink = ANTIDIAG_SINK if sink is None else sink
     B, Hq, S, _ = q.shape
     n = -(-S // block)
     kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
@@ -273,5 +279,6 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * per * ns * 2)))  # logits + probabilities
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
-        out[:, :, r0:r1] = select_blocks(antidiag_block_mass(qs, ks, S, r0, r1, stride, block), r0, topk_cap, tau)
+        mass = antidiag_block_mass(qs, ks, S, r0, r1, stride, block)
+        out[:, :, r0:r1] = select_blocks(mass, r0, topk_cap, tau, sink)
     return out

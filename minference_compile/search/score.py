@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from ..ops import adaptive
 from ..ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks, select_vertical_slash,
                             strided_keys, strided_queries, vs_scores)
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS
@@ -99,7 +100,7 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
                         qh, kh = rec["q"][h].to(device)[None, None], k[None, None]
                         adm[c.s] = antidiag_block_mass(strided_queries(qh, c.s), strided_keys(kh, c.s), S, 0,
                                                        -(-S // BLOCK), c.s)
-                    index = select_blocks(adm[c.s], 0, c.v, c.threshold)[0, 0]
+                    index = select_blocks(adm[c.s], 0, c.v, c.threshold, adaptive.ANTIDIAG_SINK)[0, 0]
                 else:
                     if mass is None:
                         mass = block_mass_from_means(q_means[h][None, None], km[h // G][None, None], S)
