@@ -80,7 +80,8 @@ def last_rows(path: str, cands: list) -> None:
         nq, nk = R // 64, -(-S // 64)
         kr = k.repeat_interleave(G, 0)
         pos = torch.arange(S - R, S)
-        p = torch.softmax((q @ kr.transpose(1, 2) / D ** 0.5).masked_fill(torch.arange(S) > pos[:, None], -torch.inf), -1)
+        logit = (q @ kr.transpose(1, 2) / D ** 0.5).masked_fill(torch.arange(S) > pos[:, None], -torch.inf)
+        p = torch.softmax(logit, -1)  # [Hq, R, S]: the exact attention of the captured rows
         pb = torch.nn.functional.pad(p, (0, nk * 64 - S)).view(Hq, R, nk, 64).sum(-1)  # [Hq, R, NKB]
         qm = q.view(Hq, nq, 64, D).mean(2)
         km = torch.nn.functional.pad(k, (0, 0, 0, nk * 64 - S)).view(k.shape[0], nk, 64, D).sum(2)

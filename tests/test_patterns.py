@@ -196,14 +196,16 @@ SEED_FILE = [  # the seed's format: per layer {head: [pattern, v, s, score]}, in
      "3": ["block_sparse_adaptive", 64, 0, 1, {"tau": 0.8}], "1": ["vertical_and_slash_adaptive", 100, 800, 0]},
 ]
 # a searched file may also hold the antidiagonal pattern (id 6): stride in the 3rd element, tau as for id 5
-ANTIDIAG_FILE = [{"0": ["block_sparse_antidiag", 128, 8, 0.97, {"tau": 0.95}], "1": ["block_sparse_antidiag", 64, 4, 1]}]
+ANTIDIAG_FILE = [{"0": ["block_sparse_antidiag", 128, 8, 0.97, {"tau": 0.95}],
+                  "1": ["block_sparse_antidiag", 64, 4, 1]}]
 
 
 def test_antidiag_entries_load_and_write_back(tmp_path):
     path = tmp_path / "ad.json"
     path.write_text(json.dumps(ANTIDIAG_FILE))
     cfg = MInferenceConfig.from_json(path)
-    assert cfg.layers == (((0, ("block_sparse_antidiag", 128, 950_000_000_008)), (1, ("block_sparse_antidiag", 64, 4))),)
+    assert cfg.layers == (((0, ("block_sparse_antidiag", 128, 950_000_000_008)),
+                           (1, ("block_sparse_antidiag", 64, 4))),)
     assert cfg.layer_specs(0, 2) == (BlockSparseAntidiag(128, 8, 0.95), BlockSparseAntidiag(64, 4))
     out = tmp_path / "out.json"
     cfg.to_json(out)

@@ -78,5 +78,6 @@ class BlockSparseAntidiag(BlockAttention, Pattern):
         out = torch.full(parts[0].shape[:-1] + (width,), -1, dtype=torch.int32, device=group.q.device)
         for st, p in zip(strides, parts):
             mine = torch.tensor([s is not None and s.stride == st for s in group.specs], device=out.device)
-            out = torch.where(mine.view(1, -1, 1, 1), torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=-1), out)
+            p = torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=-1)
+            out = torch.where(mine.view(1, -1, 1, 1), p, out)
         return out

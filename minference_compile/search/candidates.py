@@ -35,7 +35,8 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        """The spec's label: dense, vs(100,800), ashape(128,1024), bs(16), vsa(1000,6096;0.9), bsa(128;0.9), bsx(128,8;0.9)."""
+        """The spec's label: dense, vs(100,800), ashape(128,1024), bs(16), vsa(1000,6096;0.9), bsa(128;0.9),
+        bsx(128,8;0.9)."""
         return self.spec.label
 
     def entry(self, score: float) -> list:
