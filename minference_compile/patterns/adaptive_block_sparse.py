@@ -3,7 +3,8 @@ reaches ``tau``, at most ``topk_cap`` (ops/adaptive.select_blocks); the block-sp
 
 * ``block_sparse_adaptive`` (id 5): mean-pooled q . k per block pair.
   Seed entry ``["block_sparse_adaptive", topk_cap, 0, score(, {"tau": t})]``; label ``bsa(128;0.9)``.
-* ``block_sparse_antidiag`` (id 6): XAttention's strided-antidiagonal sums (ops/adaptive.antidiag_block_mass).
+* ``block_sparse_antidiag`` (id 6): XAttention's strided-antidiagonal sums (ops/adaptive.antidiag_block_mass),
+  key block 0 kept after the diagonal.
   Seed entry ``["block_sparse_antidiag", topk_cap, stride, score(, {"tau": t})]``; label ``bsx(128,8;0.9)``.
   A pattern of its own rather than a ``scoring`` field on id 5: the stride fills the slot id 5 leaves unused and
   the estimate is the pattern id, so the entry, the op's int lists and the threshold packing stay as they are.
