@@ -42,7 +42,7 @@ def _head_budgets(cfg, side, layer: int, H: int, S: int, scale: str) -> list:
             out.append(("vs", min(v, math.ceil(nv * f)), min(cap_s, math.ceil(ns * f))))
         elif p == "block_sparse":
             out.append(("bs", v, 0))
-        elif p == "block_sparse_adaptive":
+        elif p in ("block_sparse_adaptive", "block_sparse_antidiag"):
             out.append(("bs", min(v, math.ceil(info.get("blocks", v) * f)), 0))
         elif p == "stream_llm":
             out.append(("ashape", v, s))
@@ -76,7 +76,8 @@ def layer_sets(budgets: list, S: int, layer: int, device) -> dict:
 
 def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
     """Index build per layer (estimate / scores + conversion), as a share of cuDNN's layer time."""
-    from minference_compile.ops.adaptive import adaptive_block_sparse_index, adaptive_vertical_slash
+    from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
+                                                 antidiag_block_sparse_index)
     from minference_compile.ops.estimate import estimate_vertical_slash
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
@@ -91,6 +92,7 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
             *adaptive_vertical_slash(q, k, [1000] * H, [6096] * H, [0.9] * H), S, pair=pair),
         "BS top-100 index": lambda: block_sparse_index(q, k, [100] * H),
         "BS adaptive cap 128 tau .9 index": lambda: adaptive_block_sparse_index(q, k, [128] * H, [0.9] * H),
+        "BS antidiag cap 128 stride 8 tau .9 index": lambda: antidiag_block_sparse_index(q, k, [128] * H, [0.9] * H, 8),
     }
     for name, fn in builds.items():
         ms = bench_ms(fn)[0]

@@ -14,7 +14,8 @@ from minference_compile import MInferenceConfig
 from minference_compile.config import ConfigError
 from minference_compile.ops.adaptive import pack_threshold
 from minference_compile.ops.crossover import auto_min_sparse_len, pattern_min_len
-from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparseAdaptive, Dense, HeadGroup, Pattern,
+from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparseAdaptive, BlockSparseAntidiag, Dense,
+                                         HeadGroup, Pattern,
                                          PatternError, VerticalSlash, VerticalSlashAdaptive, as_spec, pack_layer,
                                          parse_entry, parse_label, unpack)
 from minference_compile.search.candidates import Candidate, default_candidates, parse
@@ -28,6 +29,7 @@ SPECS = {
     "block_sparse": [BlockSparse(1), BlockSparse(2)],
     "vertical_and_slash_adaptive": [VerticalSlashAdaptive(10, 20, 0.8), VerticalSlashAdaptive(5, 5)],
     "block_sparse_adaptive": [BlockSparseAdaptive(2, 0.5), BlockSparseAdaptive(1)],
+    "block_sparse_antidiag": [BlockSparseAntidiag(2, 8, 0.5), BlockSparseAntidiag(1, 4)],  # a layer of two strides
 }
 ALL = [s for specs in SPECS.values() for s in specs]
 
@@ -64,6 +66,8 @@ def test_packed_slots_are_the_seeds():
     assert VerticalSlashAdaptive(100, 800).head_entry() == ("vertical_and_slash_adaptive", 100, 800)
     assert BlockSparseAdaptive(128, 0.9).head_entry() == ("block_sparse_adaptive", 128, pack_threshold(0, 0.9))
     assert VerticalSlashAdaptive(5, 5).threshold == 0.9 and BlockSparseAdaptive(3, 0.7).threshold == 0.7
+    assert BlockSparseAntidiag(128, 8, 0.9).head_entry() == ("block_sparse_antidiag", 128, pack_threshold(8, 0.9))
+    assert BlockSparseAntidiag(128, 8, 0.9).label == "bsx(128,8;0.9)"
 
 
 def test_search_candidates_keep_their_names_and_entries():
@@ -118,7 +122,7 @@ def test_cpu_path_matches_reference(name, mixed, q_len):
 
 def test_sparse_prefill_dispatches_every_pattern():
     """One layer holding every registered pattern: each head equals its pattern's reference."""
-    q, k, v = qkv(65, 6, 2, 64, torch.float32, B=2, seed=5)
+    q, k, v = qkv(65, 7, 1, 64, torch.float32, B=2, seed=5)
     specs = [SPECS[n][i % 2] for i, n in enumerate(SPECS)]
     scale = 0.125
     out = torch.ops.minference.sparse_prefill(q, k, v, *pack_layer(specs), scale, 0, 64)
@@ -146,6 +150,8 @@ def test_sparse_prefill_dispatches_every_pattern():
     (["vertical_and_slash_adaptive", 4, 8, 0, {"tau": 0.9}], ["optional 5th element {\"gamma\": x}"]),
     (["block_sparse_adaptive", 4, 0, 0, {"tau": 1.5}], ["block_sparse_adaptive tau must be a number in (0, 1]"]),
     (["vertical_and_slash_adaptive", 4, 2 * 10**9, 0], ["slash cap must be below 1e9"]),
+    (["block_sparse_antidiag", 4, 6, 0], ["block_sparse_antidiag: antidiagonal stride must be a positive divisor"]),
+    (["block_sparse_antidiag", 4, 0, 0], ["block_sparse_antidiag stride must be >= 1, got 0"]),
 ])
 def test_bad_entries_are_clear_errors(tmp_path, raw, words):
     with pytest.raises(PatternError) as e:
@@ -189,6 +195,21 @@ SEED_FILE = [  # the seed's format: per layer {head: [pattern, v, s, score]}, in
                                                             {"gamma": 0.95}],
      "3": ["block_sparse_adaptive", 64, 0, 1, {"tau": 0.8}], "1": ["vertical_and_slash_adaptive", 100, 800, 0]},
 ]
+# a searched file may also hold the antidiagonal pattern (id 6): stride in the 3rd element, tau as for id 5
+ANTIDIAG_FILE = [{"0": ["block_sparse_antidiag", 128, 8, 0.97, {"tau": 0.95}],
+                  "1": ["block_sparse_antidiag", 64, 4, 1]}]
+
+
+def test_antidiag_entries_load_and_write_back(tmp_path):
+    path = tmp_path / "ad.json"
+    path.write_text(json.dumps(ANTIDIAG_FILE))
+    cfg = MInferenceConfig.from_json(path)
+    assert cfg.layers == (((0, ("block_sparse_antidiag", 128, 950_000_000_008)),
+                           (1, ("block_sparse_antidiag", 64, 4))),)
+    assert cfg.layer_specs(0, 2) == (BlockSparseAntidiag(128, 8, 0.95), BlockSparseAntidiag(64, 4))
+    out = tmp_path / "out.json"
+    cfg.to_json(out)
+    assert json.loads(out.read_text()) == ANTIDIAG_FILE
 
 
 def test_seed_format_file_loads_to_the_same_entries(tmp_path):

@@ -9,7 +9,8 @@ import torch
 
 from minference_compile import MInferenceConfig, get_support_models
 from minference_compile.cli import main
-from minference_compile.ops.adaptive import adaptive_block_sparse_index, adaptive_vertical_slash
+from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
+                                             antidiag_block_sparse_index)
 from minference_compile.search.candidates import Candidate, default_candidates, parse
 from minference_compile.search.capture import sample_rows
 from minference_compile.search.score import evaluate_layer
@@ -19,7 +20,8 @@ from minference_compile.triton_kernels.naive import block_sparse_mask, streaming
 
 CANDS = [Candidate("dense"), Candidate("stream_llm", 16, 100), Candidate("vertical_and_slash", 30, 150),
          Candidate("vertical_and_slash", 5, 40), Candidate("block_sparse", 3),
-         Candidate("vertical_and_slash_adaptive", 60, 200, 0.6), Candidate("block_sparse_adaptive", 6, 0, 0.5)]
+         Candidate("vertical_and_slash_adaptive", 60, 200, 0.6), Candidate("block_sparse_adaptive", 6, 0, 0.5),
+         Candidate("block_sparse_antidiag", 6, 8, 0.5), Candidate("block_sparse_antidiag", 3, 4, 0.9)]
 
 
 def _record(S, Hq, Hkv, D, n_rows, seed=0):
@@ -30,7 +32,7 @@ def _record(S, Hq, Hkv, D, n_rows, seed=0):
     rows = sample_rows(S, n_rows)
     n = -(-S // 64)
     qm = torch.stack([q[:, i * 64:(i + 1) * 64].mean(1) for i in range(n)], 1)
-    return q, k, dict(k=k, q_rows=q[:, rows], q_means=qm, rows=rows, S=S)
+    return q, k, dict(k=k, q_rows=q[:, rows], q_means=qm, rows=rows, S=S, q=q)
 
 
 @pytest.mark.parametrize("S", [65, 333])
@@ -48,6 +50,8 @@ def test_recall_and_cost_equal_brute_force_masks(S):
         if c.pattern.startswith("vertical"):
             v, s = adaptive_vertical_slash(q[None], k[None], c.v, c.s, thr, last_q=16)
             M = vertical_slash_mask(v, s, S)[0]
+        elif c.pattern == "block_sparse_antidiag":
+            M = block_sparse_mask(antidiag_block_sparse_index(q[None], k[None], c.v, thr, c.s), S)[0]
         elif c.pattern.startswith("block"):
             M = block_sparse_mask(adaptive_block_sparse_index(q[None], k[None], c.v, thr), S)[0]
         elif c.pattern == "stream_llm":
@@ -61,6 +65,17 @@ def test_recall_and_cost_equal_brute_force_masks(S):
             assert (cost[i] >= share - 1e-9).all(), c.name
         else:
             torch.testing.assert_close(cost[i], share, atol=1e-9, rtol=0, msg=c.name)
+
+
+def test_antidiag_candidates_need_the_full_q():
+    """A capture without every q row (capture(full_q=False)) cannot score them: recall -1 (never picked), warned."""
+    _, _, rec = _record(130, 2, 1, 64, 32)
+    del rec["q"]
+    with pytest.warns(UserWarning, match="no full q"):
+        recall, cost = evaluate_layer(rec, CANDS, last_q=16)
+    ad = [i for i, c in enumerate(CANDS) if c.pattern == "block_sparse_antidiag"]
+    assert (recall[ad] == -1).all() and (cost[ad] == 1).all()
+    assert (recall[[i for i in range(len(CANDS)) if i not in ad]] > 0).all()
 
 
 def test_choose_cheapest_meeting_target_else_dense():

@@ -10,6 +10,13 @@
   turned into a distribution over causal key blocks (softmax of scale * mean(q) . mean(k) + log(keys in block));
   the fewest blocks whose mass reaches ``tau`` (diagonal always kept), at most ``topk_cap``. Output: ascending
   ids then -1, the layout block_sparse_attention_fwd takes (compact).
+* block_sparse_antidiag (pattern id 6): the same selection (select_blocks) on XAttention's strided-antidiagonal
+  estimate instead of the pooled one (antidiag_block_mass): with stride s, strided row m = the s q rows of group m
+  in reverse order, strided column n = the s k rows of group n, concatenated; their dot product is the sum of
+  q.k along one antidiagonal of the s x s tile. softmax(dot / (s sqrt(D))) over causal strided columns, summed
+  over each 64 x 64 block and averaged over its strided rows: a mass per (query block, key block), rows summing
+  to 1. Every q and k row takes part (the pooled mean loses the spread inside a block). Block 0 is kept after
+  the diagonal (ANTIDIAG_SINK): the mean of s logits dilutes a sink column (NOTES.md: recall 0.84 -> 0.94).
 
 Everything is sort + cumsum + count on tensors: no host sync (caps and thresholds given as host lists).
 Thresholds travel through the op's int budget lists packed in decimal: slash slot = threshold_permille * 10**9
@@ -26,7 +33,8 @@ from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
 from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
 
-VS_ADAPTIVE, BS_ADAPTIVE = 4, 5  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
+VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
+ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
 DEFAULT_THRESHOLD = 0.9  # FlexPrefill's gamma / XAttention's tau defaults
 _PACK = 10**9
 
@@ -165,10 +173,10 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
 
 
-def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torch.Tensor:
+def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False) -> torch.Tensor:
     """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
-    ascending then -1: the diagonal block plus the fewest others (by mass) whose total with it reaches tau,
-    at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
+    ascending then -1: the diagonal block (and with ``sink`` block 0 next) plus the fewest others (by mass) whose
+    total with them reaches tau, at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
     B, Hq, R, n = mass.shape
     dev = mass.device
     kmax, cb = _budget(topk_cap, Hq, dev)
@@ -177,13 +185,16 @@ def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold) -> torc
     qb = torch.arange(r0, r0 + R, device=dev)
     kb = torch.arange(n, device=dev)
     key = mass.masked_fill(qb[:, None] == kb, float("inf"))  # diagonal first (masked_fill: no host sync)
+    if sink:
+        key[..., 0] = torch.where(qb == 0, key[..., 0], 2.0)  # then block 0 (above any mass <= 1)
     key.masked_fill_(qb[:, None] < kb, -1.0)  # non-causal last, even below a causal mass that underflowed to 0
     top = key.topk(kmax, dim=-1)
     m = mass.gather(-1, top.indices)
     before = m.cumsum(-1) - m
     slot = torch.arange(kmax, device=dev)
     t = _thresholds(tau, Hq, dev).view(1, -1, 1, 1)
-    keep = ((slot == 0) | (before < t)) & (slot < cap) & (slot <= qb.view(1, 1, -1, 1))
+    forced = (slot == 0) | ((slot == 1) & (qb.view(1, 1, -1, 1) > 0)) if sink else slot == 0
+    keep = (forced | (before < t)) & (slot < cap) & (slot <= qb.view(1, 1, -1, 1))
     big = torch.iinfo(torch.int64).max
     ids = torch.where(keep, top.indices, big).sort(-1).values
     return torch.where(ids == big, -1, ids).to(torch.int32)
@@ -201,4 +212,74 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         out[:, :, r0:r1] = select_blocks(block_mass(q, k, r0, r1, block), r0, topk_cap, tau)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- antidiagonal
+def check_stride(stride: int, block: int = 64) -> None:
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or block % stride:
+        raise ValueError(f"antidiagonal stride must be a positive divisor of the block size {block}, got {stride!r}")
+
+
+def strided_keys(k: torch.Tensor, stride: int) -> torch.Tensor:
+    """k [B, H, S, D] -> [B, H, ceil(S/stride), stride * D]: group n = rows n*s .. n*s+s-1 concatenated (rows past
+    S zero)."""
+    B, H, S, D = k.shape
+    n = -(-S // stride)
+    return torch.nn.functional.pad(k, (0, 0, 0, n * stride - S)).reshape(B, H, n, stride * D)
+
+
+def strided_queries(q: torch.Tensor, stride: int) -> torch.Tensor:
+    """q [B, H, Sq, D] -> [B, H, ceil(Sq/stride), stride * D]: group m's rows in reverse order, so that
+    strided_queries[m] . strided_keys[n] = sum_j q[m*s + s-1-j] . k[n*s + j] (an antidiagonal of the s x s tile)."""
+    B, H, S, D = q.shape
+    n = -(-S // stride)
+    qp = torch.nn.functional.pad(q, (0, 0, 0, n * stride - S))
+    return qp.view(B, H, n, stride, D).flip(3).reshape(B, H, n, stride * D)
+
+
+def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1: int, stride: int,
+                        block: int = 64) -> torch.Tensor:
+    """Estimated attention mass of query blocks r0..r1-1: [B, Hq, r1 - r0, NKB] fp32, causal rows summing to 1,
+    non-causal blocks 0. qs [B, Hq, NS, s*D] (strided_queries of all S rows), ks [B, Hkv, NS, s*D]
+    (strided_keys), NS = ceil(S / s); score scale 1 / (s sqrt(D)) (the mean logit of the antidiagonal).
+    The product runs in q's dtype (bf16 on the GPU: tensor cores, fp32 accumulation), softmax and sums in fp32."""
+    B, Hq, ns, sd = qs.shape
+    Hkv = ks.shape[1]
+    per = block // stride  # strided rows (and columns) per 64-block
+    nkb = -(-S // block)
+    m0, m1 = r0 * per, min(ns, r1 * per)
+    rows = qs[:, :, m0:m1].reshape(B, Hkv, Hq // Hkv, m1 - m0, sd)
+    scale = 1.0 / (stride * math.sqrt(sd // stride))
+    logit = (rows @ ks.unsqueeze(2).transpose(-1, -2)).view(B, Hq, m1 - m0, ns).float() * scale
+    m = torch.arange(m0, m1, device=qs.device)[:, None]
+    p = torch.softmax(logit.masked_fill(torch.arange(ns, device=qs.device) > m, float("-inf")), -1)
+    if nkb * per > ns:  # a partial last key block (no copy otherwise)
+        p = torch.nn.functional.pad(p, (0, nkb * per - ns))
+    p = p.view(B, Hq, m1 - m0, nkb, per).sum(-1)
+    R = r1 - r0
+    p = torch.nn.functional.pad(p, (0, 0, 0, R * per - (m1 - m0))).view(B, Hq, R, per, nkb).sum(3)
+    n_rows = (torch.clamp(ns - torch.arange(r0, r1, device=qs.device) * per, max=per)).to(p.dtype)
+    return p / n_rows.view(1, 1, R, 1)
+
+
+def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
+                                stride: int = 8, block: int = 64, sink: bool = None) -> torch.Tensor:
+    """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on antidiag_block_mass, chunked over
+    query blocks so the strided score rows stay under block_sparse_index's byte budget (never S x S).
+    sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal)."""
+    check_stride(stride, block)
+    sink = ANTIDIAG_SINK if sink is None else sink
+    B, Hq, S, _ = q.shape
+    n = -(-S // block)
+    kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
+    out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    qs, ks = strided_queries(q, stride), strided_keys(k, stride)
+    ns = ks.shape[2]
+    per = block // stride
+    chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * per * ns * 2)))  # logits + probabilities
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        mass = antidiag_block_mass(qs, ks, S, r0, r1, stride, block)
+        out[:, :, r0:r1] = select_blocks(mass, r0, topk_cap, tau, sink)
     return out

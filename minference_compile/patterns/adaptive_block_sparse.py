@@ -1,6 +1,14 @@
-"""``block_sparse_adaptive``: per 64-row query block the diagonal plus the fewest key blocks whose estimated mass
-reaches ``tau``, at most ``topk_cap`` (ops/adaptive.py); the block-sparse kernel.
-Seed entry ``["block_sparse_adaptive", topk_cap, 0, score(, {"tau": t})]``; id 5."""
+"""Adaptive block-sparse: per 64-row query block the diagonal plus the fewest key blocks whose estimated mass
+reaches ``tau``, at most ``topk_cap`` (ops/adaptive.select_blocks); the block-sparse kernel. Two estimates:
+
+* ``block_sparse_adaptive`` (id 5): mean-pooled q . k per block pair.
+  Seed entry ``["block_sparse_adaptive", topk_cap, 0, score(, {"tau": t})]``; label ``bsa(128;0.9)``.
+* ``block_sparse_antidiag`` (id 6): XAttention's strided-antidiagonal sums (ops/adaptive.antidiag_block_mass),
+  key block 0 kept after the diagonal.
+  Seed entry ``["block_sparse_antidiag", topk_cap, stride, score(, {"tau": t})]``; label ``bsx(128,8;0.9)``.
+  A pattern of its own rather than a ``scoring`` field on id 5: the stride fills the slot id 5 leaves unused and
+  the estimate is the pattern id, so the entry, the op's int lists and the threshold packing stay as they are.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from ..ops.adaptive import adaptive_block_sparse_index
-from .base import HeadGroup, Pattern, Slot, register
+from ..ops.adaptive import adaptive_block_sparse_index, antidiag_block_sparse_index, check_stride
+from .base import HeadGroup, Pattern, PatternError, Slot, register
 from .block_sparse import BlockAttention, BlockSparse
 
 
@@ -32,3 +40,45 @@ class BlockSparseAdaptive(BlockAttention, Pattern):
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
         return adaptive_block_sparse_index(group.q, group.k, group.values("topk_cap", 0), group.thresholds())
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class BlockSparseAntidiag(BlockAttention, Pattern):
+    topk_cap: int
+    stride: int = 8  # a divisor of 64: the antidiagonal's step within each s x s tile
+    tau: Optional[float] = None  # None: the default 0.9
+
+    name = "block_sparse_antidiag"
+    id = 6
+    short = "bsx"
+    SLOTS = (Slot("topk_cap", "topk cap", 1), Slot("stride", "stride", 1))
+    THRESHOLD = "tau"
+    chunked = False  # the estimate reads every row of the unchunked prompt
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            check_stride(self.stride)
+        except ValueError as e:
+            raise PatternError(f"{self.name}: {e}") from None
+
+    def min_sparse_len(self) -> int:
+        return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
+
+    @classmethod
+    def select(cls, group: HeadGroup) -> torch.Tensor:
+        strides = sorted({s.stride for s in group.specs if s is not None})
+        parts = []
+        for st in strides:  # one build per stride in the layer (searched configs use one); other heads cap 0
+            caps = [0 if s is None or s.stride != st else s.topk_cap for s in group.specs]
+            parts.append(antidiag_block_sparse_index(group.q, group.k, caps, group.thresholds(), st))
+        if len(parts) == 1:
+            return parts[0]
+        width = max(p.shape[-1] for p in parts)
+        out = torch.full(parts[0].shape[:-1] + (width,), -1, dtype=torch.int32, device=group.q.device)
+        for st, p in zip(strides, parts):
+            mine = torch.tensor([s is not None and s.stride == st for s in group.specs], device=out.device)
+            p = torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=-1)
+            out = torch.where(mine.view(1, -1, 1, 1), p, out)
+        return out

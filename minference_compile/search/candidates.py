@@ -11,7 +11,7 @@ from ..patterns import Pattern, by_name, parse_label
 class Candidate:
     pattern: str  # a registered pattern name (minference_compile/patterns/)
     v: int = 0  # the seed entry's 2nd element: vertical budget / cap, A-shape init, block-sparse top-k / cap
-    s: int = 0  # its 3rd: slash budget / cap, A-shape local window (0 where the pattern leaves it unused)
+    s: int = 0  # its 3rd: slash budget / cap, A-shape local window, antidiagonal stride (0: unused)
     threshold: Optional[float] = None  # gamma / tau of the adaptive patterns
 
     @property
@@ -35,7 +35,8 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        """The spec's label: dense, vs(100,800), ashape(128,1024), bs(16), vsa(1000,6096;0.9), bsa(128;0.9)."""
+        """The spec's label: dense, vs(100,800), ashape(128,1024), bs(16), vsa(1000,6096;0.9), bsa(128;0.9),
+        bsx(128,8;0.9)."""
         return self.spec.label
 
     def entry(self, score: float) -> list:
@@ -60,4 +61,6 @@ def default_candidates(kind: str = "all") -> list:
     fixed += [Candidate("block_sparse", t) for t in (8, 16, 32, 64)]
     adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in (0.8, 0.9, 0.95, 0.98, 0.99)]
     adaptive += [Candidate("block_sparse_adaptive", 128, 0, t) for t in (0.7, 0.8, 0.9, 0.95)]
+    # XAttention's strided-antidiagonal estimate, stride 8 (the search capture then keeps every q row)
+    adaptive += [Candidate("block_sparse_antidiag", 128, 8, t) for t in (0.8, 0.9, 0.95, 0.98)]
     return {"fixed": fixed, "adaptive": [fixed[0]] + adaptive, "all": fixed + adaptive}[kind]

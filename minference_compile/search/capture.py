@@ -3,7 +3,8 @@
 A registered transformers attention function (``AttentionInterface``) sees each layer's post-RoPE query and
 un-repeated key, saves what the search needs, and calls the stock SDPA function, so the forward is the sdpa one:
 ``k`` [Hkv, S, D], ``q_rows`` [Hq, R, D] at the sampled ``rows`` (the last 64 included), ``q_means`` [Hq, NQB, D]
-(64-row block means), fp32. ``full_q_layer``: that layer's whole q instead of the rows (viz).
+(64-row block means), fp32; with ``full_q``, also ``q`` [Hq, S, D] (the antidiagonal block scores read every q row).
+``full_q_layer``: that layer's whole q instead of the rows (viz).
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def _hook(module, query, key, value, attention_mask, **kwargs):
             if S % BLOCK:
                 parts.append(q[:, n * BLOCK:].mean(1, keepdim=True))
             rec["q_means"] = torch.cat(parts, 1)
+            if st.get("full_q"):
+                rec["q"] = q.clone()
         if st.get("dir"):
             torch.save(rec, os.path.join(st["dir"], f"layer{layer:03d}.pt"))
         else:
@@ -75,13 +78,14 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
 
 def capture(model, ids: torch.Tensor, n_rows: int, out_dir: Optional[str] = None,
-            full_q_layer: Optional[int] = None) -> dict:
-    """One forward of ``ids`` [1, S]. With ``out_dir``: files layer###.pt there, returns {}; else {layer: record}."""
+            full_q_layer: Optional[int] = None, full_q: bool = False) -> dict:
+    """One forward of ``ids`` [1, S]. With ``out_dir``: files layer###.pt there, returns {}; else {layer: record}.
+    ``full_q``: every record also holds the whole q (antidiagonal block-sparse candidates need it)."""
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"capture takes one unpadded sequence [1, S], got {tuple(ids.shape)}")
     S = ids.shape[1]
     _STATE.clear()
-    _STATE.update(rows=sample_rows(S, n_rows), dir=out_dir, full_q_layer=full_q_layer)
+    _STATE.update(rows=sample_rows(S, n_rows), dir=out_dir, full_q_layer=full_q_layer, full_q=full_q)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     try:

@@ -87,7 +87,8 @@ def _run_one(args, model_dir, get_model, encode, prompt: str, length: int, candi
     if todo and not all(os.path.exists(cap(li)) for li in todo):
         ids = prompt_ids(prompt, length, encode)
         t0 = time.perf_counter()
-        capture(get_model(), ids, args.rows, out_dir=run_dir)
+        full_q = any(c.pattern == "block_sparse_antidiag" for c in candidates)  # its estimate reads every q row
+        capture(get_model(), ids, args.rows, out_dir=run_dir, full_q=full_q)
         print(f"{tag}: forward of {ids.shape[1]} tokens, {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     for li in _progress(todo, len(todo), f"score {tag}"):
         rec = torch.load(cap(li))

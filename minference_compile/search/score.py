@@ -5,14 +5,19 @@ keeps, averaged over the sampled rows; never an S x S matrix (rows x S per head)
 semantics: vertical-slash block-rounded (docs/DESIGN.md), block-sparse per 64-row query block, A-shape per row.
 Cost: the share of causal pairs the kernel computes, from the real index conversion for vertical-slash
 (build_vertical_slash_index + work_share) and from the block index for block-sparse.
+Antidiagonal block-sparse candidates read every q row: the capture's ``q`` (capture(full_q=True)); a record
+without it scores them recall -1 (never picked) and cost 1, with a warning.
 """
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
-from ..ops.adaptive import block_mass_from_means, select_blocks, select_vertical_slash, vs_scores
+from ..ops import adaptive
+from ..ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks, select_vertical_slash,
+                            strided_keys, strided_queries, vs_scores)
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS
 from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
 
@@ -73,7 +78,7 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
             qz[0, 0, S - L:] = q_rows[h, R - L:]
             vscore, sscore = vs_scores(qz, k[None, None], last_q)
             _vs(p, pu, m0, vscore, sscore, float(L), vs, S, recall[:, h], cost[:, h], lines[:, h])
-        mass = None
+        mass, pb, adm = None, None, {}  # pooled mass; exact mass per row and key block; antidiag mass per stride
         for i, c in enumerate(candidates):
             if c.pattern == "dense":
                 recall[i, h], cost[i, h] = 1.0, 1.0
@@ -84,10 +89,22 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
                 kept = csum.gather(1, sink[:, None]) + csum.gather(1, hi[:, None]) - csum.gather(1, lo[:, None])
                 recall[i, h], cost[i, h] = float(kept.mean()), streaming_cost(S, c.v, c.s)
             elif c.pattern.startswith("block"):
-                if mass is None:
-                    mass = block_mass_from_means(q_means[h][None, None], km[h // G][None, None], S)
+                if pb is None:
                     pb = torch.nn.functional.pad(p, (0, -S % BLOCK)).view(R, -1, BLOCK).sum(-1)
-                index = select_blocks(mass, 0, c.v, c.threshold if c.adaptive else _FIXED)[0, 0]
+                if c.pattern == "block_sparse_antidiag":
+                    if "q" not in rec:
+                        warnings.warn(f"{c.name}: the capture has no full q (capture(full_q=True)); not scored")
+                        recall[i, h], cost[i, h] = -1.0, 1.0
+                        continue
+                    if c.s not in adm:  # the op's estimate (antidiag_block_sparse_index), all query blocks at once
+                        qh, kh = rec["q"][h].to(device)[None, None], k[None, None]
+                        adm[c.s] = antidiag_block_mass(strided_queries(qh, c.s), strided_keys(kh, c.s), S, 0,
+                                                       -(-S // BLOCK), c.s)
+                    index = select_blocks(adm[c.s], 0, c.v, c.threshold, adaptive.ANTIDIAG_SINK)[0, 0]
+                else:
+                    if mass is None:
+                        mass = block_mass_from_means(q_means[h][None, None], km[h // G][None, None], S)
+                    index = select_blocks(mass, 0, c.v, c.threshold if c.adaptive else _FIXED)[0, 0]
                 ids = index[rows // BLOCK].long()
                 recall[i, h] = float((pb.gather(1, ids.clamp(min=0)) * (ids >= 0)).sum(-1).mean())
                 cost[i, h] = float(block_cost(index.cpu(), S))

@@ -14,7 +14,8 @@ from .candidates import Candidate
 explain_describe = "one-page map of a config (pattern, budget, recall per layer and head) as PNG and text"
 viz_describe = "PNG heatmap of one head's attention with the config's selected lines / blocks drawn over it"
 COLORS = {"dense": "#9e9e9e", "vertical_and_slash": "#1f77b4", "stream_llm": "#2ca02c", "block_sparse": "#ff7f0e",
-          "vertical_and_slash_adaptive": "#17becf", "block_sparse_adaptive": "#d62728"}
+          "vertical_and_slash_adaptive": "#17becf", "block_sparse_adaptive": "#d62728",
+          "block_sparse_antidiag": "#8c564b"}
 
 
 def _config_for(model_dir: str, path):
@@ -166,13 +167,16 @@ class _Selection:
 
 def selection_rows(q: torch.Tensor, k: torch.Tensor, cand: Candidate) -> _Selection:
     """q [S, D], k [S, D] of one head -> its selection, made as the op makes it."""
-    from ..ops.adaptive import adaptive_block_sparse_index, adaptive_vertical_slash
+    from ..ops.adaptive import adaptive_block_sparse_index, adaptive_vertical_slash, antidiag_block_sparse_index
 
     S = q.shape[0]
     thr = cand.threshold if cand.adaptive else 2.0  # > 1: the fixed top-k
     if cand.pattern.startswith("vertical"):
         v, s = adaptive_vertical_slash(q[None, None], k[None, None], cand.v, cand.s, thr)
         return _Selection(S, cand, vertical=v[0, 0], slash=s[0, 0])
+    if cand.pattern == "block_sparse_antidiag":
+        blocks = antidiag_block_sparse_index(q[None, None], k[None, None], cand.v, cand.threshold, cand.s)
+        return _Selection(S, cand, blocks=blocks[0, 0])
     if cand.pattern.startswith("block"):
         return _Selection(S, cand, blocks=adaptive_block_sparse_index(q[None, None], k[None, None], cand.v, thr)[0, 0])
     return _Selection(S, cand)
