@@ -261,3 +261,39 @@ def test_checks_refuse_a_baseline_that_finds_nothing():
     assert got["needle: dense baseline finds some needle"][0] is False
     assert "cannot judge" in got["kv@8: dense baseline answers some"][1] and not got["kv@8: dense baseline answers some"][0]
     assert not any(name.startswith("needle: found") or name.startswith("kv@8: accuracy") for name in got)
+
+
+def test_recall_of_adaptive_patterns_against_their_naive_selections():
+    """Adaptive heads (mass-threshold vertical-slash, block-sparse, antidiagonal block-sparse) get the recall of
+    the keys their naive reference selection keeps, element by element (before the registry path they had none)."""
+    from minference_compile.patterns import BlockSparseAdaptive, BlockSparseAntidiag, VerticalSlashAdaptive
+    from minference_compile.triton_kernels.naive import block_sparse_mask, vertical_slash_mask
+    from minference_compile.triton_kernels.naive_adaptive import (adaptive_block_sparse_index_ref,
+                                                                   adaptive_vertical_slash_ref,
+                                                                   antidiag_block_sparse_index_ref)
+    torch.manual_seed(1)
+    S, D = 333, 64
+    q, k = torch.randn(1, 6, S, D), torch.randn(1, 2, S, D)
+    specs = (VerticalSlashAdaptive(40, 60, 0.6), VerticalSlashAdaptive(20, 200, 0.9),
+             BlockSparseAdaptive(3, 0.5), BlockSparseAdaptive(4, 0.7),
+             BlockSparseAntidiag(3, 8, 0.5), BlockSparseAntidiag(4, 4, 0.7))
+    rows = sample_rows(S, 40)
+    got = head_recall(q, k, specs, D ** -0.5, rows)
+    kk = k.repeat_interleave(3, 1)[0]
+    p = torch.softmax((q[0] @ kk.transpose(1, 2) * D ** -0.5).masked_fill(
+        torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf")), -1)[:, rows]
+    vs = adaptive_vertical_slash_ref(q, k, [40, 20, 0, 0, 0, 0], [60, 200, 0, 0, 0, 0], [0.6, 0.9, 0.9, 0.9, 0.9, 0.9])
+    masks = []
+    for h in (0, 1):
+        vert, sl = (torch.tensor(x, dtype=torch.int32).view(1, 1, -1) for x in vs[h])
+        masks.append(vertical_slash_mask(vert, sl, S)[0, 0])
+    bsa = adaptive_block_sparse_index_ref(q, k, [0, 0, 3, 4, 0, 0], [0.9, 0.9, 0.5, 0.7, 0.9, 0.9])
+    masks += [block_sparse_mask(bsa[:, h:h + 1], S)[0, 0] for h in (2, 3)]
+    masks.append(block_sparse_mask(antidiag_block_sparse_index_ref(q, k, [0] * 4 + [3, 0], [0.9] * 4 + [0.5, 0.9],
+                                                                   8)[:, 4:5], S)[0, 0])
+    masks.append(block_sparse_mask(antidiag_block_sparse_index_ref(q, k, [0] * 5 + [4], [0.9] * 5 + [0.7], 4)[:, 5:6],
+                                   S)[0, 0])
+    for h, m in enumerate(masks):
+        want = float((p[h] * m[rows]).sum(-1).mean())
+        assert 0.05 < want < 0.999, (h, want)  # a partial selection: the comparison can fail either way
+        assert math.isclose(float(got[h]), want, rel_tol=1e-4), (h, float(got[h]), want)

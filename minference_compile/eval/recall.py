@@ -5,8 +5,8 @@ the share of the dense attention mass that the selected sparse pattern keeps (1.
 
 It runs during a *dense* forward: a registered transformers attention implementation
 (``minference_recall``) sees each layer's post-RoPE q [B, Hq, S, D] and k [B, Hkv, S, D], selects the
-pattern with the same functions and per-head budgets as ``minference::sparse_prefill`` (the vertical-slash
-estimate from the last ``last_q`` queries, the block-sparse mean-pooled top-k, A-shape), measures the
+pattern through the pattern registry with each spec's own ``select`` (the op's selection: the vertical-slash
+estimate, the adaptive mass thresholds, block scores, A-shape windows), measures the
 mass inside it on rows sampled from the second half of the prompt (chunks of rows, never S x S), then
 calls the stock SDPA attention, so the forward's output is the dense one.
 """
@@ -16,14 +16,14 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ..config import PATTERN_IDS, MInferenceConfig
-from ..patterns import AShape, BlockSparse, Dense, VerticalSlash
-from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash
-from ..triton_kernels.block_sparse_index import block_sparse_index
+from ..config import MInferenceConfig
+from ..patterns import AShape, Dense
+from ..patterns.base import HeadGroup, as_spec
+from ..patterns.block_sparse import BlockAttention
 
 BLOCK = 64
-# the fixed patterns' ids (the keep masks below are this module's own, per pattern: see pattern_masks)
-DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = Dense.id, VerticalSlash.id, AShape.id, BlockSparse.id
+# what a selection means as a key mask, per family of patterns (each family's masks below are this module's own)
+DENSE, VERTICAL_SLASH, STREAM_LLM, BLOCK_SPARSE = 0, 1, 2, 3
 IMPL = "minference_recall"
 _STATE: dict = {}  # active collection: {"configs", "rows", "min_len", "out"}
 
@@ -34,27 +34,48 @@ def sample_rows(S: int, n: int) -> torch.Tensor:
     return torch.linspace(lo, S - 1, min(n, S - lo)).round().long().unique()
 
 
-def pattern_masks(q: torch.Tensor, k: torch.Tensor, entries: tuple, last_q: int):
+def _family(cls) -> int:
+    if cls is Dense:
+        return DENSE
+    if cls is AShape:
+        return STREAM_LLM
+    if issubclass(cls, BlockAttention):  # block-sparse: fixed top-k, mass threshold, antidiagonal scores
+        return BLOCK_SPARSE
+    if cls.name.startswith("vertical_and_slash"):  # fixed and adaptive: (vertical, slash) index lists
+        return VERTICAL_SLASH
+    raise NotImplementedError(f"recall: no key mask for pattern {cls.name!r}")
+
+
+def pattern_masks(q: torch.Tensor, k: torch.Tensor, entries: tuple, last_q: int, scale: float = None):
     """-> mask_fn(rows [r] long) -> bool [Hq, r, S] of the keys each head's pattern keeps (causal
-    added by the caller). ``entries``: per q-head (pattern, vertical_size, slash_size); batch 1."""
+    added by the caller). ``entries``: per q-head spec or (pattern, v_slot, s_slot); batch 1. Each pattern's
+    heads are selected by its registered spec's ``select`` (what the op computes), then read as a mask."""
     Hq, S = q.shape[1], q.shape[2]
-    ids = [PATTERN_IDS[p] for p, _, _ in entries]
+    specs = tuple(as_spec(e) for e in entries)
+    classes = [type(sp) for sp in specs]
+    fam = [_family(c) for c in classes]
     dev = q.device
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     cols = torch.zeros(Hq, S, dtype=torch.bool, device=dev)
-    prefix = torch.zeros(Hq, S + 1, dtype=torch.int32, device=dev)
-    if VERTICAL_SLASH in ids:
-        vb = [v if p == VERTICAL_SLASH else 0 for p, (_, v, _) in zip(ids, entries)]
-        sb = [s if p == VERTICAL_SLASH else 0 for p, (_, _, s) in zip(ids, entries)]
-        vertical, slash = estimate_vertical_slash(q, k, vb, sb, last_q, SINK_TOKENS, LOCAL_WINDOW)
-        cols = _presence(vertical[0], S)
-        prefix = F.pad(_presence(slash[0], S).int().cumsum(-1, dtype=torch.int32), (1, 0))
-    blocks = None
-    if BLOCK_SPARSE in ids:
-        topk = [v if p == BLOCK_SPARSE else 1 for p, (_, v, _) in zip(ids, entries)]
-        blocks = _presence(block_sparse_index(q, k, topk)[0], -(-S // BLOCK))  # [Hq, NQB, NKB]
-    pid = torch.tensor(ids, device=dev).view(-1, 1, 1)
-    init = torch.tensor([v for _, v, _ in entries], device=dev).view(-1, 1, 1)
-    local = torch.tensor([s for _, _, s in entries], device=dev).view(-1, 1, 1)
+    slashes = torch.zeros(Hq, S, dtype=torch.bool, device=dev)
+    blocks = torch.zeros(Hq, -(-S // BLOCK), -(-S // BLOCK), dtype=torch.bool, device=dev) \
+        if BLOCK_SPARSE in fam else None
+    for cls in dict.fromkeys(classes):
+        if _family(cls) in (DENSE, STREAM_LLM):
+            continue
+        mine = torch.tensor([c is cls for c in classes], device=dev)
+        group = HeadGroup(q, k, k, scale, last_q, tuple(sp if c is cls else None for sp, c in zip(specs, classes)))
+        sel = cls.select(group)
+        if _family(cls) == VERTICAL_SLASH:
+            cols |= _presence(sel[0][0], S) & mine[:, None]
+            slashes |= _presence(sel[1][0], S) & mine[:, None]
+        else:
+            blocks |= _presence(sel[0], blocks.shape[-1]) & mine[:, None, None]
+    prefix = F.pad(slashes.int().cumsum(-1, dtype=torch.int32), (1, 0))
+    pid = torch.tensor(fam, device=dev).view(-1, 1, 1)
+    init = torch.tensor([sp.init_num if isinstance(sp, AShape) else 0 for sp in specs], device=dev).view(-1, 1, 1)
+    local = torch.tensor([sp.local_window_num if isinstance(sp, AShape) else 0 for sp in specs],
+                         device=dev).view(-1, 1, 1)
 
     def mask_fn(rows: torch.Tensor) -> torch.Tensor:
         i = rows.view(1, -1, 1)
@@ -88,7 +109,7 @@ def head_recall(q: torch.Tensor, k: torch.Tensor, entries: tuple, scale: float, 
     """q [1, Hq, S, D], k [1, Hkv, S, D] -> fp32 [Hq]: mean attention mass kept on ``rows``
     (``density=True``: -> (recall, density), density = share of the rows' causal keys kept)."""
     Hq, S, Hkv = q.shape[1], q.shape[2], k.shape[1]
-    mask_fn = pattern_masks(q, k, entries, last_q)
+    mask_fn = pattern_masks(q, k, entries, last_q, scale)
     kk = k[0].float().repeat_interleave(Hq // Hkv, dim=0)  # [Hq, S, D]; fp32, one copy per layer
     total = torch.zeros(Hq, device=q.device)
     kept = torch.zeros(Hq, device=q.device)
