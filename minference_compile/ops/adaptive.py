@@ -166,8 +166,8 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     B, Hq, R, D = qm.shape
     Hkv, n = km.shape[1], km.shape[2]
     logit = (qm.view(B, Hkv, Hq // Hkv, R, D) @ km.unsqueeze(2).transpose(-1, -2)).view(B, Hq, R, n) / math.sqrt(D)
-    size = torch.full((n,), float(block), device=qm.device)
-    size[-1] = S - (n - 1) * block
+    # keys per block: `block`, the last one S - (n - 1) * block (a where, not a setitem: that is a host sync on CUDA)
+    size = torch.where(torch.arange(n, device=qm.device) == n - 1, float(S - (n - 1) * block), float(block))
     kb = torch.arange(n, device=qm.device)
     qb = torch.arange(r0, r0 + R, device=qm.device)[:, None]
     return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
