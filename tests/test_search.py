@@ -237,3 +237,28 @@ def test_capture_builds_no_square_mask_and_matches_the_model():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="one unpadded sequence"):
         cap.capture(model, ids.expand(2, -1), 8)
+
+
+def test_capture_forward_is_the_models_own_forward():
+    """The capture's attention (causal SDPA, K/V heads repeated, no mask) gives the model's own hidden states, and
+    each record's k is that layer's post-RoPE key (GQA 4:2, fp32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from minference_compile.search import capture as cap
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         attn_implementation="sdpa")).eval()
+    ids = torch.randint(0, 128, (1, 150))
+    with torch.no_grad():
+        want = model.model(input_ids=ids).last_hidden_state
+        model.config._attn_implementation = cap.register()
+        cap._STATE.update(rows=torch.arange(100, 150), dir=None)
+        try:
+            got = model.model(input_ids=ids, use_cache=False).last_hidden_state
+            recs = dict(cap._STATE["layers"])
+        finally:
+            cap._STATE.clear()
+            model.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert sorted(recs) == [0, 1] and recs[0]["k"].shape == (2, 150, 32) and recs[0]["q_rows"].shape == (4, 50, 32)

@@ -27,8 +27,6 @@ def sample_rows(S: int, n_rows: int, last_q: int = 64) -> torch.Tensor:
 
 
 def _hook(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     layer = getattr(module, "layer_idx", None)
     st = _STATE
     if layer is not None and st:
@@ -51,8 +49,15 @@ def _hook(module, query, key, value, attention_mask, **kwargs):
             torch.save(rec, os.path.join(st["dir"], f"layer{layer:03d}.pt"))
         else:
             st.setdefault("layers", {})[layer] = rec
-    # capture() runs one unpadded sequence: plain causal attention (is_causal, no mask tensor)
-    return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    # capture() runs one unpadded sequence: plain causal attention, no mask tensor. K/V heads are repeated rather than
+    # passed with enable_gqa: SDPA's memory-efficient kernel (the fp32 one on CUDA) takes no enable_gqa, and the math
+    # fallback builds [Hq, S, S] (14 GiB asked at 32K on an H200, with 120 GiB already held)
+    g = query.shape[1] // key.shape[1]
+    if g > 1:
+        key, value = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1,
+                                                           scale=kwargs.get("scaling"))
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _no_mask(*args, **kwargs) -> None:

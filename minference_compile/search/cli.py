@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from .candidates import KINDS
+
 describe = "search per-head sparse patterns and budgets on calibration prompts; write a config JSON"
 MODEL_CACHE = os.environ.get("MINFERENCE_MODEL_CACHE", os.path.expanduser("~/.cache/minference-models"))
 DEFAULT_TARGET = 0.97  # mean block recall per head; NOTES.md: what it costs in perplexity
@@ -32,8 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--prompts", default="natural,kv",
                    help="built-in 'natural', 'kv', or text file paths (comma list); NAME:LENGTH pins a length")
     p.add_argument("--lengths", default="8192", help="prompt lengths in tokens (comma list)")
-    p.add_argument("--candidates", default="all", choices=["fixed", "adaptive", "all"], help="candidates scored")
-    p.add_argument("--allow", default=None, choices=["fixed", "adaptive", "all"],
+    p.add_argument("--candidates", default="all", choices=list(KINDS),
+                   help="candidates scored (experimental: also the antidiagonal block-sparse ones, whose index "
+                        "build is not yet fused: slower than dense attention at 128K)")
+    p.add_argument("--allow", default=None, choices=list(KINDS),
                    help="candidates the selection may pick (default: those scored); reuses stored scores")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET)
     p.add_argument("--max-work", type=float, default=None, help="instead: best recall within this work share")
