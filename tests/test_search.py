@@ -211,6 +211,11 @@ def test_choose_mean_matches_mean_recall_at_least_cost():
     assert pick.tolist() == [[2, 1]]
     assert choose_mean(recall, cost, ok, mean_target=0.9).tolist() == [[1, 1]]
     assert choose_mean(recall, cost, ok, mean_target=0.9, floor=0.92).tolist() == [[2, 1]]
+    # a candidate that is not allowed is never picked, not even where it keeps everything (recall 1)
+    recall4 = torch.cat([recall, torch.tensor([[1.0, 1.0]])[:, None]])
+    cost4 = torch.cat([cost, torch.tensor([[0.05, 0.05]])[:, None]])
+    assert choose_mean(recall4, cost4, torch.tensor([True, True, True, False]), mean_target=0.97).tolist() == [[2, 1]]
+    assert choose_mean(recall4, cost4, torch.ones(4, dtype=torch.bool), mean_target=0.97).tolist() == [[3, 3]]
 
 
 def test_capture_builds_no_square_mask_and_matches_the_model():

@@ -63,8 +63,10 @@ def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor,
     """Global choice: the least mean cost whose mean head recall reaches ``mean_target``, each head at least
     ``floor``. Per head argmax(lam * recall - cost) (a Lagrangian over all heads), lam raised until the mean
     recall is met. recall/cost [C, L, H], allowed [C] bool (dense must be allowed) -> [L, H] candidate index."""
-    ok = allowed[:, None, None] & (recall >= floor)
-    ok = ok | (recall >= 1.0)  # dense (recall 1) always qualifies
+    # an allowed candidate under the floor stays out, except one that keeps everything (recall 1, e.g. dense, which
+    # must be allowed: a head with no other candidate over the floor then falls back to it); a candidate that is
+    # not allowed never qualifies, even at recall 1 (it did: --allow fixed picked an adaptive head)
+    ok = allowed[:, None, None] & ((recall >= floor) | (recall >= 1.0))
     pick = None
     for lam in torch.logspace(-1, 4, 400).tolist():
         pick = torch.where(ok, lam * recall - cost, -float("inf")).argmax(0)
