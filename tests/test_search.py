@@ -267,3 +267,16 @@ def test_capture_forward_is_the_models_own_forward():
             model.config._attn_implementation = "sdpa"
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert sorted(recs) == [0, 1] and recs[0]["k"].shape == (2, 150, 32) and recs[0]["q_rows"].shape == (4, 50, 32)
+
+
+def test_match_per_prompt_holds_each_prompts_mean():
+    """benchmarks.match_per_prompt: the least cost whose recall mean reaches the target on every prompt."""
+    from benchmarks.match_per_prompt import match
+
+    # 3 candidates (dense, cheap, mid) x 1 layer x 2 heads; prompt B needs head 1 on "mid"
+    ra = torch.tensor([[1.0, 1.0], [0.96, 0.96], [0.99, 0.99]])[:, None]
+    rb = torch.tensor([[1.0, 1.0], [0.96, 0.90], [0.99, 0.97]])[:, None]
+    cost = torch.tensor([[1.0, 1.0], [0.1, 0.1], [0.3, 0.3]])[:, None]
+    pick, cov, rec = match([ra, rb], [cost, cost], torch.ones(3, dtype=torch.bool), [0.95, 0.95])
+    assert pick.tolist() == [[1, 2]] and cov == pytest.approx([0.2, 0.2]) and rec[1] == pytest.approx(0.965)
+    assert match([ra, rb], [cost, cost], torch.tensor([True, True, False]), [0.95, 0.95])[0].tolist() == [[1, 0]]

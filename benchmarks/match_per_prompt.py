@@ -1,0 +1,66 @@
+"""Least mean coverage at the seed's mean recall on EVERY calibration prompt, from a search's stored scores.
+
+`minference-compile search --match-seed` holds the mean of each head's worse recall over the prompts; this holds
+each prompt's own mean at the seed's (1000, 6096), with one Lagrange multiplier per prompt (grid search), so the
+coverage ratios it prints are at equal recall prompt by prompt (benchmarks/NOTES.md, the 32K GPU search).
+
+    python -m benchmarks.match_per_prompt WORKDIR [--candidates experimental]
+"""
+import argparse
+import os
+
+import torch
+
+from minference_compile.search.candidates import SEED, default_candidates
+
+
+def load(run_dir: str):
+    files = sorted(f for f in os.listdir(run_dir) if f.startswith("eval") and f.endswith(".pt"))
+    parts = [torch.load(os.path.join(run_dir, f)) for f in files]
+    return torch.stack([p["recall"] for p in parts], 1).double(), torch.stack([p["cost"] for p in parts], 1).double()
+
+
+def match(recalls, costs, allowed, targets, grid=torch.logspace(-1, 3.5, 60).tolist()):
+    """recalls/costs: per prompt [C, L, H]; allowed [C] bool -> (pick [L, H], coverage per prompt, recall per prompt)."""
+    import itertools
+    ok = allowed[:, None, None]
+    cost = torch.stack(costs).mean(0)
+    best = None
+    for lams in itertools.product(grid, repeat=len(recalls)):
+        score = sum(lam * r for lam, r in zip(lams, recalls)) - cost
+        pick = torch.where(ok, score, -float("inf")).argmax(0)[None]
+        rec = [float(r.gather(0, pick).mean()) for r in recalls]
+        if all(x >= t for x, t in zip(rec, targets)):
+            cov = [float(c.gather(0, pick).mean()) for c in costs]
+            if best is None or sum(cov) < sum(best[1]):
+                best = (pick[0], cov, rec)
+    return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", help="a search --workdir (candidates.json + one folder of eval###.pt per prompt)")
+    ap.add_argument("--candidates", default="experimental", help="the kind the workdir was scored with")
+    a = ap.parse_args(argv)
+    cands = default_candidates(a.candidates)
+    runs = sorted(d for d in os.listdir(a.workdir) if os.path.isdir(os.path.join(a.workdir, d)))
+    data = [load(os.path.join(a.workdir, r)) for r in runs]
+    recalls, costs = [d[0] for d in data], [d[1] for d in data]
+    s = cands.index(SEED)
+    targets = [float(r[s].mean()) for r in recalls]
+    seed_cov = [float(c[s].mean()) for c in costs]
+    print("seed (1000, 6096): " + ", ".join(f"{r} coverage {c:.3f} recall {t:.4f}" for r, c, t in zip(runs, seed_cov, targets)))
+    for kind in ("fixed", "all", "experimental"):
+        names = {c.name for c in default_candidates(kind)}
+        got = match(recalls, costs, torch.tensor([c.name in names for c in cands]), targets)
+        if got is None:
+            print(f"{kind:13s} no selection reaches the seed's recall on every prompt")
+            continue
+        _, cov, rec = got
+        print(f"{kind:13s} " + ", ".join(f"{r} coverage {c:.3f} ({sc / c:.2f}x) recall {x:.4f}"
+                                        for r, c, sc, x in zip(runs, cov, seed_cov, rec)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
