@@ -9,10 +9,11 @@ import triton.language as tl
 
 from ._common import LOG2E, block_d, dot_precision, last_dim_contig
 
-# BLOCK_D -> (num_warps, num_stages). Not tuned yet (no GPU in the session that wrote it): one warpgroup per
-# 64 x 64 logit tile like the attention kernels; the K-dimension of each product is s * D, run as s products of
-# width D (one antidiagonal term each), so 2 stages let the next term's loads overlap the current product.
-_CFG = {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 2), 256: (8, 1)}
+# BLOCK_D -> (num_warps, num_stages). Not timed yet (written without a GPU); chosen from ptxas -v on sm_90a
+# (triton.compile to a GPUTarget offline, bf16, stride 8, 64 x 64 tiles): 4 warps need > 255 registers and spill
+# (D=64: 68 B), 8 warps fit at D=64 (172 registers) and spill 48 B at D=128 (255). The term loop (s products of
+# width D: the antidiagonal terms) is not software-pipelined by Triton 3.6 (same shared memory at 1-3 stages).
+_CFG = {16: (8, 1), 32: (8, 1), 64: (8, 1), 128: (8, 1), 256: (8, 1)}
 BLOCK_M = 64  # strided query rows per program (a multiple of the strided rows per 64-block, 64 / s)
 BLOCK_N = 64  # strided key columns per tile (likewise a multiple of 64 / s: a tile holds whole key blocks)
 
@@ -95,7 +96,7 @@ def _antidiag_mass_kernel(Q, K, OUT, sqb, sqh, sqm, skb, skh, skn, sob, soh, soq
 
 def antidiag_block_mass_fused(q: torch.Tensor, k: torch.Tensor, stride: int, r0: int = 0, r1: int = None,
                               block: int = 64, out: torch.Tensor = None, block_m: int = BLOCK_M,
-                              block_n: int = BLOCK_N) -> torch.Tensor:
+                              block_n: int = BLOCK_N, num_warps: int = None) -> torch.Tensor:
     """Strided-antidiagonal mass of query blocks r0..r1-1 (r1 None: all) -> out [B, Hq, r1 - r0, NKB] fp32,
     NKB = ceil(S / block): causal rows sum to 1, non-causal blocks 0; equal to ops.adaptive.antidiag_block_mass on
     strided_queries(q) / strided_keys(k) (naive_adaptive.antidiag_block_mass_ref is the definition).
@@ -104,7 +105,8 @@ def antidiag_block_mass_fused(q: torch.Tensor, k: torch.Tensor, stride: int, r0:
     fp16/bf16 (tensor-core products, fp32 accumulation and softmax) or fp32 (exact fp32 products). The strided
     rows are read from q and k by address (no strided copies); extra memory is the output only. stride: a
     divisor of `block` (a power of 2). out: optional [B, Hq, r1 - r0, NKB] fp32 with unit last stride, written
-    in full. block_m / block_n: strided rows / columns per tile (powers of 2, multiples of block // stride).
+    in full. block_m / block_n: strided rows / columns per tile (powers of 2, multiples of block // stride);
+    num_warps: override of the table's (benchmarks' sweeps).
     """
     B, Hq, S, D = q.shape
     Hkv = k.shape[1]
@@ -126,8 +128,7 @@ def antidiag_block_mass_fused(q: torch.Tensor, k: torch.Tensor, stride: int, r0:
     q, k = last_dim_contig(q), last_dim_contig(k)
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
-    if q.element_size() == 4:  # fp32 tiles take twice the shared memory
-        stages = 1
+    warps = num_warps or warps
     grid = (triton.cdiv(m_end - r0 * per, block_m), B * Hq)
     _antidiag_mass_kernel[grid](
         q, k, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
