@@ -17,6 +17,8 @@
   over each 64 x 64 block and averaged over its strided rows: a mass per (query block, key block), rows summing
   to 1. Every q and k row takes part (the pooled mean loses the spread inside a block). Block 0 is kept after
   the diagonal (ANTIDIAG_SINK): the mean of s logits dilutes a sink column (NOTES.md: recall 0.84 -> 0.94).
+  On CUDA the mass comes from one fused Triton kernel (triton_kernels/antidiag_mass.py); the torch form
+  (antidiag_block_mass, on strided copies) is the CPU path and the kernel's reference.
 
 Everything is sort + cumsum + count on tensors: no host sync (caps and thresholds given as host lists).
 Thresholds travel through the op's int budget lists packed in decimal: slash slot = threshold_permille * 10**9
