@@ -40,12 +40,13 @@ def _antidiag_mass_kernel(Q, K, OUT, sqb, sqh, sqm, skb, skh, skn, sob, soh, soq
                           S, NS, Hq, G, D, NKB, R0, R1, qk_scale,
                           STRIDE: tl.constexpr, PER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    # strided rows [R0 * PER, M_END) of query blocks R0..R1-1; program (t, bh) takes BLOCK_M of them, late tiles
-    # (the most causal columns) first
+    # strided rows [R0 * PER, M_END) of query blocks R0..R1-1; program (bh, t) takes BLOCK_M of them. Heads on the
+    # fast grid axis, late tiles (the most causal columns) first: every head's heaviest tiles start before any
+    # head's light ones (longest first keeps the tail short)
     m_end = tl.minimum(NS, R1 * PER)
     n_tiles = tl.cdiv(m_end - R0 * PER, BLOCK_M)
-    t = n_tiles - 1 - tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    t = n_tiles - 1 - tl.program_id(1)
     b = (bh // Hq).to(tl.int64)
     h = bh % Hq
     Qh = Q + b * sqb + h.to(tl.int64) * sqh
@@ -110,6 +111,7 @@ def antidiag_block_mass_fused(q: torch.Tensor, k: torch.Tensor, stride: int, r0:
     """
     B, Hq, S, D = q.shape
     Hkv = k.shape[1]
+    assert k.shape[2] == S, f"q_len must equal kv_len (a prefill estimate), got {S} vs {k.shape[2]}"
     assert k.shape == (B, Hkv, S, D) and Hkv > 0 and Hq % Hkv == 0, "k must be [B, Hkv, S, D] with Hq % Hkv == 0"
     assert q.dtype == k.dtype, "q and k must share a dtype"
     assert block & (block - 1) == 0 and stride > 0 and block % stride == 0, "stride must divide the power-of-2 block"
@@ -129,7 +131,8 @@ def antidiag_block_mass_fused(q: torch.Tensor, k: torch.Tensor, stride: int, r0:
     bd = block_d(D)
     warps, stages = _CFG.get(bd, (8, 1))
     warps = num_warps or warps
-    grid = (triton.cdiv(m_end - r0 * per, block_m), B * Hq)
+    grid = (B * Hq, triton.cdiv(m_end - r0 * per, block_m))
+    assert grid[1] < 65536, "too many strided row tiles for one launch: pass a smaller query block range"
     _antidiag_mass_kernel[grid](
         q, k, out, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         out.stride(0), out.stride(1), out.stride(2),

@@ -266,7 +266,8 @@ def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1:
 
 
 def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
-                                stride: int = 8, block: int = 64, sink: bool = None, impl: str = "auto") -> torch.Tensor:
+                                stride: int = 8, block: int = 64, sink: bool = None,
+                                impl: str = "auto") -> torch.Tensor:
     """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on the antidiagonal mass, chunked over
     query blocks (never S x S). sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal).
     impl: "triton" (the fused kernel, triton_kernels/antidiag_mass.py: no strided copies, no strided score matrix;
