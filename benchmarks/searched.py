@@ -79,6 +79,7 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
     from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
                                                  antidiag_block_sparse_index)
     from minference_compile.ops.estimate import estimate_vertical_slash
+    from minference_compile.triton_kernels.antidiag_mass import antidiag_block_mass_fused
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
 
@@ -93,6 +94,12 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
         "BS top-100 index": lambda: block_sparse_index(q, k, [100] * H),
         "BS adaptive cap 128 tau .9 index": lambda: adaptive_block_sparse_index(q, k, [128] * H, [0.9] * H),
         "BS antidiag cap 128 stride 8 tau .9 index": lambda: antidiag_block_sparse_index(q, k, [128] * H, [0.9] * H, 8),
+        # the fused build's parts and tile sweep (triton_kernels/antidiag_mass.py), and the unfused torch build
+        "  antidiag stride 8 fused mass only (64x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 8),
+        "  antidiag stride 8 fused mass only (128x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 8, block_m=128),
+        "  antidiag stride 16 fused mass only (64x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 16),
+        "BS antidiag cap 128 stride 8 tau .9 index, torch (unfused)": lambda: antidiag_block_sparse_index(
+            q, k, [128] * H, [0.9] * H, 8, impl="torch"),
     }
     for name, fn in builds.items():
         ms = bench_ms(fn)[0]

@@ -17,6 +17,8 @@
   over each 64 x 64 block and averaged over its strided rows: a mass per (query block, key block), rows summing
   to 1. Every q and k row takes part (the pooled mean loses the spread inside a block). Block 0 is kept after
   the diagonal (ANTIDIAG_SINK): the mean of s logits dilutes a sink column (NOTES.md: recall 0.84 -> 0.94).
+  On CUDA the mass comes from one fused Triton kernel (triton_kernels/antidiag_mass.py); the torch form
+  (antidiag_block_mass, on strided copies) is the CPU path and the kernel's reference.
 
 Everything is sort + cumsum + count on tensors: no host sync (caps and thresholds given as host lists).
 Thresholds travel through the op's int budget lists packed in decimal: slash slot = threshold_permille * 10**9
@@ -264,16 +266,32 @@ def antidiag_block_mass(qs: torch.Tensor, ks: torch.Tensor, S: int, r0: int, r1:
 
 
 def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
-                                stride: int = 8, block: int = 64, sink: bool = None) -> torch.Tensor:
-    """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on antidiag_block_mass, chunked over
-    query blocks so the strided score rows stay under block_sparse_index's byte budget (never S x S).
-    sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal)."""
+                                stride: int = 8, block: int = 64, sink: bool = None,
+                                impl: str = "auto") -> torch.Tensor:
+    """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on the antidiagonal mass, chunked over
+    query blocks (never S x S). sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal).
+    impl: "triton" (the fused kernel, triton_kernels/antidiag_mass.py: no strided copies, no strided score matrix;
+    chunks bounded by the [R, NKB] mass and select_blocks' temporaries), "torch" (antidiag_block_mass on the
+    strided copies, chunks bounded by the strided logits and probabilities), "auto" = triton on CUDA, torch
+    otherwise. Both compute the same mass up to fp32 summation order (and, for fp16/bf16, the torch product's
+    logits are rounded to the input dtype, the kernel's are not)."""
     check_stride(stride, block)
     sink = ANTIDIAG_SINK if sink is None else sink
     B, Hq, S, _ = q.shape
     n = -(-S // block)
     kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
     out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    if impl == "auto":
+        impl = "triton" if q.is_cuda else "torch"
+    if impl == "triton":
+        from ..triton_kernels.antidiag_mass import antidiag_block_mass_fused  # CPU users never build the kernel
+        chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))  # mass + topk/sort temporaries
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            mass = antidiag_block_mass_fused(q, k, stride, r0, r1, block)
+            out[:, :, r0:r1] = select_blocks(mass, r0, topk_cap, tau, sink)
+        return out
+    assert impl == "torch", impl
     qs, ks = strided_queries(q, stride), strided_keys(k, stride)
     ns = ks.shape[2]
     per = block // stride
