@@ -1,6 +1,7 @@
 """CPU op count of the vertical-slash index build (estimate + index builder) at one shape, under torch.profiler.
 
     python -m benchmarks.vs_index_profile [--S 131072] [--hq 32] [--hkv 8] [--d 128] [--budgets 100/800,1000/6096]
+    python -m benchmarks.vs_index_profile --cuda ...   # GPU: median ms per stage, torch vs fused estimate (bf16)
 
 Prints per stage (estimate, index builder) every op with its call count, CPU time and the bytes of its inputs
 and outputs (from the recorded shapes and dtypes: what a GPU launch of that op moves at least). CPU times are
@@ -54,6 +55,36 @@ def profile(fn):
     return out, rows
 
 
+def time_stages(a) -> int:
+    """GPU stage times (median ms, benchmarks/timing.py): scores (torch chunks vs fused kernels), the two top-ks,
+    the index builder, and the whole index build both ways, as benchmarks.run's index_ms times it."""
+    from minference_compile.ops.estimate import _torch_scores, estimate_vertical_slash
+    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
+    from minference_compile.triton_kernels.vs_estimate import vs_estimate_scores
+    from .timing import bench_ms
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, a.hq, a.S, a.d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, a.hkv, a.S, a.d, device="cuda", dtype=torch.bfloat16, generator=g)
+    print(f"# {torch.cuda.get_device_name()} S={a.S} {a.hq}/{a.hkv}/{a.d} bf16, median ms")
+    t_torch = bench_ms(lambda: _torch_scores(q, k, 64, None))[0]
+    t_fused = bench_ms(lambda: vs_estimate_scores(q, k, 64, a.d ** -0.5))[0]
+    vs, ss = vs_estimate_scores(q, k, 64, a.d ** -0.5)
+    rv, rs = _torch_scores(q, k, 64, None)
+    err = max(float((vs - rv).abs().max()), float((ss - rs).abs().max()))
+    print(f"scores: torch {t_torch:.3f}  fused {t_fused:.3f}  (max abs diff {err:.2e})")
+    for b in a.budgets.split(","):
+        nv, ns = (int(x) for x in b.split("/"))
+        t_topk = bench_ms(lambda: (vs.topk(nv, dim=-1), ss.topk(ns, dim=-1)))[0]
+        ev, es = estimate_vertical_slash(q, k, nv, ns, fused=True)
+        kw = dict(pair=pair_for(a.d), q_len=a.S)
+        t_build = bench_ms(lambda: build_vertical_slash_index(ev, es, a.S, **kw))[0]
+        whole = {f: bench_ms(lambda: build_vertical_slash_index(*estimate_vertical_slash(q, k, nv, ns, fused=f),
+                                                                a.S, **kw))[0] for f in (False, True)}
+        print(f"{nv}/{ns}: top-k pair {t_topk:.3f}  builder {t_build:.3f}  index build torch {whole[False]:.3f}"
+              f"  fused {whole[True]:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--S", type=int, default=131072)
@@ -61,7 +92,10 @@ def main(argv=None) -> int:
     ap.add_argument("--hkv", type=int, default=8)
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--budgets", default="100/800,1000/6096")
+    ap.add_argument("--cuda", action="store_true", help="time the stages on the GPU instead (bf16 inputs)")
     a = ap.parse_args(argv)
+    if a.cuda:
+        return time_stages(a)
     from minference_compile.ops import estimate_vertical_slash
     from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, pair_for
     torch.manual_seed(0)
