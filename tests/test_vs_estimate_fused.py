@@ -1,6 +1,7 @@
 """Fused vertical-slash estimate (triton_kernels/vs_estimate.py) vs the torch path of ops/estimate.py.
 
-Without CUDA the kernel runs under TRITON_INTERPRET=1 on fp32 CPU tensors. Scores: fp32 atol 1e-6 + rtol 1e-4
+Without CUDA the kernel runs under TRITON_INTERPRET=1 on fp32 CPU tensors (the interpreter's bf16 tl.dot is
+wrong: bf16 runs on CUDA only). Scores: fp32 atol 1e-6 + rtol 1e-4
 (probabilities ~1/S; both sides accumulate in fp32, only the summation order differs); bf16/fp16 on CUDA: atol
 1e-4 + rtol 2e-2 (cuBLAS and tl.dot round differently). Top-k sets: equal, except entries whose score lies within
 the tolerance of the k-th largest (near-ties may swap); the sink / local forcing goes through the shared
@@ -39,7 +40,8 @@ CASES = [(2, 2, 2, 1, 1, 64, 64), (2, 4, 2, 63, 63, 96, 64), (1, 7, 1, 65, 65, 1
 
 def _inputs(B, Hq, Hkv, Sq, S, D, dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, Hq, Sq, D, generator=g).to(DEV, dtype)
+    # q as a [B, Sq, Hq, D] buffer seen [B, Hq, Sq, D] (the HF layout before its transpose): strides are honoured
+    q = torch.randn(B, Sq, Hq, D, generator=g).to(DEV, dtype).transpose(1, 2)
     k = torch.randn(B, Hkv, S, D, generator=g).to(DEV, dtype)
     # a non-contiguous K (every other key row of a larger buffer, NaN between): strides are honoured
     kbuf = torch.full((B, Hkv, 2 * S, D), float("nan"), device=DEV, dtype=dtype)

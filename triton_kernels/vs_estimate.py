@@ -51,7 +51,7 @@ def _load_q(q_ptr, qbase, sqs, sqd, Q0, L, scale, BL: tl.constexpr, BD: tl.const
 
 @triton.jit
 def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, sqb, sqh, sqs, sqd, skb, skh, sks, skd,
-                     Hq, G, S, L, Q0, NSPLIT, TILES_PER, NTILES, scale,
+                     Hq, G, S, L, Q0, NSPLIT, TILES_PER, scale,
                      BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
@@ -61,8 +61,9 @@ def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, sqb, sqh, sqs, sqd, skb, skh, s
     kbase = b.to(tl.int64) * skb + (hq // G).to(tl.int64) * skh
     m = tl.full([BL], _NEG, tl.float32)
     acc = tl.zeros([BL], tl.float32)
-    t0 = split * TILES_PER
-    for t in range(t0, tl.minimum(t0 + TILES_PER, NTILES)):
+    # a fixed trip count (the last split's tiles past NTILES hold no valid key: they add nothing)
+    for i in range(0, TILES_PER):
+        t = split * TILES_PER + i
         s, valid, j = _score_tile(qs, k_ptr, kbase, sks, skd, S, L, t, BL, BN, BD, D, IEEE)
         s = tl.where(valid, s, _NEG)
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -77,7 +78,7 @@ def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, sqb, sqh, sqs, sqd, skb, skh, s
 @triton.jit
 def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
                      sqb, sqh, sqs, sqd, skb, skh, sks, skd,
-                     Hq, G, S, L, Q0, NSPLIT, TILES_PER, NTILES, scale,
+                     Hq, G, S, L, Q0, NSPLIT, TILES_PER, scale,
                      BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
                      NSP: tl.constexpr, W: tl.constexpr):
     bh = tl.program_id(0)
@@ -102,8 +103,9 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
     c = tl.arange(0, BN)
     w = tl.arange(0, W)
     src = w[None, :] - (BL - 1) + r[:, None]  # the column c each slab entry came from
-    t0 = split * TILES_PER
-    for t in range(t0, tl.minimum(t0 + TILES_PER, NTILES)):
+    # a fixed trip count (the last split's tiles past NTILES hold no valid key: they add nothing)
+    for i in range(0, TILES_PER):
+        t = split * TILES_PER + i
         s, valid, j = _score_tile(qs, k_ptr, kbase, sks, skd, S, L, t, BL, BN, BD, D, IEEE)
         p = tl.where(valid, tl.exp(tl.where(valid, s, _NEG) - m[:, None]) * inv[:, None], 0.0)
         tl.store(v_ptr + out + j, tl.sum(p, 0), mask=j < S)
@@ -154,7 +156,7 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     scratch = _buffer((B * Hq * nsplit * BL * W,), dev)
     vscore = _buffer((B, Hq, S), dev)
     sscore = torch.zeros(B, Hq, S, dtype=torch.float32, device=dev)
-    args = (*q.stride(), *k.stride(), Hq, Hq // Hkv, S, L, Sq - L, nsplit, tiles_per, ntiles, float(scale))
+    args = (*q.stride(), *k.stride(), Hq, Hq // Hkv, S, L, Sq - L, nsplit, tiles_per, float(scale))
     meta = dict(BL=BL, BN=BN, BD=BD, D=D, IEEE=q.dtype == torch.float32, num_warps=4)
     grid = (B * Hq, nsplit)
     _vs_stats_kernel[grid](q, k, m_part, l_part, *args, **meta)
