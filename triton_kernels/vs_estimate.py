@@ -115,7 +115,8 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
         diag = tl.sum(tl.load(scr + r[:, None] * W + w[None, :], mask=(src >= 0) & (src < BN), other=0.0), 0)
         # column w is offset i - j = (S - L + r) - (t*BN + c) = S - L - t*BN - w + BL - 1
         off = S - L - t * BN - w + BL - 1
-        tl.atomic_add(s_ptr + out + off, diag, mask=(off >= 0) & (off < S) & (w < BN + BL - 1))
+        # relaxed: only the sums matter, no ordering with other memory (the default acq_rel fences each add)
+        tl.atomic_add(s_ptr + out + off, diag, mask=(off >= 0) & (off < S) & (w < BN + BL - 1), sem="relaxed")
 
 
 def _buffer(shape, dev) -> torch.Tensor:
