@@ -19,6 +19,7 @@ if not CUDA:
 
 import triton  # noqa: E402,F401
 
+sys.path.insert(0, os.path.dirname(__file__))
 if not CUDA:
     from test_kernels_triton import _interpret_triton_stdlib  # noqa: E402
     _interpret_triton_stdlib()
@@ -26,7 +27,6 @@ if not CUDA:
 from minference_compile.ops.estimate import _torch_scores, estimate_vertical_slash  # noqa: E402
 from minference_compile.triton_kernels.vs_estimate import vs_estimate_scores  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
 DEV = "cuda" if CUDA else "cpu"
 DTYPES = [torch.bfloat16, torch.float32] if CUDA else [torch.float32]
 TOL = {torch.float32: (1e-6, 1e-4), torch.bfloat16: (1e-4, 2e-2), torch.float16: (1e-4, 2e-2)}
@@ -144,3 +144,14 @@ def test_gpu_4099_no_host_sync():
     ev, es = estimate_vertical_slash(q, k, 100, 800, fused=False)
     _assert_topk_equal(fv.cpu(), ev.cpu(), rv.cpu(), 1e-4, 2e-2)
     _assert_topk_equal(fs.cpu(), es.cpu(), rs.cpu(), 1e-4, 2e-2)
+
+
+def test_adaptive_vs_scores_fused(monkeypatch):
+    """ops/adaptive.vs_scores takes the fused path where `use_fused_estimate` says so (CUDA): same scores."""
+    from minference_compile.ops import adaptive
+    q, k = _inputs(2, 4, 2, 130, 130, 64, torch.float32, seed=5)
+    ref_v, ref_s = adaptive.vs_scores(q, k, 64) if not CUDA else _torch_scores(q, k, 64, None)
+    monkeypatch.setattr(adaptive, "use_fused_estimate", lambda *a: True)
+    v, s = adaptive.vs_scores(q, k, 64)
+    torch.testing.assert_close(v, ref_v, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(s, ref_s, atol=1e-6, rtol=1e-4)

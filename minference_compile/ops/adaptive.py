@@ -31,7 +31,7 @@ import torch
 
 from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
-from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
+from .estimate import LOCAL_WINDOW, SINK_TOKENS, _budget, _torch_scores, use_fused_estimate
 
 VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
 ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
@@ -71,17 +71,11 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vscore [B, Hq, S], sscore [B, Hq, S]) fp32; each row of the last
     L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
     """
-    B, Hq, S, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    L = min(last_q, S)
-    vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
-    sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
-    step = max(1, min(Hkv, _CHUNK_BYTES // max(4 * B * (2 * G * L * S + S * D), 1)))
-    for h0 in range(0, Hkv, step):
-        h1 = min(Hkv, h0 + step)
-        _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G], sscore[:, h0 * G:h1 * G])
-    return vscore, sscore
+    # CUDA: the fused estimate kernels (MINFERENCE_FUSED_ESTIMATE=0: the torch chunks, as on CPU)
+    if use_fused_estimate(q, k, last_q):
+        from ..triton_kernels.vs_estimate import vs_estimate_scores
+        return vs_estimate_scores(q, k, last_q, q.shape[-1] ** -0.5)
+    return _torch_scores(q, k, min(last_q, q.shape[2]), None)
 
 
 def _ranked(score: torch.Tensor, n: int, forced: int):
