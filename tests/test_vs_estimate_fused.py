@@ -148,10 +148,31 @@ def test_gpu_4099_no_host_sync():
 
 def test_adaptive_vs_scores_fused(monkeypatch):
     """ops/adaptive.vs_scores takes the fused path where `use_fused_estimate` says so (CUDA): same scores."""
-    from minference_compile.ops import adaptive
+    from minference_compile.ops import adaptive, estimate
     q, k = _inputs(2, 4, 2, 130, 130, 64, torch.float32, seed=5)
     ref_v, ref_s = adaptive.vs_scores(q, k, 64) if not CUDA else _torch_scores(q, k, 64, None)
-    monkeypatch.setattr(adaptive, "use_fused_estimate", lambda *a: True)
+    monkeypatch.setattr(estimate, "use_fused_estimate", lambda *a: True)
     v, s = adaptive.vs_scores(q, k, 64)
     torch.testing.assert_close(v, ref_v, atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(s, ref_s, atol=1e-6, rtol=1e-4)
+
+
+def test_auto_falls_back_once_on_a_failing_kernel(monkeypatch, caplog):
+    """fused=None: a fused launch that raises is logged and the torch path answers (and stays); fused=True raises."""
+    from minference_compile.ops import estimate
+    from minference_compile.triton_kernels import vs_estimate
+
+    def boom(*a, **kw):
+        raise RuntimeError("no kernel here")
+    monkeypatch.setattr(vs_estimate, "vs_estimate_scores", boom)
+    monkeypatch.setattr(estimate, "_FUSED_FAILED", [])
+    monkeypatch.setattr(estimate, "use_fused_estimate", lambda *a: not estimate._FUSED_FAILED)
+    q, k = _inputs(1, 2, 1, 70, 70, 64, torch.float32, seed=2)
+    ref = _torch_scores(q, k, 64, None)
+    with caplog.at_level("WARNING", logger="minference_compile"):
+        got = estimate.estimate_scores(q, k, 64)
+    assert "fused vertical-slash estimate failed" in caplog.text and estimate._FUSED_FAILED
+    torch.testing.assert_close(got[0], ref[0])
+    torch.testing.assert_close(got[1], ref[1])
+    with pytest.raises(RuntimeError, match="no kernel here"):
+        estimate.estimate_scores(q, k, 64, fused=True)

@@ -31,7 +31,7 @@ import torch
 
 from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
-from .estimate import LOCAL_WINDOW, SINK_TOKENS, _budget, _torch_scores, use_fused_estimate
+from .estimate import LOCAL_WINDOW, SINK_TOKENS, _budget, estimate_scores
 
 VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
 ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
@@ -72,10 +72,7 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
     L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
     """
     # CUDA: the fused estimate kernels (MINFERENCE_FUSED_ESTIMATE=0: the torch chunks, as on CPU)
-    if use_fused_estimate(q, k, last_q):
-        from ..triton_kernels.vs_estimate import vs_estimate_scores
-        return vs_estimate_scores(q, k, last_q, q.shape[-1] ** -0.5)
-    return _torch_scores(q, k, min(last_q, q.shape[2]), None)
+    return estimate_scores(q, k, last_q)
 
 
 def _ranked(score: torch.Tensor, n: int, forced: int):

@@ -1,4 +1,5 @@
 """Vertical-slash index estimation from the last queries (torch ops: CPU or CUDA, no host sync)."""
+import logging
 import math
 import os
 from typing import Optional, Sequence, Union
@@ -38,23 +39,14 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     ranked first. ``scale`` is the attention's softmax scale (default 1/sqrt(D)): the estimate must rank at the
     temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
     ``fused``: the scores by the Triton kernel (triton_kernels/vs_estimate.py: two launches, no [L, S] tensor)
-    instead of the chunked torch ops; None = on CUDA unless MINFERENCE_FUSED_ESTIMATE=0 (`use_fused_estimate`).
+    instead of the chunked torch ops; None = on CUDA unless MINFERENCE_FUSED_ESTIMATE=0 (`estimate_scores`).
     """
-    B, Hq, Sq, D = q.shape
-    S = k.shape[2]
+    Hq, S = q.shape[1], k.shape[2]
     nv, v_budget = _budget(vertical_size, Hq, q.device)
     ns, s_budget = _budget(slash_size, Hq, q.device)
     nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
-    L = min(last_q, Sq)
 
-    if fused is None:
-        fused = use_fused_estimate(q, k, last_q)
-    if fused:
-        from ..triton_kernels.vs_estimate import vs_estimate_scores
-        vscore, sscore = vs_estimate_scores(q, k, last_q, 1.0 / math.sqrt(D) if scale is None else scale)
-    else:
-        vscore, sscore = _torch_scores(q, k, L, scale)
-
+    vscore, sscore = estimate_scores(q, k, last_q, scale, fused)
     vscore[..., :sink_tokens] = float("inf")
     sscore[..., :local_window] = float("inf")
 
@@ -63,10 +55,35 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     return _pad(vertical, v_budget), _pad(slash, s_budget)
 
 
+def estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64, scale: Optional[float] = None,
+                    fused: Optional[bool] = None):
+    """(vscore, sscore) fp32 [B, Hq, S]: column and diagonal sums of the softmax of the last min(last_q, Sq) rows
+    of q [B, Hq, Sq, D] against k [B, Hkv, S, D], no sink / local forcing. fused: the Triton kernels
+    (triton_kernels/vs_estimate.py), else the torch chunks; None = `use_fused_estimate`, and a fused launch that
+    raises (e.g. a kernel that does not compile on this card) falls back to the torch path for the process, logged."""
+    auto = fused is None
+    if auto:
+        fused = use_fused_estimate(q, k, last_q)
+    if fused:
+        from ..triton_kernels.vs_estimate import vs_estimate_scores
+        try:
+            return vs_estimate_scores(q, k, last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        except Exception as e:  # noqa: BLE001 (auto only: an explicit fused=True raises)
+            if not auto:
+                raise
+            _FUSED_FAILED.append(repr(e))
+            _log.warning("fused vertical-slash estimate failed (%s); the torch estimate from now on", e)
+    return _torch_scores(q, k, min(last_q, q.shape[2]), scale)
+
+
+_log = logging.getLogger("minference_compile")
+_FUSED_FAILED = []  # reasons the fused estimate failed in this process: non-empty = torch path from then on
+
+
 def use_fused_estimate(q: torch.Tensor, k: torch.Tensor, last_q: int) -> bool:
     """The default of `estimate_vertical_slash(fused=None)`: CUDA inputs the kernel takes, unless the environment
-    sets MINFERENCE_FUSED_ESTIMATE=0 (the torch path; benchmarks/NOTES.md row 18)."""
-    if not q.is_cuda or os.environ.get("MINFERENCE_FUSED_ESTIMATE", "1") == "0":
+    sets MINFERENCE_FUSED_ESTIMATE=0 (the torch path; benchmarks/NOTES.md row 18) or it failed here before."""
+    if not q.is_cuda or os.environ.get("MINFERENCE_FUSED_ESTIMATE", "1") == "0" or _FUSED_FAILED:
         return False
     from ..triton_kernels.vs_estimate import fused_applies
     return fused_applies(q, k, last_q)
