@@ -139,7 +139,7 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     (vscore, sscore), each fp32 [B, Hq, S]: the column sums and the diagonal sums (by offset i - j of absolute
     positions) of softmax(scale * q_last k^T) over the causal keys, q_last = the last L = min(last_q, Sq) rows.
     No sink / local forcing (the caller adds it). Two launches, no host sync; extra memory O(B Hq (NSPLIT BL W)):
-    2 KiB-32 KiB scratch per program, no [L, S] tensor."""
+    8 KiB (L <= 16) to 128 KiB (L > 64) of scratch per program, no [L, S] tensor."""
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     assert k.shape[0] == B and k.shape[3] == D and Hq % Hkv == 0 and k.dtype == q.dtype, "q/k shapes or dtypes"
@@ -158,7 +158,8 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     vscore = _buffer((B, Hq, S), dev)
     sscore = torch.zeros(B, Hq, S, dtype=torch.float32, device=dev)
     args = (*q.stride(), *k.stride(), Hq, Hq // Hkv, S, L, Sq - L, nsplit, tiles_per, float(scale))
-    meta = dict(BL=BL, BN=BN, BD=BD, D=D, IEEE=q.dtype == torch.float32, num_warps=4)
+    meta = dict(BL=BL, BN=BN, BD=BD, D=D, IEEE=q.dtype == torch.float32,
+                num_warps=8 if BL > 64 else 4)  # the [BL, W] slab read: 64 fp32 per thread at BL = 64
     grid = (B * Hq, nsplit)
     _vs_stats_kernel[grid](q, k, m_part, l_part, *args, **meta)
     _vs_accum_kernel[grid](q, k, m_part, l_part, vscore, sscore, scratch, *args, **meta,
