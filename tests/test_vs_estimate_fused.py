@@ -32,10 +32,10 @@ DTYPES = [torch.bfloat16, torch.float32] if CUDA else [torch.float32]
 TOL = {torch.float32: (1e-6, 1e-4), torch.bfloat16: (1e-4, 2e-2), torch.float16: (1e-4, 2e-2)}
 
 # (B, Hq, Hkv, Sq, S, D, last_q): odd S around the 64-key tiles, GQA 1/2/7, batch 2, D 64/96/128,
-# last_q > S, fewer queries than keys (Sq < S), last_q < 16 (padded rows)
+# last_q > S, fewer queries than keys (Sq < S), last_q < 16 (padded rows), last_q = 100 (128-row programs)
 CASES = [(2, 2, 2, 1, 1, 64, 64), (2, 4, 2, 63, 63, 96, 64), (1, 7, 1, 65, 65, 128, 64),
          (2, 2, 1, 200, 200, 64, 64), (1, 2, 2, 40, 130, 96, 64), (2, 2, 2, 100, 100, 64, 9),
-         (1, 2, 1, 1000, 1000, 128, 64)]
+         (1, 2, 1, 1000, 1000, 128, 64), (1, 2, 1, 150, 150, 64, 100)]
 
 
 def _inputs(B, Hq, Hkv, Sq, S, D, dtype, seed):
