@@ -176,3 +176,17 @@ def test_auto_falls_back_once_on_a_failing_kernel(monkeypatch, caplog):
     torch.testing.assert_close(got[1], ref[1])
     with pytest.raises(RuntimeError, match="no kernel here"):
         estimate.estimate_scores(q, k, 64, fused=True)
+
+
+@pytest.mark.parametrize("Sq,S,last_q", [(100, 300, 64), (30, 200, 64), (65, 130, 20)])
+def test_fused_vs_bruteforce_loops(Sq, S, last_q):
+    """Against the loop reference of tests/test_chunked_ops.py (full [L, S] softmax, diagonals summed by loops),
+    with a query offset: independent of the torch path's strided-view trick."""
+    from test_chunked_ops import estimate_scores_offset_ref
+    g = torch.Generator().manual_seed(S + Sq)
+    q = torch.randn(2, 4, Sq, 64, generator=g)
+    k = torch.randn(2, 2, S, 64, generator=g)
+    vref, sref = estimate_scores_offset_ref(q, k, last_q)
+    v, s = vs_estimate_scores(q.to(DEV), k.to(DEV), last_q, 64 ** -0.5)
+    torch.testing.assert_close(v.cpu(), vref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(s.cpu(), sref, atol=1e-5, rtol=1e-4)
