@@ -46,6 +46,7 @@ def dense(case, q, k, v, S):
 
 def vs(case, q, k, v, S, seed=0):
     from minference_compile.ops import estimate_vertical_slash, vertical_slash_sparse_attention
+    from minference_compile.ops.estimate import use_fused_estimate
     from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
     from minference_compile.triton_kernels.vertical_slash_index import (aligned_offsets, build_vertical_slash_index,
                                                                         pair_for)
@@ -65,6 +66,8 @@ def vs(case, q, k, v, S, seed=0):
         ev, es = estimate_vertical_slash(q, k, nv, ns)
         return build_vertical_slash_index(ev, es, S, **kw)
 
+    index_fn()  # compiles the fused estimate, or falls back to the torch one (logged) before the note names it
+    fused = use_fused_estimate(q, k, 64)
     kernel = lambda **kw: vertical_slash_attention_fwd(q, k, v, index, **kw)  # noqa: E731
     kw, variant = _kernel_variant(case, kernel, q, k, v)
     # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
@@ -72,6 +75,7 @@ def vs(case, q, k, v, S, seed=0):
     return Prepared(lambda: kernel(**kw), c, None if variant else index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
+                    + (", fused estimate" if fused else ", torch estimate")
                     + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 tma|tmavs|tmatests|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
+#                                 tma|tmavs|tmatests|vsest|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -33,6 +33,11 @@ for m in $modes; do
       timeout 400 python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 6.0 --commit "$COMMIT" --out "$OUT" --tag llama-long 2>&1 | tail -30 ;;
     pairab)  # VS tile pairing on/off, same run: both shapes, 64K and 128K
       timeout 300 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 64k,128k --cases dense-cudnn,vs-1000/6096-nopair,vs-1000/6096+pair,vs-100/800-nopair,vs-100/800+pair,bs-top100 --max-minutes 4.5 --commit "$COMMIT" --out "$OUT" --tag pairab 2>&1 | tail -40 ;;
+    vsest)  # issue 12: fused VS estimate: its tests, stage times, then the 128K index share fused vs torch (same machine)
+      MINFERENCE_FUSED_ESTIMATE=1 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_vs_estimate_fused.py tests/test_patterns.py 2>&1 | tee "$OUT/tests_vsest.log" | tail -8
+      timeout 120 python3 -m benchmarks.vs_index_profile --cuda 2>&1 | tee "$OUT/vsest_stages.log"
+      MINFERENCE_FUSED_ESTIMATE=1 timeout 150 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 2 --commit "$COMMIT" --out "$OUT" --tag vsest-fused 2>&1 | tail -12
+      MINFERENCE_FUSED_ESTIMATE=0 timeout 150 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 2 --commit "$COMMIT" --out "$OUT" --tag vsest-torch 2>&1 | tail -12 ;;
     regress)  # one length of the table's own cases: a kernel change against the committed 128K row
       timeout 200 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096 --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag regress 2>&1 | tail -30 ;;
     ashape)  # A-shape config sweep incl. the key tile width, 128K, both head dims

@@ -4,7 +4,8 @@
                              [--cases a,b] [--out DIR] [--quick] [--crossover] [--commit SHA] [--max-minutes M]
 
 Per row: ms (kernel with its index prebuilt), op_ms (public function: validation + index from the given
-sets), index_ms (index build from q/k: estimate_vertical_slash + build_vertical_slash_index, or
+sets), index_ms (index build from q/k: estimate_vertical_slash (the torch scores; the fused Triton
+ones with MINFERENCE_FUSED_ESTIMATE=1, NOTES.md #19) + build_vertical_slash_index, or
 block_sparse_index, or the flex BlockMask build), coverage (share of causal pairs computed), speedup
 vs cuDNN dense (same shape/S), efficiency = achieved TFLOP/s on the computed pairs / cuDNN's dense TFLOP/s
 (= coverage x speedup), peak extra memory beyond inputs, prebuilt index and output. CSV + JSON are

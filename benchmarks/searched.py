@@ -93,7 +93,7 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
             *adaptive_vertical_slash(q, k, [1000] * H, [6096] * H, [0.9] * H), S, pair=pair),
         "BS top-100 index": lambda: block_sparse_index(q, k, [100] * H),
         "BS adaptive cap 128 tau .9 index": lambda: adaptive_block_sparse_index(q, k, [128] * H, [0.9] * H),
-        "BS antidiag cap 128 stride 8 tau .9 index": lambda: antidiag_block_sparse_index(q, k, [128] * H, [0.9] * H, 8),
+        "BS antidiag cap 128 stride 8 tau .9 index": lambda: antidiag_block_sparse_index(q, k, [128] * H, [0.9] * H, 8, impl="triton"),
         # the fused build's parts and tile sweep (triton_kernels/antidiag_mass.py), and the unfused torch build
         "  antidiag stride 8 fused mass only (64x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 8),
         "  antidiag stride 8 fused mass only (128x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 8, block_m=128),

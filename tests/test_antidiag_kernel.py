@@ -125,7 +125,7 @@ def test_fused_mass_shape_errors():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_index_on_cuda_4099_without_host_sync(dtype):
     """S = 4099 on the GPU: the fused mass equals the CPU torch form (fp32: atol 2e-6; bf16: the CPU fp32 form of
-    the same rounded values, atol 2e-5), the index built through it (impl auto = triton on CUDA) equals the CPU
+    the same rounded values, atol 2e-5), the index built through it (impl="triton") equals the CPU
     torch index (fp32: up to 0.1% of the rows, near-ties; bf16: up to 2% of the rows, near-ties of the rounded
     torch logits), without a host sync."""
     g = torch.Generator().manual_seed(0)
@@ -142,7 +142,7 @@ def test_fused_index_on_cuda_4099_without_host_sync(dtype):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        got = antidiag_block_sparse_index(qc, kc, caps, taus, 8)
+        got = antidiag_block_sparse_index(qc, kc, caps, taus, 8, impl="triton")
     finally:
         torch.cuda.set_sync_debug_mode("default")
     # fp32: rows may flip only where a cumulative mass lands within fp32 rounding (~1e-7) of tau or two masses

@@ -27,13 +27,14 @@ Thresholds travel through the op's int budget lists packed in decimal: slash slo
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence, Union
 
 import torch
 
 from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
-from .estimate import _CHUNK_BYTES, LOCAL_WINDOW, SINK_TOKENS, _budget, _score_chunk
+from .estimate import LOCAL_WINDOW, SINK_TOKENS, _budget, estimate_scores
 
 VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
 ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
@@ -73,17 +74,8 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vscore [B, Hq, S], sscore [B, Hq, S]) fp32; each row of the last
     L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
     """
-    B, Hq, S, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    L = min(last_q, S)
-    vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
-    sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
-    step = max(1, min(Hkv, _CHUNK_BYTES // max(4 * B * (2 * G * L * S + S * D), 1)))
-    for h0 in range(0, Hkv, step):
-        h1 = min(Hkv, h0 + step)
-        _score_chunk(q[:, h0 * G:h1 * G, S - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G], sscore[:, h0 * G:h1 * G])
-    return vscore, sscore
+    # CUDA: the fused estimate kernels (opt-in: MINFERENCE_FUSED_ESTIMATE=1; otherwise the torch chunks, as on CPU)
+    return estimate_scores(q, k, last_q)
 
 
 def _ranked(score: torch.Tensor, n: int, forced: int):
@@ -272,8 +264,8 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     query blocks (never S x S). sink None: the pattern's ANTIDIAG_SINK (block 0 kept after the diagonal).
     impl: "triton" (the fused kernel, triton_kernels/antidiag_mass.py: no strided copies, no strided score matrix;
     chunks bounded by the [R, NKB] mass and select_blocks' temporaries), "torch" (antidiag_block_mass on the
-    strided copies, chunks bounded by the strided logits and probabilities), "auto" = triton on CUDA, torch
-    otherwise. Both compute the same mass up to fp32 summation order (and, for fp16/bf16, the torch product's
+    strided copies, chunks bounded by the strided logits and probabilities), "auto" = triton on CUDA when
+    MINFERENCE_FUSED_ANTIDIAG=1 (opt-in until the kernel has run on a GPU), torch otherwise. Both compute the same mass up to fp32 summation order (and, for fp16/bf16, the torch product's
     logits are rounded to the input dtype, the kernel's are not)."""
     check_stride(stride, block)
     sink = ANTIDIAG_SINK if sink is None else sink
@@ -281,8 +273,8 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     n = -(-S // block)
     kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
     out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
-    if impl == "auto":
-        impl = "triton" if q.is_cuda else "torch"
+    if impl == "auto":  # the kernel is opt-in until it has run on a GPU (interpreter-tested only; NOTES row 18)
+        impl = "triton" if q.is_cuda and os.environ.get("MINFERENCE_FUSED_ANTIDIAG", "0") == "1" else "torch"
     if impl == "triton":
         from ..triton_kernels.antidiag_mass import antidiag_block_mass_fused  # CPU users never build the kernel
         chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))  # mass + topk/sort temporaries

@@ -1,5 +1,7 @@
 """Vertical-slash index estimation from the last queries (torch ops: CPU or CUDA, no host sync)."""
+import logging
 import math
+import os
 from typing import Optional, Sequence, Union
 
 import torch
@@ -25,7 +27,8 @@ def _budget(size: Budget, hq: int, device) -> tuple:
 
 def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Budget, slash_size: Budget,
                             last_q: int = 64, sink_tokens: int = SINK_TOKENS,
-                            local_window: int = LOCAL_WINDOW, scale: Optional[float] = None):
+                            local_window: int = LOCAL_WINDOW, scale: Optional[float] = None,
+                            fused: Optional[bool] = None):
     """Pick vertical columns and slash offsets per head from the attention of the last queries.
 
     q [B, Hq, Sq, D], k [B, Hkv, S, D] (Sq <= S: the queries are the last Sq positions; the last min(last_q, Sq)
@@ -35,15 +38,63 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     budget are -1. The first `sink_tokens` columns and the offsets < `local_window` are always
     ranked first. ``scale`` is the attention's softmax scale (default 1/sqrt(D)): the estimate must rank at the
     temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
+    ``fused``: the scores by the Triton kernel (triton_kernels/vs_estimate.py: two launches, no [L, S] tensor)
+    instead of the chunked torch ops; None = on CUDA when MINFERENCE_FUSED_ESTIMATE=1 (opt-in until GPU-tested; `estimate_scores`).
     """
-    B, Hq, Sq, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    G = Hq // Hkv
+    Hq, S = q.shape[1], k.shape[2]
     nv, v_budget = _budget(vertical_size, Hq, q.device)
     ns, s_budget = _budget(slash_size, Hq, q.device)
     nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
-    L = min(last_q, Sq)
 
+    vscore, sscore = estimate_scores(q, k, last_q, scale, fused)
+    vscore[..., :sink_tokens] = float("inf")
+    sscore[..., :local_window] = float("inf")
+
+    vertical = vscore.topk(nv, dim=-1).indices
+    slash = sscore.topk(ns, dim=-1).indices
+    return _pad(vertical, v_budget), _pad(slash, s_budget)
+
+
+def estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64, scale: Optional[float] = None,
+                    fused: Optional[bool] = None):
+    """(vscore, sscore) fp32 [B, Hq, S]: column and diagonal sums of the softmax of the last min(last_q, Sq) rows
+    of q [B, Hq, Sq, D] against k [B, Hkv, S, D], no sink / local forcing. fused: the Triton kernels
+    (triton_kernels/vs_estimate.py), else the torch chunks; None = `use_fused_estimate`, and a fused launch that
+    raises (e.g. a kernel that does not compile on this card) falls back to the torch path for the process, logged."""
+    auto = fused is None
+    if auto:
+        fused = use_fused_estimate(q, k, last_q)
+    if fused:
+        from ..triton_kernels.vs_estimate import vs_estimate_scores
+        try:
+            return vs_estimate_scores(q, k, last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        except Exception as e:  # noqa: BLE001 (auto only: an explicit fused=True raises)
+            if not auto:
+                raise
+            _FUSED_FAILED.append(repr(e))
+            _log.warning("fused vertical-slash estimate failed (%s); the torch estimate from now on", e)
+    return _torch_scores(q, k, min(last_q, q.shape[2]), scale)
+
+
+_log = logging.getLogger("minference_compile")
+_FUSED_FAILED = []  # reasons the fused estimate failed in this process: non-empty = torch path from then on
+
+
+def use_fused_estimate(q: torch.Tensor, k: torch.Tensor, last_q: int) -> bool:
+    """The default of `estimate_vertical_slash(fused=None)`: CUDA inputs the kernel takes, when the environment sets
+    MINFERENCE_FUSED_ESTIMATE=1 and it has not failed here before. Opt-in until the kernel has run on a GPU: it was
+    written and tested under the interpreter only (benchmarks/NOTES.md row 19); the torch path is the default."""
+    if not q.is_cuda or os.environ.get("MINFERENCE_FUSED_ESTIMATE", "0") != "1" or _FUSED_FAILED:
+        return False
+    from ..triton_kernels.vs_estimate import fused_applies
+    return fused_applies(q, k, last_q)
+
+
+def _torch_scores(q: torch.Tensor, k: torch.Tensor, L: int, scale: Optional[float]):
+    """The reference scores: (vscore, sscore) fp32 [B, Hq, S] by `_score_chunk` over kv-head chunks."""
+    B, Hq, Sq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
     vscore = q.new_empty(B, Hq, S, dtype=torch.float32)
     sscore = q.new_empty(B, Hq, S, dtype=torch.float32)
     # kv-head chunks bound the fp32 temporaries (scores + one K chunk) by _CHUNK_BYTES,
@@ -54,13 +105,7 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
         h1 = min(Hkv, h0 + step)
         _score_chunk(q[:, h0 * G:h1 * G, Sq - L:], k[:, h0:h1], vscore[:, h0 * G:h1 * G],
                      sscore[:, h0 * G:h1 * G], scale)
-
-    vscore[..., :sink_tokens] = float("inf")
-    sscore[..., :local_window] = float("inf")
-
-    vertical = vscore.topk(nv, dim=-1).indices
-    slash = sscore.topk(ns, dim=-1).indices
-    return _pad(vertical, v_budget), _pad(slash, s_budget)
+    return vscore, sscore
 
 
 _CHUNK_BYTES = 256 << 20
