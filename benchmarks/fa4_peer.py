@@ -23,7 +23,8 @@ from . import registry as R
 from .fa4_index import ashape_blocks, lists_coverage, lists_from_index, to_lists, to_our_index
 
 FIELDS = ["shape", "Hq", "Hkv", "D", "S", "row", "status", "ms", "coverage", "speedup", "efficiency", "tflops",
-          "max_abs_err", "checked_against", "note"]
+          "max_abs_err", "checked_against", "first_call_s", "note"]
+NO_REF = object()  # a row without a reference (ref=None: the reference row failed -> status "unchecked")
 FA4_BLOCKS = ((64, 64), (128, 64), (128, 128))  # FA4 block-sparse tile sizes tried for our top-k index
 
 
@@ -67,16 +68,25 @@ class Runner:
         from flash_attn.cute import flash_attn_func
         return lambda: flash_attn_func(self.qf, self.kf, self.vf, **kw)[0].transpose(1, 2)  # -> [B,H,S,D]
 
-    def row(self, name, fn, coverage, ref=None, ref_name="", note=""):
-        """Run fn once, compare with ref (a tensor or a callable giving one), time it, record the row. Never raises."""
+    def row(self, name, fn, coverage, ref=NO_REF, ref_name="", note=""):
+        """Run fn once (first_call_s: FA4's JIT compile is in it), compare with ref (a tensor or a callable giving
+        one), time it, record the row. Never raises. Past --max-minutes: a "skip" row."""
         torch = self.torch
         r = {**self.base, "row": name, "status": "ok", "coverage": coverage, "checked_against": ref_name,
              "note": note}
+        if time.time() > self.a.deadline:
+            r["status"] = "skip"
+            return self._record(r)
         out = None
         try:
+            t0 = time.time()
             out = fn()
             torch.cuda.synchronize()
-            if ref is not None:
+            r["first_call_s"] = round(time.time() - t0, 2)
+            if ref is None:
+                r["status"] = "unchecked"
+                r["note"] = (note + "; " if note else "") + "reference row failed"
+            elif ref is not NO_REF:
                 want = ref() if callable(ref) else ref
                 err = float((out.float() - want.float()).abs().max())
                 r["max_abs_err"] = err
@@ -96,9 +106,13 @@ class Runner:
         finally:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
+        self._record(r)
+        return out
+
+    def _record(self, r):
         self.rows.append(r)
         _print_row(r)
-        return out
+        self.a.flush()  # CSV/JSON after every row: a run cut short keeps what it measured
 
 
 def run_shape(shape, S, a, rows):
@@ -135,8 +149,7 @@ def run_shape(shape, S, a, rows):
             lists = lists_from_index(idx, S, qb, kb)
             c = lists_coverage(lists, S)
         except Exception as e:  # the conversion itself (e.g. memory): one error row, go on
-            rows.append({**x.base, "row": f"fa4-bs-{qb}x{kb}", "status": "error", "note": f"conversion: {e}"})
-            _print_row(rows[-1])
+            x._record({**x.base, "row": f"fa4-bs-{qb}x{kb}", "status": "error", "note": f"conversion: {e}"})
             continue
         exact = (qb, kb) == (64, 64)
         # 64x64: the exact same pairs as ours. Larger blocks: the reference is our kernel on FA4's blocks
@@ -169,8 +182,7 @@ def run_shape(shape, S, a, rows):
               lists_coverage(exact, S, init, local), ref_as, f"ours-ashape-{init}+{local}",
               "block lists + mask_mod on partial tiles: exact A-shape")
     except Exception as e:
-        rows.append({**x.base, "row": f"fa4-ashape-mask_mod-{qb}x{kb}", "status": "error", "note": f"mask_mod: {e}"})
-        _print_row(rows[-1])
+        x._record({**x.base, "row": f"fa4-ashape-mask_mod-{qb}x{kb}", "status": "error", "note": f"mask_mod: {e}"})
     coarse = to_lists(touched, None, S, qb, kb)  # head dim 1 (FA4 broadcasts it; our kernel needs Hq rows)
     c_coarse = lists_coverage(coarse, S)
     x.row(f"fa4-ashape-blocks-{qb}x{kb}", x.fa4(causal=True, block_sparse_tensors=bst(coarse)), c_coarse,
@@ -224,7 +236,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--tag", default="")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=8.0, help="rows starting later are recorded as skip")
     a = ap.parse_args(argv)
+    a.deadline = time.time() + 60 * a.max_minutes
     S = R.parse_length(a.seq)
     shapes = R.parse_shapes(a.shapes)
     why = fa4_available()
@@ -237,13 +251,14 @@ def main(argv=None) -> int:
     print(f"{'shape':>13} {'S':>5} {'row':<30} {'status':<8} {'ms':>8} {'speedup':>7} {'cov':>6} {'eff':>5} "
           f"{'TFLOPs':>6} {'max_err':>8}  note")
     rows = []
+    a.flush = lambda: write(rows, a.out, S, a.tag)
     for shape in shapes:
         try:
             run_shape(shape, S, a, rows)
         except Exception as e:  # a set-up failure costs this shape only
             traceback.print_exc(limit=4)
             rows.append({"shape": shape, "S": S, "row": "setup", "status": "error", "note": f"{type(e).__name__}: {e}"})
-        write(rows, a.out, S, a.tag)
+            a.flush()
     stem = write(rows, a.out, S, a.tag)
     print(f"wrote {stem}.csv / .json")
     return 0

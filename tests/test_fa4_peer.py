@@ -77,7 +77,8 @@ def fake_fa4(monkeypatch):
 @pytest.mark.skipif(CUDA, reason="the emulation patches CUDA calls: CPU only")
 def test_every_row_runs_and_matches_on_emulated_fa4(fake_fa4):
     S = 320  # 5 blocks of 64, 3 FA4 128-row blocks (the last one short)
-    a = Namespace(topk=2, init=64, local=128, tol=1e-3, ours_on_union=True, seed=0)
+    a = Namespace(topk=2, init=64, local=128, tol=1e-3, ours_on_union=True, seed=0, deadline=float("inf"),
+                  flush=lambda: None)
     rows = []
     fa4_peer.run_shape("tiny", S, a, rows)
     names = [r["row"] for r in rows]
@@ -94,3 +95,25 @@ def test_every_row_runs_and_matches_on_emulated_fa4(fake_fa4):
     assert by["fa4-bs-128x128"]["coverage"] >= by["fa4-bs-64x64"]["coverage"]
     assert by["fa4-ashape-mask_mod-128x128"]["coverage"] == pytest.approx(by["ours-ashape-64+128"]["coverage"])
     assert by["fa4-dense"]["efficiency"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(CUDA, reason="the emulation patches CUDA calls: CPU only")
+def test_failures_stay_in_their_row(fake_fa4, monkeypatch):
+    """FA4 raising on causal block sparsity gives error rows, a failed reference gives "unchecked", the run goes on."""
+    def fa4(q, k, v, block_sparse_tensors=None, mask_mod=None, **kw):
+        if block_sparse_tensors is not None and mask_mod is None:
+            raise ValueError("Block sparsity requires sparse_block_size[1]=64 to match tile_n=128.")
+        return _fake_flash_attn_func(q, k, v, block_sparse_tensors=block_sparse_tensors, mask_mod=mask_mod, **kw)
+    monkeypatch.setattr(sys.modules["flash_attn.cute"], "flash_attn_func", fa4)
+    from minference_compile.triton_kernels import streaming
+    monkeypatch.setattr(streaming, "streaming_attention_fwd", lambda *a, **k: 1 / 0)
+    a = Namespace(topk=2, init=64, local=128, tol=1e-3, ours_on_union=False, seed=0, deadline=float("inf"),
+                  flush=lambda: None)
+    rows = []
+    fa4_peer.run_shape("tiny", 128, a, rows)
+    st = {r["row"]: r["status"] for r in rows}
+    assert st["fa4-dense"] == "ok" and st["ours-bs-top2"] == "ok"
+    assert st["fa4-bs-64x64"] == st["fa4-bs-128x128"] == st["fa4-ashape-blocks-128x128"] == "error"
+    assert st["ours-ashape-64+128"] == "error" and st["fa4-window-128"] == "error"  # its reference raises
+    assert st["fa4-ashape-mask_mod-128x128"] == "unchecked"  # ran, but its reference row failed
+    assert "ValueError" in next(r for r in rows if r["row"] == "fa4-bs-64x64")["note"]
