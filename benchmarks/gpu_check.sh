@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 tma|tmavs|tmatests|vsest|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense ...]   (default: tests memory quick)
+#                                 tma|tmavs|tmatests|vsest|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense|
+#                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TORCHINDUCTOR_CACHE_DIR=/tmp/ind
@@ -139,6 +140,31 @@ for m in $modes; do
         [ -f "$c" ] && run_eval "$(basename $c .json)" --config "$c" --tasks ${EVAL3_TASKS:-ppl,recall,kv} --lengths 16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
       done
       wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
+    fa4-gather)  # issue 12: FlashAttention-4 wheels carried in pieces (.fa4/c1, .fa4/c2, optional .fa4/c3; one per call,
+      # benchmarks/fa4_carry.md) are gathered in /tmp/fa4pieces while the machine is warm
+      mkdir -p /tmp/fa4pieces; for d in .fa4/c1 .fa4/c2 .fa4/c3; do [ -d "$d" ] && cp "$d"/* /tmp/fa4pieces/; done
+      ls -l /tmp/fa4pieces ;;
+    fa4-install)  # join the split cu13 wheel, sha-check every wheel, install offline into /tmp/fa4 (--target, no deps)
+      SUMS=$PWD/benchmarks/fa4_wheels.sha256; OPT=$PWD/benchmarks/fa4_wheels_opt.sha256
+      ( cd /tmp/fa4pieces 2>/dev/null || { echo "fa4-install: no /tmp/fa4pieces (run fa4-gather with .fa4/c1, then .fa4/c2)"; exit 1; }
+        [ -f cu13.whl.part0 ] && [ -f cu13.whl.part1 ] || { echo "fa4-install: missing cu13.whl.part0/part1: $(ls)"; exit 1; }
+        cat cu13.whl.part0 cu13.whl.part1 > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
+        grep -v '^#' "$SUMS" | sha256sum -c - || { echo "fa4-install: sha256 mismatch"; exit 1; }
+        python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa4 $(grep -v '^#' "$SUMS" | awk '{print $2}') || exit 1
+        # dependencies the image normally has (the earlier H200 install needed none): from .fa4/c3 only where missing
+        for pair in einops:einops-0 google.protobuf:protobuf-7 cuda.pathfinder:cuda_pathfinder-1 cuda.bindings:cuda_bindings-13; do
+          mod=${pair%%:*}; whl=$(ls ${pair#*:}*.whl 2>/dev/null | head -1)
+          python3 -c "import $mod" 2>/dev/null && continue
+          if [ -n "$whl" ] && grep -v '^#' "$OPT" | grep " $whl\$" | sha256sum -c - >/dev/null; then
+            python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa4 "$whl" && echo "installed $whl (image lacks $mod)"
+          else echo "fa4-install: the image lacks $mod: carry .fa4/c3 in a call with fa4-gather fa4-install"; fi
+        done ) && echo "fa4-install: ok (/tmp/fa4)" ;;
+    fa4)  # issue 12: FA4 dense / block-sparse / A-shape vs cuDNN and our kernels, 128K, both head dims, one process
+      [ -d /tmp/fa4 ] || echo "fa4: /tmp/fa4 missing (fa4-install first): the benchmark will say flash_attn.cute is not importable"
+      # (FA4 JIT-compiles each kernel variant on first call; the disk cache helps a second run on the same machine)
+      PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH} TVM_FFI_DISABLE_TORCH_C_DLPACK=1 \
+      FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache \
+        timeout ${FA4_S:-500} python3 -m benchmarks.fa4_peer --seq ${FA4_SEQ:-128k} --shapes ${FA4_SHAPES:-llama3-8b,qwen2.5-0.5b} --max-minutes ${FA4_MIN:-7.3} --out "$OUT" ${FA4_ARGS:-} 2>&1 | tee "$OUT/fa4_peer.log" | tail -45 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

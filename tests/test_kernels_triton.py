@@ -594,3 +594,12 @@ def test_registry_kernel_path(name, S, Hq, Hkv, D, device):
     selection = cls.select(group)
     out = cls.attend_cuda(group, selection, hm, nan_out(q))
     check(out, cls.reference(group, selection), dtype, hm)
+
+
+def test_block_sparse_rejects_an_index_of_the_wrong_shape():
+    # a head dim of 1 (broadcast-style) used to be read out of bounds by the kernel
+    q, k = torch.randn(1, 4, 130, 64), torch.randn(1, 2, 130, 64)
+    good = torch.zeros(1, 4, 3, 2, dtype=torch.int32)
+    for bad in (good[:, :1], good[:, :, :2], good[0]):
+        with pytest.raises(ValueError, match="block_index must be"):
+            block_sparse_attention_fwd(q, k, k, bad)

@@ -113,7 +113,9 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
     assert SQ <= S, "q_len must be <= kv_len"
     q, k, v, hm, out, work = prepare(q, k, v, head_mask, out)
     nqb = triton.cdiv(SQ, BLOCK)
-    assert block_index.shape[2] == nqb, "block_index must have ceil(q_len/64) query blocks"
+    if block_index.dim() != 4 or tuple(block_index.shape[:3]) != (B, Hq, nqb):
+        raise ValueError(f"block_index must be [B, Hq, ceil(q_len/64), K] = [{B}, {Hq}, {nqb}, K], got "
+                         f"{tuple(block_index.shape)} (a broadcast head or batch dim would be read out of bounds)")
     if SQ == 0:
         return finish(out, work, head_mask)
     if compact:  # block_sparse_index's output is already unique causal ids, ascending, then -1: no re-sort

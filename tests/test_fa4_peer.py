@@ -1,0 +1,119 @@
+"""benchmarks/fa4_peer.py without FA4 or a GPU: the dry run exits 0 with a message, and every row of run_shape
+runs end to end against an emulated flash_attn.cute (the masks FA4 would apply, from the lists we hand it; see
+benchmarks/fa4_index.py) with our Triton kernels interpreted on CPU. Catches a wrong conversion, reference or
+row wiring before the one GPU call; says nothing about FA4 itself."""
+import importlib.util
+import sys
+import types
+from argparse import Namespace
+
+import pytest
+import torch
+
+from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
+
+from benchmarks import cases, fa4_peer, registry, timing
+from benchmarks.fa4_index import FA4Lists, pair_mask
+from minference_compile.triton_kernels import naive
+
+HAS_FA4 = importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(HAS_FA4 and torch.cuda.is_available(), reason="FA4 and CUDA present: not a dry run")
+def test_dry_run_exits_zero_with_a_message(capsys, tmp_path):
+    assert fa4_peer.main(["--out", str(tmp_path)]) == 0
+    assert "nothing measured" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def _fake_flash_attn_func(q, k, v, causal=False, window_size=(None, None), block_sparse_tensors=None,
+                          mask_mod=None):
+    """What FA4 computes, by dense masks: q [B,S,Hq,D], k/v [B,S,Hkv,D] -> (out [B,S,Hq,D], None)."""
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    B, H, S, _ = q.shape
+    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    if mask_mod is not None:
+        allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
+    elif causal:
+        allowed = None
+    else:
+        allowed = lambda i, j: torch.ones(S, S, dtype=torch.bool)  # noqa: E731
+    if block_sparse_tensors is not None:
+        t = block_sparse_tensors
+        lists = FA4Lists(t.mask_block_cnt, t.mask_block_idx, t.full_block_cnt, t.full_block_idx, t.block_size)
+        mask = pair_mask(lists, S, allowed)
+    else:
+        mask = j <= i
+        if window_size[0] is not None:
+            mask = mask & (i - j <= window_size[0])
+    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, S, S))
+    return out.transpose(1, 2), None
+
+
+@pytest.fixture
+def fake_fa4(monkeypatch):
+    fa = types.ModuleType("flash_attn")
+    cute = types.ModuleType("flash_attn.cute")
+    bs = types.ModuleType("flash_attn.cute.block_sparsity")
+    cute.flash_attn_func = _fake_flash_attn_func
+    bs.BlockSparseTensorsTorch = Namespace
+    for name, mod in (("flash_attn", fa), ("flash_attn.cute", cute), ("flash_attn.cute.block_sparsity", bs)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    monkeypatch.setattr(fa4_peer, "ashape_mask_mod",
+                        lambda init, local: lambda b, h, i, j, s, a: (j <= i) & ((j < init) | (i - j < local)))
+    # CPU: fp32 inputs, no CUDA events or syncs, SDPA for the cuDNN row
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a, **k: None)
+    monkeypatch.setattr(timing, "bench_ms", lambda fn: (1.0, 1))
+
+    def qkv(S, hq, hkv, D, dtype=None):
+        return torch.randn(1, hq, S, D), torch.randn(1, hkv, S, D), torch.randn(1, hkv, S, D)
+    monkeypatch.setattr(timing, "random_qkv", qkv)
+    monkeypatch.setattr(cases, "dense", lambda case, q, k, v, S: cases.Prepared(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True), 1.0))
+    monkeypatch.setitem(registry.SHAPES, "tiny", (4, 2, 64))
+
+
+@pytest.mark.skipif(CUDA, reason="the emulation patches CUDA calls: CPU only")
+def test_every_row_runs_and_matches_on_emulated_fa4(fake_fa4):
+    S = 320  # 5 blocks of 64, 3 FA4 128-row blocks (the last one short)
+    a = Namespace(topk=2, init=64, local=128, tol=1e-3, ours_on_union=True, seed=0, deadline=float("inf"),
+                  flush=lambda: None)
+    rows = []
+    fa4_peer.run_shape("tiny", S, a, rows)
+    names = [r["row"] for r in rows]
+    assert names == ["cudnn-dense", "fa4-dense", "ours-bs-top2", "fa4-bs-64x64", "fa4-bs-128x64", "ours-bs@128x64",
+                     "fa4-bs-128x128", "ours-bs@128x128", "ours-ashape-64+128", "fa4-ashape-mask_mod-128x128",
+                     "fa4-ashape-blocks-128x128", "fa4-window-128", "ours-ashape-0+128"]
+    bad = [(r["row"], r["status"], r.get("note")) for r in rows if r["status"] != "ok"]
+    assert not bad, bad
+    by = {r["row"]: r for r in rows}
+    for r in rows:
+        if r["row"].startswith("fa4-"):
+            assert r["max_abs_err"] < 1e-4, r
+    assert by["fa4-bs-64x64"]["coverage"] == pytest.approx(by["ours-bs-top2"]["coverage"])
+    assert by["fa4-bs-128x128"]["coverage"] >= by["fa4-bs-64x64"]["coverage"]
+    assert by["fa4-ashape-mask_mod-128x128"]["coverage"] == pytest.approx(by["ours-ashape-64+128"]["coverage"])
+    assert by["fa4-dense"]["efficiency"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(CUDA, reason="the emulation patches CUDA calls: CPU only")
+def test_failures_stay_in_their_row(fake_fa4, monkeypatch):
+    """FA4 raising on causal block sparsity gives error rows, a failed reference gives "unchecked", the run goes on."""
+    def fa4(q, k, v, block_sparse_tensors=None, mask_mod=None, **kw):
+        if block_sparse_tensors is not None and mask_mod is None:
+            raise ValueError("Block sparsity requires sparse_block_size[1]=64 to match tile_n=128.")
+        return _fake_flash_attn_func(q, k, v, block_sparse_tensors=block_sparse_tensors, mask_mod=mask_mod, **kw)
+    monkeypatch.setattr(sys.modules["flash_attn.cute"], "flash_attn_func", fa4)
+    from minference_compile.triton_kernels import streaming
+    monkeypatch.setattr(streaming, "streaming_attention_fwd", lambda *a, **k: 1 / 0)
+    a = Namespace(topk=2, init=64, local=128, tol=1e-3, ours_on_union=False, seed=0, deadline=float("inf"),
+                  flush=lambda: None)
+    rows = []
+    fa4_peer.run_shape("tiny", 128, a, rows)
+    st = {r["row"]: r["status"] for r in rows}
+    assert st["fa4-dense"] == "ok" and st["ours-bs-top2"] == "ok"
+    assert st["fa4-bs-64x64"] == st["fa4-bs-128x128"] == st["fa4-ashape-blocks-128x128"] == "error"
+    assert st["ours-ashape-64+128"] == "error" and st["fa4-window-128"] == "error"  # its reference raises
+    assert st["fa4-ashape-mask_mod-128x128"] == "unchecked"  # ran, but its reference row failed
+    assert "ValueError" in next(r for r in rows if r["row"] == "fa4-bs-64x64")["note"]
