@@ -29,14 +29,14 @@ LOCAL = torch.tensor([1, 0, 100, 65, 7, 200, 64, 130], dtype=torch.int32)
 def tma_used(monkeypatch):
     """Records, per kernel call, whether the wrapper got descriptors (True) or fell back to pointers (False)."""
     calls = []
+    real = _common.tma_descriptors
 
     def spy(*a, **kw):
-        d = _common.tma_descriptors(*a, **kw)
+        d = real(*a, **kw)
         calls.append(d is not None)
         return d
 
-    monkeypatch.setattr(block_sparse, "tma_descriptors", spy)
-    monkeypatch.setattr(streaming, "tma_descriptors", spy)
+    monkeypatch.setattr(_common, "tma_descriptors", spy)  # block-sparse and A-shape: through _common.qkv_load_args
     monkeypatch.setattr(vertical_slash, "tma_descriptors", spy)
     return calls
 

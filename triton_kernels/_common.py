@@ -185,3 +185,12 @@ def tma_descriptors(block_rows, block_d_, *ts: torch.Tensor):
         desc = TensorDescriptor(t, [rows, t.shape[3]], [t.stride(2), 1], [rows_blk, block_d_])
         out.append((desc, br, hr))
     return out
+
+
+def qkv_load_args(block_rows, block_d_, q, k, v, tma) -> tuple:
+    """The kernels' (Q, sqb, sqh, sqm, K, .., V, ..) arguments: the tensors and their strides (pointer loads), or,
+    with TMA requested and available, each tensor's descriptor, batch rows, head rows and a row stride of 1."""
+    descs = tma_descriptors(block_rows, block_d_, q, k, v) if use_tma(tma) else None
+    if descs is None:
+        return tuple(x for t in (q, k, v) for x in (t, t.stride(0), t.stride(1), t.stride(2)))
+    return tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale, stages_override, tma_descriptors, use_tma)
+                      qk_scale, qkv_load_args, stages_override)
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M = BLOCK_N = 64 are fixed by the 64x64 block semantics: one
 # warpgroup per tile. Measured on H100 at 64K top-100 (benchmarks/tune.py): 3 stages best at D=128 (2% over
@@ -128,17 +128,12 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
     stages = stages_override(stages, num_stages)
-    descs = tma_descriptors((BLOCK, BLOCK, BLOCK), bd, q, k, v) if use_tma(tma) else None
-    if descs is None:
-        args = (q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
-                v, v.stride(0), v.stride(1), v.stride(2))
-    else:
-        args = tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))
+    args = qkv_load_args((BLOCK, BLOCK, BLOCK), bd, q, k, v, tma)
     grid = (nqb, B * Hq)
     _bs_fwd_kernel[grid](
         args[0], args[4], args[8], work, ids, cnt, hm if hm is not None else cnt,
         *args[1:4], *args[5:8], *args[9:12], work.stride(0), work.stride(1), work.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, nqb, ids.shape[-1], qk_scale(scale, D),
         BLOCK_M=BLOCK, BLOCK_N=BLOCK, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
-        TMA=descs is not None, num_warps=warps, num_stages=stages)
+        TMA=not torch.is_tensor(args[0]), num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)

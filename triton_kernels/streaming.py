@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale, stages_override, tma_descriptors, use_tma)
+                      qk_scale, qkv_load_args, stages_override)
 
 # BLOCK_D -> (BLOCK_M, num_warps, num_stages). The pattern is element-exact, so BLOCK_M is free: 128 rows halve
 # the K/V re-reads of 64; at BLOCK_D 256 the 128-row fp32 accumulator would spill, so 64 rows there.
@@ -128,12 +128,7 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
         bm, stages = 64, min(stages, 2)
     stages = stages_override(stages, num_stages)
     bn = _BLOCK_N.get(bd, 64)
-    descs = tma_descriptors((bm, bn, bn), bd, q, k, v) if use_tma(tma) else None
-    if descs is None:
-        args = (q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
-                v, v.stride(0), v.stride(1), v.stride(2))
-    else:
-        args = tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))
+    args = qkv_load_args((bm, bn, bn), bd, q, k, v, tma)
     init = torch.as_tensor(init_num, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     local = torch.as_tensor(local_window, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     grid = (triton.cdiv(SQ, bm), B * Hq)
@@ -141,6 +136,6 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
         args[0], args[4], args[8], work, init, local, hm if hm is not None else init,
         *args[1:4], *args[5:8], *args[9:12], work.stride(0), work.stride(1), work.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, qk_scale(scale, D),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype), TMA=descs is not None,
-        num_warps=warps, num_stages=stages)
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, HAS_HM=hm is not None, PREC=dot_precision(q.dtype),
+        TMA=not torch.is_tensor(args[0]), num_warps=warps, num_stages=stages)
     return finish(out, work, head_mask)
