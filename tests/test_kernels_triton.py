@@ -188,14 +188,15 @@ def test_vs_index_matches_definition(S, NV, NS, pair):
                 assert int(idx.column_count[b, h, qb]) == int((c <= m0 + 63).sum())
 
 
-@pytest.mark.parametrize("pair", [False, True])
-def test_vs_work_share(pair):
-    """work_share = the area of the tiles and column rows the kernel visits (masked parts included) / causal pairs."""
+@pytest.mark.parametrize("pair,aligned", [(False, False), (True, False), (False, True)])
+def test_vs_work_share(pair, aligned):
+    """work_share = the area of the tiles and column rows the kernel visits (masked parts included) / causal pairs;
+    for the aligned index too (its tiles are the aligned ones, no wide tiles)."""
     from minference_compile.triton_kernels.vertical_slash_index import work_share
     S = 700
     vert, slash = rand_index(B, 3, 30, S, "cpu"), rand_index(B, 3, 25, S, "cpu")
     slash[1, 1, 10:18] = torch.tensor([40, 60, 100, 150, 260, 300, 330, 390])
-    idx = build_vertical_slash_index(vert, slash, S, pair=pair)
+    idx = build_vertical_slash_index(vert, slash, S, pair=pair, aligned=aligned)
     area = torch.zeros(B, 3)
     for b in range(B):
         for h in range(3):

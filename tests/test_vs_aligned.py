@@ -10,8 +10,7 @@ from test_kernels_triton import (B, CUDA, DTYPES, check, device, implied_keys, n
 
 from minference_compile.triton_kernels import naive
 from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
-from minference_compile.triton_kernels.vertical_slash_index import (aligned_offsets, build_vertical_slash_index,
-                                                                    work_share)
+from minference_compile.triton_kernels.vertical_slash_index import aligned_offsets, build_vertical_slash_index
 
 PAD = -(2**30)
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs CUDA")]
@@ -128,26 +127,6 @@ def test_aligned_equals_rounded_on_aligned_offsets(S):
     assert torch.equal(naive.vertical_slash_aligned_mask(vert, slash, S), naive.vertical_slash_mask(vert, slash, S))
     a, r = (build_vertical_slash_index(vert, slash, S, aligned=x) for x in (True, False))
     assert torch.equal(a.tile_count, r.tile_count) and torch.equal(a.tile_begin, r.tile_begin)
-
-
-def test_aligned_work_share():
-    """work_share of the aligned index = the area the kernel visits (no wide tiles: pair=False)."""
-    S = 700
-    vert, slash = rand_index(B, 3, 30, S, "cpu"), rand_index(B, 3, 25, S, "cpu")
-    slash[1, 1, 10:18] = torch.tensor([40, 60, 100, 150, 260, 300, 330, 390])
-    idx = build_vertical_slash_index(vert, slash, S, aligned=True)
-    area = torch.zeros(B, 3)
-    for b in range(B):
-        for h in range(3):
-            for qb in range(-(-S // 64)):
-                area[b, h] += 64 * 64 * max(0, int(idx.tile_count[b, h]) - int(idx.tile_begin[b, h, qb]))
-                area[b, h] += 64 * int(idx.column_count[b, h, qb])
-    assert torch.allclose(work_share(idx, S), area / (S * (S + 1) / 2))
-    # offsets 40..150 and 260..390: block-rounded 3 + 4 tiles (cut at each component's end), aligned the 8 whole
-    # tiles 0..448 (the two ranges' tiles touch: 192, 256)
-    r = build_vertical_slash_index(vert[1:2, 1:2], slash[1:2, 1:2, 10:18], S)
-    a = build_vertical_slash_index(vert[1:2, 1:2], slash[1:2, 1:2, 10:18], S, aligned=True)
-    assert int(r.tile_count) == 7 and int(a.tile_count) == 8
 
 
 # ----------------------------------------------------------------------------------------------------
