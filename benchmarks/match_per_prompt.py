@@ -12,12 +12,13 @@ import os
 import torch
 
 from minference_compile.search.candidates import SEED, default_candidates
+from minference_compile.search.cli import stored_scores
 
 
 def load(run_dir: str):
-    files = sorted(f for f in os.listdir(run_dir) if f.startswith("eval") and f.endswith(".pt"))
-    parts = [torch.load(os.path.join(run_dir, f)) for f in files]
-    return torch.stack([p["recall"] for p in parts], 1).double(), torch.stack([p["cost"] for p in parts], 1).double()
+    n_layers = sum(f.startswith("eval") and f.endswith(".pt") for f in os.listdir(run_dir))
+    recall, cost, _ = stored_scores(run_dir, n_layers)
+    return recall.double(), cost.double()
 
 
 def match(recalls, costs, allowed, targets, grid=torch.logspace(-1, 3.5, 60).tolist()):

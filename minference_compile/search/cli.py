@@ -102,7 +102,12 @@ def _run_one(args, model_dir, get_model, encode, prompt: str, length: int, candi
         os.replace(res(li) + ".tmp", res(li))
         if not args.keep_captures:
             os.remove(cap(li))
-    parts = [torch.load(res(li)) for li in range(n_layers)]
+    return stored_scores(run_dir, n_layers)
+
+
+def stored_scores(run_dir: str, n_layers: int) -> tuple:
+    """One scored calibration run's files eval###.pt -> (recall [C, L, H], cost [C, L, H], counts)."""
+    parts = [torch.load(os.path.join(run_dir, f"eval{li:03d}.pt")) for li in range(n_layers)]
     counts = {key: torch.stack([p[key] for p in parts], 1) for key in ("lines", "blocks") if key in parts[0]}
     return torch.stack([p["recall"] for p in parts], 1), torch.stack([p["cost"] for p in parts], 1), counts
 
