@@ -99,16 +99,6 @@ for m in $modes; do
       timeout 200 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k --chunk 65536 --methods eager-sdpa --layers 2 --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag dense2 2>&1 | tail -20 ;;
     qwen-join)  # join the carried Qwen2.5-Coder-0.5B GGUF, sha-check and export it (minference-compile fetch)
       mkdir -p /tmp/mc/models && cat /tmp/qw/p* > /tmp/mc/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf && python3 -m minference_compile.cli fetch qwen05 2>&1 | tail -5 ;;
-    qwen-eval)  # issue 9 targets (needle 4K-32K x 5 depths, ppl 16K/32K, kv 50 at 16K) + issue 10's searched configs:
-      # one process per sparse config, in parallel (the 0.5B model leaves the GPU idle; each also runs dense)
-      for c in default minference_compile/configs/qwen05.json benchmarks/results/accuracy/vs100-800.json minference_compile/configs/qwen05-adaptive.json; do
-        n=$(basename "$c" .json)
-        timeout ${EVAL_S:-500} python3 -m minference_compile.cli eval qwen05 --device cuda --config "$c" --lengths 4k,8k,16k,32k --ppl-lengths 16k,32k --kv-lengths 16k --kv-samples 50 --recall-lengths 32k --no-progress --out "$OUT/qwen05-gpu-$n" > "$OUT/eval-$n.log" 2>&1 &
-      done
-      # and the per-head search at 32K on both calibration prompts (issue 10: coverage at equal recall)
-      mkdir -p "$OUT/search32k"
-      timeout ${EVAL_S:-500} python3 -m minference_compile.cli search qwen05 --device cuda --prompts natural,kv --lengths 32768 --out "$OUT/search32k/qwen05-32k.json" --workdir /tmp/search32k > "$OUT/search32k.log" 2>&1 &
-      wait; (cd /tmp && find search32k -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/search32k/scores.tar" -T -); for f in "$OUT"/eval-*.log "$OUT/search32k.log"; do echo "--- $f"; tail -n 25 "$f"; done ;;
     qwen-search|qwen-eval2)  # qwen-eval2: issue 9's evals (needle 4K-32K x 5 depths, kv 50 at 16K; adaptive also ppl/recall)
       # in parallel with the search. qwen-search: issue 10's per-head search at 32K on both calibration prompts (all
       # candidates), three selections from one scoring (per head >= 0.97; --match-seed; --match-seed fixed only), 128K kernels
@@ -134,12 +124,6 @@ for m in $modes; do
       wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
     searched32k)  # kernel time at 128K of the configs qwen-search selected (alone on the GPU)
       for c in ${SEARCHED32:-qwen05-32k-match}; do timeout 90 python3 -m benchmarks.searched --config "/tmp/s32cfg/$c.json" --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -4; done ;;
-    qwen-eval3)  # issue 10: the 32K searched configs' accuracy (ppl 16K/32K, recall 32K, kv 50 at 16K), in parallel
-      run_eval() { n=$1; shift; timeout ${EVAL_S:-400} python3 -m minference_compile.cli eval qwen05 --device cuda --no-progress --quiet --out /tmp/ev/$n "$@" > "$OUT/eval-$n.log" 2>&1; }
-      for c in /tmp/s32cfg/qwen05-32k-match.json /tmp/s32cfg/qwen05-32k-match-fixed.json ${EXTRA_CFG:-}; do
-        [ -f "$c" ] && run_eval "$(basename $c .json)" --config "$c" --tasks ${EVAL3_TASKS:-ppl,recall,kv} --lengths 16k,32k --ppl-lengths 16k,32k --recall-lengths 32k --kv-lengths 16k --kv-samples 50 &
-      done
-      wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
     fa4-gather)  # issue 12: FlashAttention-4 wheels carried in pieces (.fa4/c1, .fa4/c2, optional .fa4/c3; one per call,
       # benchmarks/fa4_carry.md) are gathered in /tmp/fa4pieces while the machine is warm
       mkdir -p /tmp/fa4pieces; for d in .fa4/c1 .fa4/c2 .fa4/c3; do [ -d "$d" ] && cp "$d"/* /tmp/fa4pieces/; done
