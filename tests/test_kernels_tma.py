@@ -210,12 +210,36 @@ def test_tma_environment_switches(device, tma_used, monkeypatch):
     init, local = torch.tensor([4, 0], dtype=torch.int32, device=device), torch.tensor([64, 30], dtype=torch.int32,
                                                                                       device=device)
     ref = naive.streaming_ref(q, k, v, init, local)
-    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)  # default: off
+    monkeypatch.delenv("MINFERENCE_TMA", raising=False)
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)  # default: auto
+    auto_on = CUDA  # A-shape: auto is on for a real sm90+ GPU (this module skips older ones), off in the interpreter
+    monkeypatch.setenv("MINFERENCE_TMA", "0")
+    check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)
     monkeypatch.setenv("MINFERENCE_TMA", "1")
     monkeypatch.setenv("MINFERENCE_NUM_STAGES", "1")
     check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q)), ref, dtype)
     check(streaming_attention_fwd(q, k, v, init, local, None, out=nan_out(q), tma=False, num_stages=3), ref, dtype)
-    assert tma_used == [True]  # the wrapper only asks for descriptors when TMA is on
+    assert tma_used == [True] * (1 + auto_on)  # the wrapper only asks for descriptors when TMA is on
+
+
+def test_use_tma_defaults(monkeypatch):
+    """tma=True/False decides; else MINFERENCE_TMA 1/0; else (auto) only for a kernel that opts in, on a real
+    CUDA tensor that qualifies, never in the interpreter."""
+    cpu = torch.zeros(1, 1, 8, 64)
+    monkeypatch.delenv("MINFERENCE_TMA", raising=False)
+    assert _common.use_tma(True) and not _common.use_tma(False, True, cpu)
+    assert not _common.use_tma(None, True, cpu)  # auto: a CPU tensor never qualifies
+    assert not _common.use_tma(None, False)
+    monkeypatch.setenv("MINFERENCE_TMA", "1")
+    assert _common.use_tma(None) and not _common.use_tma(False)
+    monkeypatch.setenv("MINFERENCE_TMA", "0")
+    assert not _common.use_tma(None, True, cpu)
+    if CUDA:
+        gpu = torch.zeros(2, 3, 10, 64, device="cuda")
+        monkeypatch.setenv("MINFERENCE_TMA", "auto")
+        assert _common.use_tma(None, True, gpu) == (torch.cuda.get_device_capability()[0] >= 9)
+        assert not _common.use_tma(None, False, gpu)
+        assert not _common.use_tma(None, True, gpu.transpose(1, 2))  # not whole rows: silently pointer loads
 
 
 def test_stages_override(monkeypatch):

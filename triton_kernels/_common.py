@@ -125,9 +125,18 @@ _log = logging.getLogger("minference_compile")
 _tma_logged = set()
 
 
-def use_tma(tma: Optional[bool]) -> bool:
-    """tma=None: the MINFERENCE_TMA environment switch (default off)."""
-    return os.environ.get("MINFERENCE_TMA", "0") == "1" if tma is None else bool(tma)
+def use_tma(tma: Optional[bool], auto: bool = False, *ts: torch.Tensor) -> bool:
+    """Whether to read tiles through TMA descriptors. tma=True/False decides; tma=None reads MINFERENCE_TMA:
+    "1" on, "0" off, unset or "auto": on where the kernel measured faster with TMA (`auto`, NOTES row 17: A-shape
+    at any head dim, vertical-slash at D >= 128; block-sparse tied) and the tensors `ts` qualify on a real sm90+
+    GPU (never under the interpreter), otherwise pointer loads without a warning."""
+    if tma is not None:
+        return bool(tma)
+    env = os.environ.get("MINFERENCE_TMA", "auto")
+    if env in ("0", "1"):
+        return env == "1"
+    return (auto and bool(ts) and os.environ.get("TRITON_INTERPRET") != "1" and ts[0].device.type == "cuda"
+            and tma_reason(*ts) is None)
 
 
 def stages_override(stages: int, num_stages: Optional[int]) -> int:
@@ -187,10 +196,11 @@ def tma_descriptors(block_rows, block_d_, *ts: torch.Tensor):
     return out
 
 
-def qkv_load_args(block_rows, block_d_, q, k, v, tma) -> tuple:
+def qkv_load_args(block_rows, block_d_, q, k, v, tma, auto: bool = False) -> tuple:
     """The kernels' (Q, sqb, sqh, sqm, K, .., V, ..) arguments: the tensors and their strides (pointer loads), or,
-    with TMA requested and available, each tensor's descriptor, batch rows, head rows and a row stride of 1."""
-    descs = tma_descriptors(block_rows, block_d_, q, k, v) if use_tma(tma) else None
+    with TMA requested (or `auto`, see use_tma) and available, each tensor's descriptor, batch rows, head rows and a
+    row stride of 1."""
+    descs = tma_descriptors(block_rows, block_d_, q, k, v) if use_tma(tma, auto, q, k, v) else None
     if descs is None:
         return tuple(x for t in (q, k, v) for x in (t, t.stride(0), t.stride(1), t.stride(2)))
     return tuple(x for desc, br, hr in descs for x in (desc, br, hr, 1))

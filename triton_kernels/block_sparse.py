@@ -105,8 +105,9 @@ def block_sparse_attention_fwd(q, k, v, block_index, scale=None, head_mask=None,
     head_mask bool [Hq] or None. Returns out [B,Hq,Sq,D].
     compact=True: block_index is block_sparse_index's output (unique causal ids ascending, then -1), so the
     per-call clean-up sort is skipped.
-    tma: read Q/K/V tiles through TMA tensor descriptors (None: the MINFERENCE_TMA=1 switch; falls back to pointer
-    loads, logged once, where the layout or device does not allow it). num_stages: override the tuned pipeline
+    tma: read Q/K/V tiles through TMA tensor descriptors (None: MINFERENCE_TMA=1 on; default off for this kernel,
+    which tied with pointer loads; falls back to pointer loads, logged once, where the layout or device does not
+    allow it). num_stages: override the tuned pipeline
     depth (None: MINFERENCE_NUM_STAGES or the table)."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]

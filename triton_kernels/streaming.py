@@ -12,6 +12,8 @@ from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d
 # D=64 (128, 4, 4) is best, 3% over 3 stages.
 _CFG = {16: (128, 4, 4), 32: (128, 4, 4), 64: (128, 4, 4), 128: (128, 8, 3), 256: (64, 8, 2)}
 _BLOCK_N = {}  # BLOCK_D -> key tile width where measured to beat 64
+# with TMA loads (on by default on sm90+, NOTES row 17), H200 at 128K: 3 stages best at D=128 and D=64
+_TMA_STAGES = {64: 3, 128: 3}
 
 
 @triton.jit
@@ -111,7 +113,8 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
                             num_stages=None):
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions); init_num, local_window:
     int32 [Hq] (per head); head_mask: bool [Hq] or None. tma: read Q/K/V tiles through TMA tensor descriptors
-    (None: the MINFERENCE_TMA=1 switch; pointer loads, logged once, where the layout or device does not allow it).
+    (None: MINFERENCE_TMA, default auto = on where available; pointer loads where the layout or device does not
+    allow it).
     num_stages: override the tuned pipeline depth (None: MINFERENCE_NUM_STAGES or the table).
 
     Returns out [B,Hq,Sq,D] (dtype of q; written in place if given; heads off in head_mask untouched).
@@ -126,9 +129,11 @@ def streaming_attention_fwd(q, k, v, init_num, local_window, scale=None, head_ma
     bm, warps, stages = _CFG.get(bd, (64, 8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         bm, stages = 64, min(stages, 2)
-    stages = stages_override(stages, num_stages)
     bn = _BLOCK_N.get(bd, 64)
-    args = qkv_load_args((bm, bn, bn), bd, q, k, v, tma)
+    args = qkv_load_args((bm, bn, bn), bd, q, k, v, tma, auto=True)
+    if not torch.is_tensor(args[0]):  # TMA: 3 stages measured best at D=64 and D=128 (NOTES row 17)
+        stages = _TMA_STAGES.get(bd, stages) if q.element_size() < 4 else stages
+    stages = stages_override(stages, num_stages)
     init = torch.as_tensor(init_num, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     local = torch.as_tensor(local_window, device=q.device).to(torch.int32).reshape(-1).expand(Hq).contiguous()
     grid = (triton.cdiv(SQ, bm), B * Hq)

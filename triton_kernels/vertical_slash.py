@@ -14,6 +14,8 @@ from .vertical_slash_index import VSIndex, aligned_slots
 _CFG = {16: (4, 1), 32: (4, 1), 64: (4, 1), 128: (4, 1), 256: (8, 1)}
 # with paired (64x128) slash tiles, H100 at 64K: 3 stages best at D=128 (1% over 2), 2 at D=64 (1% over 3)
 _CFG_WIDE = {16: (4, 2), 32: (4, 2), 64: (4, 2), 128: (4, 3), 256: (8, 1)}
+# with TMA slash tiles, H200 at 128K: 3 stages best at D=128, both budgets (NOTES row 17)
+_TMA_STAGES = {128: 3}
 BLOCK_M = 64
 BLOCK_N = 64
 
@@ -133,8 +135,8 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     `block` (rows per query block = slash tile width) is 64 in the library's semantics; 16 and 32 exist
     for the slash-granularity experiment (benchmarks/granularity.py): finer blocks compute fewer
     elements per scattered slash, on smaller matrix products.
-    tma: read the slash tiles' K/V through TMA tensor descriptors (None: the MINFERENCE_TMA=1 switch; pointer
-    loads, logged once, where the layout or device does not allow it). num_stages: override the tuned pipeline
+    tma: read the slash tiles' K/V through TMA tensor descriptors (None: MINFERENCE_TMA, default auto = on at
+    D >= 128 on sm90+; pointer loads where the layout or device does not allow it). num_stages: override the tuned pipeline
     depth (None: MINFERENCE_NUM_STAGES or the table)."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
@@ -155,8 +157,14 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     warps = max(1, warps * block // BLOCK_M)  # one warp per 16 rows
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
+    # TMA slash tiles: on by default at D >= 128 only (NOTES row 17: -15% time at D=128, +37% at D=64)
+    descs = (tma_descriptors((block, block, 2 * block, 2 * block), bd, k, v, k, v)
+             if use_tma(tma, bd >= 128, k, v) else None)
+    if descs is not None:
+        stages = _TMA_STAGES.get(bd, stages)
+        if q.element_size() == 4:
+            stages = min(stages, 2)
     stages = stages_override(stages, num_stages)
-    descs = tma_descriptors((block, block, 2 * block, 2 * block), bd, k, v, k, v) if use_tma(tma) else None
     if descs is None:  # the descriptor slots are not read (TMA=False): any pointer
         tma_args = (k, v, k, v, 0, 0, 0, 0)
     else:
