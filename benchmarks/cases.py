@@ -68,11 +68,11 @@ def vs(case, q, k, v, S, seed=0):
 
     index_fn()  # compiles the fused estimate, or falls back to the torch one (logged) before the note names it
     fused = use_fused_estimate(q, k, 64)
-    kernel = lambda **kw: vertical_slash_attention_fwd(q, k, v, index, **kw)  # noqa: E731
-    kw, variant = _kernel_variant(case, kernel, q, k, v)
+    kernel = lambda **kkw: vertical_slash_attention_fwd(q, k, v, index, **kkw)  # noqa: E731
+    kernel_kw, variant = _kernel_variant(case, kernel, q, k, v)  # (not `kw`: index_fn reads the index keywords)
     # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
     op_fn = None if aligned or variant else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
-    return Prepared(lambda: kernel(**kw), c, None if variant else index_fn, op_fn,
+    return Prepared(lambda: kernel(**kernel_kw), c, None if variant else index_fn, op_fn,
                     tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
                     + (", fused estimate" if fused else ", torch estimate")
@@ -86,8 +86,10 @@ def _tile_slots(index) -> float:
 
 def _kernel_variant(case, kernel, q, k, v) -> tuple:
     """(kernel keywords, note) of a case's "+tma" / "@sN" variant. A TMA case raises (the runner records an error
-    row) when the descriptors cannot be used, or when its output differs from today's kernel on the same inputs."""
-    kw = {"tma": bool(case.params.get("tma")), "num_stages": case.params.get("stages")}
+    row) when the descriptors cannot be used, or when its output differs from pointer loads on the same inputs.
+    Without "+tma" the kernel's default loads run (TMA where it is on by default; MINFERENCE_TMA=0 forces pointer
+    loads)."""
+    kw = {"tma": True if case.params.get("tma") else None, "num_stages": case.params.get("stages")}
     note = "" if kw["num_stages"] is None else f"num_stages={kw['num_stages']}"
     if kw["tma"]:
         from minference_compile.triton_kernels._common import tma_reason

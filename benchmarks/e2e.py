@@ -469,7 +469,7 @@ def main(argv=None) -> int:
                 via=a.via, layers=a.layers, seed_config=a.seed_config and os.path.basename(a.seed_config),
                 labels={m: METHODS[m][0] for m in methods})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    mode = "+".join(("chunk%d" % c) if c else "oneshot" for c in chunks)
+    mode = "-".join(("chunk%d" % c) if c else "oneshot" for c in chunks)
     base = os.path.join(a.out, f"e2e-{a.shape}-{mode}-{stamp}{('-' + a.tag) if a.tag else ''}")
     print(f"# {meta['card']} torch {meta['torch']} commit {meta['commit']} -> {base}.csv", flush=True)
     t0 = time.time()

@@ -20,7 +20,7 @@ import time
 import traceback
 
 from . import registry as R
-from .fa4_index import ashape_blocks, lists_coverage, lists_from_index, to_lists, to_our_index
+from minference_compile.ops.fa4_lists import ashape_blocks, lists_coverage, lists_from_index, to_lists, to_our_index
 
 FIELDS = ["shape", "Hq", "Hkv", "D", "S", "row", "status", "ms", "coverage", "speedup", "efficiency", "tflops",
           "max_abs_err", "checked_against", "first_call_s", "note"]

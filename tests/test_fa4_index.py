@@ -1,9 +1,9 @@
-"""Our 64x64 block index -> FA4 block-sparse lists (benchmarks/fa4_index.py), checked pair by pair through dense
+"""Our 64x64 block index -> FA4 block-sparse lists (minference_compile/ops/fa4_lists.py), checked pair by pair through dense
 masks on small S against the naive masks (triton_kernels/naive.py). CPU only; FA4 is not needed."""
 import pytest
 import torch
 
-from benchmarks.fa4_index import (ashape_blocks, lists_coverage, lists_from_index, pair_mask, to_lists,
+from minference_compile.ops.fa4_lists import (ashape_blocks, lists_coverage, lists_from_index, pair_mask, to_lists,
                                   to_our_index)
 from minference_compile.triton_kernels import naive
 from minference_compile.triton_kernels.block_sparse_index import block_sparse_index

@@ -1,6 +1,6 @@
 """benchmarks/fa4_peer.py without FA4 or a GPU: the dry run exits 0 with a message, and every row of run_shape
 runs end to end against an emulated flash_attn.cute (the masks FA4 would apply, from the lists we hand it; see
-benchmarks/fa4_index.py) with our Triton kernels interpreted on CPU. Catches a wrong conversion, reference or
+minference_compile/ops/fa4_lists.py) with our Triton kernels interpreted on CPU. Catches a wrong conversion, reference or
 row wiring before the one GPU call; says nothing about FA4 itself."""
 import importlib.util
 import sys
@@ -13,7 +13,7 @@ import torch
 from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
 from benchmarks import cases, fa4_peer, registry, timing
-from benchmarks.fa4_index import FA4Lists, pair_mask
+from fa4_fake import fake_flash_attn_func as _fake_flash_attn_func, install_fake_fa4
 from minference_compile.triton_kernels import naive
 
 HAS_FA4 = importlib.util.find_spec("flash_attn") is not None
@@ -26,39 +26,9 @@ def test_dry_run_exits_zero_with_a_message(capsys, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def _fake_flash_attn_func(q, k, v, causal=False, window_size=(None, None), block_sparse_tensors=None,
-                          mask_mod=None):
-    """What FA4 computes, by dense masks: q [B,S,Hq,D], k/v [B,S,Hkv,D] -> (out [B,S,Hq,D], None)."""
-    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    B, H, S, _ = q.shape
-    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
-    if mask_mod is not None:
-        allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
-    elif causal:
-        allowed = None
-    else:
-        allowed = lambda i, j: torch.ones(S, S, dtype=torch.bool)  # noqa: E731
-    if block_sparse_tensors is not None:
-        t = block_sparse_tensors
-        lists = FA4Lists(t.mask_block_cnt, t.mask_block_idx, t.full_block_cnt, t.full_block_idx, t.block_size)
-        mask = pair_mask(lists, S, allowed)
-    else:
-        mask = j <= i
-        if window_size[0] is not None:
-            mask = mask & (i - j <= window_size[0])
-    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, S, S))
-    return out.transpose(1, 2), None
-
-
 @pytest.fixture
 def fake_fa4(monkeypatch):
-    fa = types.ModuleType("flash_attn")
-    cute = types.ModuleType("flash_attn.cute")
-    bs = types.ModuleType("flash_attn.cute.block_sparsity")
-    cute.flash_attn_func = _fake_flash_attn_func
-    bs.BlockSparseTensorsTorch = Namespace
-    for name, mod in (("flash_attn", fa), ("flash_attn.cute", cute), ("flash_attn.cute.block_sparsity", bs)):
-        monkeypatch.setitem(sys.modules, name, mod)
+    install_fake_fa4(monkeypatch)
     monkeypatch.setattr(fa4_peer, "ashape_mask_mod",
                         lambda init, local: lambda b, h, i, j, s, a: (j <= i) & ((j < init) | (i - j < local)))
     # CPU: fp32 inputs, no CUDA events or syncs, SDPA for the cuDNN row

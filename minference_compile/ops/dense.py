@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import fa4
+
 _MASK_ELEMS_PER_CHUNK = 1 << 24  # bounds the per-chunk bool mask (B * rows * S_kv)
 
 
@@ -23,6 +25,8 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keep: Optiona
     gqa = q.shape[1] != k.shape[1]
     plain = keep is None and positions is None and (window <= 0 or window >= skv)
     if plain and sq == skv:
+        if fa4.reason(q, k) is None:  # the [hopper] extra: FA4 measured 1.15-1.19x cuDNN on the H200
+            return fa4.dense_causal(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa).contiguous()
     if plain and sq == 1:  # decode: the last position sees every key
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa).contiguous()

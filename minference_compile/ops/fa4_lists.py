@@ -1,4 +1,4 @@
-"""Our 64x64 block index -> FlashAttention-4's block-sparse lists (pure torch: no FA4 import, CPU-testable).
+"""Our 64x64 block index and the A-shape -> FlashAttention-4 block-sparse lists (pure torch: no FA4 import, CPU-testable).
 
 FA4 (flash_attn.cute, BlockSparseTensorsTorch) takes, per (batch, q head, FA4 query block m): a "mask" list of
 key blocks it masks element-wise (causal=True: the causal mask; or a mask_mod) and a "full" list it computes

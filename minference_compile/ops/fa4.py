@@ -1,0 +1,139 @@
+"""Optional Hopper path (`pip install minference-compile[hopper]`): FlashAttention-4 (`flash-attn-4`, CuTe DSL,
+JIT-compiled, no build step) runs the A-shape heads and dense causal attention, where it measured faster than our
+Triton kernels (benchmarks/NOTES.md row 21, one H200 at 128K in one run: A-shape 128 + 4096 14.9 ms vs our 19.5 ms
+at D=128, 4.6 vs 5.1 ms at D=64; dense causal 1.15-1.19x cuDNN). Block-sparse and vertical-slash stay on Triton:
+on the same 64x64 blocks FA4 was 5% faster at D=128 and 25% slower at D=64, and its sm90 128-row tiles would
+double vertical-slash's computed work.
+
+FA4 runs a call when flash_attn.cute imports, the tensors are CUDA fp16/bf16 on sm90, the head dim is a multiple of
+8 up to 256, q_len == kv_len (one-shot pre-fill: a chunk's query offset would be a compile-time constant of the
+mask_mod, one compilation per chunk), and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels run. The first
+call of each (dtype, head dim, A-shape window) JIT-compiles (2-6 s on the H200)."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from .fa4_lists import ashape_blocks, to_lists
+
+_log = logging.getLogger("minference_compile")
+BLOCK = (128, 128)  # FA4's sm90 tile: block lists at its granularity (a 128 x 128 A-shape superset, mask_mod exact)
+_ALLOW_CPU = False  # tests: run the plumbing against an emulated flash_attn.cute on CPU tensors
+DENSE = "dense"
+Window = Union[None, str, Tuple[int, int]]  # per q head: None untouched, DENSE causal, (init, local) A-shape
+
+
+@functools.lru_cache(maxsize=1)
+def _import_reason() -> Optional[str]:
+    try:
+        import flash_attn.cute  # noqa: F401
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch  # noqa: F401
+    except Exception as e:  # not installed, or the DSL / driver failed to load: the Triton path runs
+        return f"flash_attn.cute not importable ({type(e).__name__}: {e})"
+    return None
+
+
+def reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
+    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can)."""
+    if os.environ.get("MINFERENCE_FA4", "auto") == "0":
+        return "MINFERENCE_FA4=0"
+    if not _ALLOW_CPU:
+        if not q.is_cuda:
+            return "not a CUDA tensor"
+        if torch.cuda.get_device_capability(q.device)[0] != 9:
+            return "not an sm90 GPU (measured on the H200 only)"
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            return f"dtype {q.dtype}"
+    D = q.shape[-1]
+    if D % 8 or D > 256:
+        return f"head dim {D}"
+    if q.shape[2] != k.shape[2]:
+        return "a pre-fill chunk (q_len < kv_len)"
+    if q.shape[1] % k.shape[1]:
+        return "q heads not a multiple of kv heads"
+    return _import_reason()
+
+
+@functools.lru_cache(maxsize=64)
+def _mask_mod(init: int, local: int):
+    """The A-shape element mask as a CuTe DSL mask_mod: j <= i and (j < init or i - j < local). One function per
+    window: FA4 compiles its closure constants in."""
+    import cutlass.cute as cute
+
+    @cute.jit
+    def ashape_mask(batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        return (kv_idx <= q_idx) & ((kv_idx < init) | (q_idx - kv_idx < local))
+    return ashape_mask
+
+
+@functools.lru_cache(maxsize=16)
+def _ashape_lists(S: int, init: int, local: int, device: torch.device):
+    # O((S / 128)^2) bools once per (length, window); broadcast over batch and heads
+    touched, full = ashape_blocks(S, init, local, *BLOCK, device)
+    return to_lists(touched, full, S, *BLOCK)
+
+
+def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
+    """FA4 on [B,H,S,D] tensors (GQA by head counts) -> [B,Hq,S,D] (a transposed view of FA4's output)."""
+    from flash_attn.cute import flash_attn_func
+    qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # FA4's layout [B,S,H,D]
+    S = q.shape[2]
+    if window == DENSE:
+        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, causal=True)[0]
+    else:
+        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+        lists = _ashape_lists(S, *window, q.device)
+        bst = BlockSparseTensorsTorch(mask_block_cnt=lists.mask_cnt, mask_block_idx=lists.mask_idx,
+                                      full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx,
+                                      block_size=lists.block_size)
+        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, block_sparse_tensors=bst, mask_mod=_mask_mod(*window))[0]
+    return o.transpose(1, 2)
+
+
+def _key(window: Window, S: int) -> Window:
+    if window is None or window == DENSE:
+        return window
+    init, local = int(window[0]), int(window[1])
+    return DENSE if init >= S or local >= S else (init, local)  # a window covering every key is dense causal
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[Window], scale: float,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """q [B,Hq,S,D], k/v [B,Hkv,S,D] (check `reason` first); windows[h] per q head: None (left as in `out`),
+    DENSE (causal) or (init, local) (A-shape). Heads sharing a window run in one FA4 call: all Hq with native GQA,
+    a subset with its K/V heads gathered. Returns out [B,Hq,S,D] (written in place if given)."""
+    B, Hq, S, D = q.shape
+    g = Hq // k.shape[1]
+    keys = [_key(w, S) for w in windows]
+    if out is None:
+        out = torch.zeros_like(q) if any(w is None for w in keys) else torch.empty_like(q)
+    groups = {}
+    for h, w in enumerate(keys):
+        if w is not None:
+            groups.setdefault(w, []).append(h)
+    for w, heads in groups.items():
+        if len(heads) == Hq:
+            o = _run(q, k, v, scale, w)
+            out.copy_(o)
+        else:
+            idx = torch.tensor(heads, device=q.device)
+            o = _run(q.index_select(1, idx), k.index_select(1, idx // g), v.index_select(1, idx // g), scale, w)
+            out[:, heads] = o.to(out.dtype)
+    return out
+
+
+def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A pattern's heads (windows[h] None for the other patterns' heads: the group's head mask, from the host-side
+    specs, so no device sync) through FA4 when it can run them; None otherwise (the caller runs Triton)."""
+    if reason(group.q, group.k) is not None:
+        return None
+    return attend(group.q, group.k, group.v, windows, group.scale, out)
+
+
+def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense causal attention [B,Hq,S,D] (contiguous) through FA4 (check `reason` first)."""
+    return _run(q, k, v, scale, DENSE).contiguous()

@@ -1,0 +1,51 @@
+"""An emulated flash_attn.cute for CPU tests: what FA4 computes from the arguments we hand it (the pairs its block
+lists and mask_mod allow), by dense masks and the fp32 reference. Says nothing about FA4 itself; it catches wrong
+lists, layouts, head gathers and scales in our code before a GPU run."""
+import sys
+import types
+from argparse import Namespace
+
+import torch
+
+from minference_compile.ops.fa4_lists import FA4Lists, pair_mask
+from minference_compile.triton_kernels import naive
+
+
+def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(None, None),
+                         block_sparse_tensors=None, mask_mod=None):
+    """q [B,S,Hq,D], k/v [B,S,Hkv,D] -> (out [B,S,Hq,D], None)."""
+    assert q.shape[1] == k.shape[1], "the emulation covers q_len == kv_len only"
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    B, H, S, _ = q.shape
+    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    if mask_mod is not None:
+        allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
+    elif causal:
+        allowed = None
+    else:
+        allowed = lambda i, j: torch.ones(S, S, dtype=torch.bool)  # noqa: E731
+    if block_sparse_tensors is not None:
+        t = block_sparse_tensors
+        lists = FA4Lists(t.mask_block_cnt, t.mask_block_idx, t.full_block_cnt, t.full_block_idx, t.block_size)
+        mask = pair_mask(lists, S, allowed)
+    else:
+        mask = j <= i
+        if window_size[0] is not None:
+            mask = mask & (i - j <= window_size[0])
+    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, S, S), softmax_scale)
+    return out.transpose(1, 2).to(q.dtype), None
+
+
+def python_mask_mod(init, local):
+    return lambda b, h, i, j, s, a: (j <= i) & ((j < init) | (i - j < local))
+
+
+def install_fake_fa4(monkeypatch, fn=fake_flash_attn_func):
+    fa = types.ModuleType("flash_attn")
+    cute = types.ModuleType("flash_attn.cute")
+    bs = types.ModuleType("flash_attn.cute.block_sparsity")
+    cute.flash_attn_func = fn
+    bs.BlockSparseTensorsTorch = Namespace
+    for name, mod in (("flash_attn", fa), ("flash_attn.cute", cute), ("flash_attn.cute.block_sparsity", bs)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    return cute

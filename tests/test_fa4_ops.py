@@ -1,0 +1,175 @@
+"""The [hopper] extra's FA4 path (minference_compile/ops/fa4.py): which calls it takes, and its outputs against the
+naive references. On CPU through an emulated flash_attn.cute (tests/fa4_fake.py: the pairs our block lists and
+mask_mod allow), so a wrong list, head gather, layout or scale fails here; on an sm90 GPU with flash-attn-4
+installed, the real kernels (tests marked gpu)."""
+import importlib.util
+
+import pytest
+import torch
+
+from test_kernels_triton import CUDA, nan_out  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
+
+from fa4_fake import fake_flash_attn_func, install_fake_fa4, python_mask_mod
+from minference_compile.ops import dense as dense_mod
+from minference_compile.ops import fa4
+from minference_compile.patterns.a_shape import AShape
+from minference_compile.patterns.base import HeadGroup
+from minference_compile.patterns.dense import Dense
+from minference_compile.triton_kernels import naive
+
+HAS_FA4 = importlib.util.find_spec("flash_attn") is not None
+SM90 = CUDA and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """flash_attn.cute emulated on CPU tensors; returns the list of FA4 calls (kwargs names)."""
+    calls = []
+
+    def spy(q, k, v, **kw):
+        calls.append((tuple(q.shape), tuple(k.shape), sorted(kw)))
+        return fake_flash_attn_func(q, k, v, **kw)
+    install_fake_fa4(monkeypatch, spy)
+    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+    monkeypatch.setattr(fa4, "_mask_mod", python_mask_mod)
+    monkeypatch.delenv("MINFERENCE_FA4", raising=False)
+    fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
+    yield calls
+    fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
+
+
+def qkv(B, Hq, Hkv, S, D, dtype=torch.float32, device="cpu"):
+    mk = lambda h: torch.randn(B, h, S, D, device=device).to(dtype)  # noqa: E731
+    return mk(Hq), mk(Hkv), mk(Hkv)
+
+
+def reference(q, k, v, windows, scale):
+    """Per head: naive A-shape / causal reference; heads with window None stay NaN."""
+    out = torch.full(q.shape, float("nan"))
+    S = k.shape[2]
+    for h, w in enumerate(windows):
+        if w is None:
+            continue
+        init, local = (S, S) if w == fa4.DENSE else w
+        g = q.shape[1] // k.shape[1]
+        r = naive.streaming_ref(q[:, h:h + 1].float(), k[:, h // g:h // g + 1].float(), v[:, h // g:h // g + 1].float(),
+                                torch.tensor([init]), torch.tensor([local]), scale)
+        out[:, h:h + 1] = r
+    return out
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+@pytest.mark.parametrize("S", [1, 63, 65, 300])
+@pytest.mark.parametrize("Hq,Hkv,D", [(4, 2, 64), (4, 1, 96), (2, 2, 128)])
+def test_attend_matches_reference(S, Hq, Hkv, D, emulated):
+    torch.manual_seed(S * 7 + Hq)
+    q, k, v = qkv(2, Hq, Hkv, S, D)
+    windows = [(4, 64), fa4.DENSE, None, (0, 100)][:Hq]  # two windows, a dense head, a head left alone
+    out = nan_out(q)
+    fa4.attend(q, k, v, windows, 0.3, out)
+    ref = reference(q, k, v, windows, 0.3)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert len(emulated) == len({fa4._key(w, S) for w in windows if w is not None})  # one call per window
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_all_heads_one_window_use_native_gqa(emulated):
+    q, k, v = qkv(1, 8, 2, 200, 64)
+    out = fa4.attend(q, k, v, [(16, 64)] * 8, 0.125)
+    torch.testing.assert_close(out, reference(q, k, v, [(16, 64)] * 8, 0.125), rtol=1e-4, atol=1e-4)
+    assert emulated == [((1, 200, 8, 64), (1, 200, 2, 64), ["block_sparse_tensors", "mask_mod", "softmax_scale"])]
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_window_covering_every_key_runs_dense(emulated):
+    q, k, v = qkv(1, 2, 2, 100, 64)
+    fa4.attend(q, k, v, [(100, 4), (0, 100)], 0.1)
+    assert [c[2] for c in emulated] == [["causal", "softmax_scale"]]
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_patterns_route_through_fa4_and_back(emulated, monkeypatch):
+    """AShape / Dense attend_cuda take FA4 when it can run, the Triton kernel otherwise (MINFERENCE_FA4=0, a chunk)."""
+    q, k, v = qkv(1, 4, 2, 130, 64)
+    specs = (AShape(4, 32), None, AShape(4, 32), None)
+    group = HeadGroup(q, k, v, 0.2, 64, specs)
+    sel = AShape.select(group)
+    hm = torch.tensor([True, False, True, False])
+    windows = [(4, 32), None, (4, 32), None]
+    out = AShape.attend_cuda(group, sel, hm, nan_out(q))
+    torch.testing.assert_close(out, reference(q, k, v, windows, 0.2), rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert len(emulated) == 1
+    dgroup = HeadGroup(q, k, v, 0.2, 64, (None, Dense(), None, Dense()))
+    out = Dense.attend_cuda(dgroup, None, ~hm, out)
+    torch.testing.assert_close(out, reference(q, k, v, [(4, 32), fa4.DENSE, (4, 32), fa4.DENSE], 0.2),
+                               rtol=1e-4, atol=1e-4)
+    assert len(emulated) == 2
+    monkeypatch.setenv("MINFERENCE_FA4", "0")  # the Triton kernel (interpreted on CPU) instead
+    out = AShape.attend_cuda(group, sel, hm, nan_out(q))
+    torch.testing.assert_close(out, reference(q, k, v, windows, 0.2), rtol=1e-4, atol=1e-4, equal_nan=True)
+    assert len(emulated) == 2
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_dense_attention_uses_fa4_for_one_shot_causal_only(emulated):
+    q, k, v = qkv(1, 4, 2, 90, 64)
+    out = dense_mod.dense_attention(q, k, v, 0.125)
+    torch.testing.assert_close(out, naive.dense_causal_ref(q, k, v, 0.125), rtol=1e-4, atol=1e-4)
+    assert len(emulated) == 1 and out.is_contiguous()
+    dense_mod.dense_attention(q[:, :, 60:], k, v, 0.125)  # a chunk: not FA4
+    dense_mod.dense_attention(q, k, v, 0.125, keep=torch.ones(1, 90, dtype=torch.bool))  # padding: not FA4
+    assert len(emulated) == 1
+
+
+def test_reason_names_what_blocks_fa4(monkeypatch):
+    q, k = torch.zeros(1, 4, 8, 64), torch.zeros(1, 2, 8, 64)
+    assert fa4.reason(q, k) == "not a CUDA tensor"
+    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+    monkeypatch.setenv("MINFERENCE_FA4", "0")
+    assert fa4.reason(q, k) == "MINFERENCE_FA4=0"
+    monkeypatch.delenv("MINFERENCE_FA4")
+    assert fa4.reason(torch.zeros(1, 4, 8, 60), torch.zeros(1, 2, 8, 60)) == "head dim 60"
+    assert fa4.reason(q[:, :, :4], k) == "a pre-fill chunk (q_len < kv_len)"
+    assert fa4.reason(q, torch.zeros(1, 3, 8, 64)) == "q heads not a multiple of kv heads"
+    fa4._import_reason.cache_clear()
+    if not HAS_FA4:
+        assert "not importable" in fa4.reason(q, k)
+    fa4._import_reason.cache_clear()
+
+
+# ---- the real FA4 on an sm90 GPU (flash-attn-4 installed: the [hopper] extra) ----
+needs_fa4 = pytest.mark.skipif(not (SM90 and HAS_FA4), reason="needs an sm90 GPU and flash-attn-4")
+
+
+@pytest.mark.gpu
+@needs_fa4
+@pytest.mark.parametrize("S", [1, 63, 65, 1000])
+@pytest.mark.parametrize("Hq,Hkv,D", [(4, 2, 64), (4, 1, 96), (2, 2, 128)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype):
+    torch.manual_seed(S + D)
+    q, k, v = qkv(2, Hq, Hkv, S, D, dtype, "cuda")
+    assert fa4.reason(q, k) is None, fa4.reason(q, k)
+    windows = [(4, 64), fa4.DENSE, None, (0, 100)][:Hq]
+    out = torch.full_like(q, float("nan"))
+    fa4.attend(q, k, v, windows, D ** -0.5, out)
+    ref = reference(q.cpu(), k.cpu(), v.cpu(), windows, D ** -0.5)
+    torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2, equal_nan=True)
+    d = fa4.dense_causal(q, k, v, D ** -0.5)
+    ref_d = naive.dense_causal_ref(q.float(), k.float(), v.float(), D ** -0.5)
+    torch.testing.assert_close(d.float(), ref_d, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@needs_fa4
+def test_fa4_gpu_sparse_prefill_equals_triton(monkeypatch):
+    """The registered op on an A-shape + dense layer: FA4 on and off (Triton) agree within bf16 tolerance."""
+    torch.manual_seed(0)
+    q, k, v = qkv(1, 8, 2, 4096, 128, torch.bfloat16, "cuda")
+    patterns, vs, ss = [2] * 6 + [0] * 2, [64] * 6 + [0] * 2, [512] * 6 + [0] * 2
+    on = torch.ops.minference.sparse_prefill(q, k, v, patterns, vs, ss, 128 ** -0.5, 0, 64)
+    monkeypatch.setenv("MINFERENCE_FA4", "0")
+    off = torch.ops.minference.sparse_prefill(q, k, v, patterns, vs, ss, 128 ** -0.5, 0, 64)
+    torch.testing.assert_close(on.float(), off.float(), rtol=2e-2, atol=2e-2)
