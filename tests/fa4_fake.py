@@ -14,10 +14,11 @@ from minference_compile.triton_kernels import naive
 def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(None, None),
                          block_sparse_tensors=None, mask_mod=None):
     """q [B,S,Hq,D], k/v [B,S,Hkv,D] -> (out [B,S,Hq,D], None)."""
-    assert q.shape[1] == k.shape[1], "the emulation covers q_len == kv_len only"
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    B, H, S, _ = q.shape
-    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    B, H, Sq, _ = q.shape
+    S = k.shape[2]
+    assert Sq == S or (causal and block_sparse_tensors is None and mask_mod is None), "chunks: dense causal only"
+    i, j = torch.arange(S - Sq, S)[:, None], torch.arange(S)[None, :]  # bottom-right aligned, as FA4's causal
     if mask_mod is not None:
         allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
     elif causal:
@@ -32,7 +33,7 @@ def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=
         mask = j <= i
         if window_size[0] is not None:
             mask = mask & (i - j <= window_size[0])
-    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, S, S), softmax_scale)
+    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, Sq, S), softmax_scale)
     return out.transpose(1, 2).to(q.dtype), None
 
 

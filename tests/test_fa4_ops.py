@@ -106,10 +106,17 @@ def test_patterns_route_through_fa4_and_back(emulated, monkeypatch):
     torch.testing.assert_close(out, reference(q, k, v, [(4, 32), fa4.DENSE, (4, 32), fa4.DENSE], 0.2),
                                rtol=1e-4, atol=1e-4)
     assert len(emulated) == 2
+    chunk = HeadGroup(q[:, :, 100:], k, v, 0.2, 64, specs)  # an A-shape chunk: Triton (mask_mod has no offset)
+    AShape.attend_cuda(chunk, AShape.select(chunk), hm, nan_out(chunk.q))
+    assert len(emulated) == 2
+    dchunk = HeadGroup(q[:, :, 100:], k, v, 0.2, 64, (None, Dense(), None, Dense()))
+    o = Dense.attend_cuda(dchunk, None, ~hm, nan_out(dchunk.q))  # a dense chunk: FA4
+    assert len(emulated) == 3
+    torch.testing.assert_close(o[:, 1::2], naive.dense_causal_ref(q[:, 1::2, 100:], k, v, 0.2), rtol=1e-4, atol=1e-4)
     monkeypatch.setenv("MINFERENCE_FA4", "0")  # the Triton kernel (interpreted on CPU) instead
     out = AShape.attend_cuda(group, sel, hm, nan_out(q))
     torch.testing.assert_close(out, reference(q, k, v, windows, 0.2), rtol=1e-4, atol=1e-4, equal_nan=True)
-    assert len(emulated) == 2
+    assert len(emulated) == 3
 
 
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
@@ -118,9 +125,12 @@ def test_dense_attention_uses_fa4_for_one_shot_causal_only(emulated):
     out = dense_mod.dense_attention(q, k, v, 0.125)
     torch.testing.assert_close(out, naive.dense_causal_ref(q, k, v, 0.125), rtol=1e-4, atol=1e-4)
     assert len(emulated) == 1 and out.is_contiguous()
-    dense_mod.dense_attention(q[:, :, 60:], k, v, 0.125)  # a chunk: not FA4
+    chunk = dense_mod.dense_attention(q[:, :, 60:], k, v, 0.125)  # a chunk: FA4's bottom-right causal mask
+    torch.testing.assert_close(chunk, naive.dense_causal_ref(q[:, :, 60:], k, v, 0.125), rtol=1e-4, atol=1e-4)
+    assert len(emulated) == 2
+    dense_mod.dense_attention(q[:, :, 89:], k, v, 0.125)  # decode: SDPA
     dense_mod.dense_attention(q, k, v, 0.125, keep=torch.ones(1, 90, dtype=torch.bool))  # padding: not FA4
-    assert len(emulated) == 1
+    assert len(emulated) == 2
 
 
 def test_reason_names_what_blocks_fa4(monkeypatch):
@@ -132,6 +142,8 @@ def test_reason_names_what_blocks_fa4(monkeypatch):
     monkeypatch.delenv("MINFERENCE_FA4")
     assert fa4.reason(torch.zeros(1, 4, 8, 60), torch.zeros(1, 2, 8, 60)) == "head dim 60"
     assert fa4.reason(q[:, :, :4], k) == "a pre-fill chunk (q_len < kv_len)"
+    assert fa4.reason(q[:, :, :4], k, chunk_ok=True) in (None, fa4._import_reason())
+    assert fa4.reason(q[:, :, :1], k, chunk_ok=True) == "a pre-fill chunk (q_len < kv_len)"  # decode: SDPA
     assert fa4.reason(q, torch.zeros(1, 3, 8, 64)) == "q heads not a multiple of kv heads"
     fa4._import_reason.cache_clear()
     if not HAS_FA4:
@@ -157,9 +169,13 @@ def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype):
     fa4.attend(q, k, v, windows, D ** -0.5, out)
     ref = reference(q.cpu(), k.cpu(), v.cpu(), windows, D ** -0.5)
     torch.testing.assert_close(out.float().cpu(), ref, rtol=2e-2, atol=2e-2, equal_nan=True)
-    d = fa4.dense_causal(q, k, v, D ** -0.5)
-    ref_d = naive.dense_causal_ref(q.float(), k.float(), v.float(), D ** -0.5)
-    torch.testing.assert_close(d.float(), ref_d, rtol=2e-2, atol=2e-2)
+    for q_len in [S] + ([S // 3] if S // 3 > 1 else []):  # one shot, and a pre-fill chunk (the last q_len positions)
+        qc = q[:, :, S - q_len:]
+        if q_len < S:
+            assert fa4.reason(qc, k, chunk_ok=True) is None
+        d = fa4.dense_causal(qc, k, v, D ** -0.5)
+        ref_d = naive.dense_causal_ref(qc.float(), k.float(), v.float(), D ** -0.5)
+        torch.testing.assert_close(d.float(), ref_d, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.gpu

@@ -6,8 +6,9 @@ on the same 64x64 blocks FA4 was 5% faster at D=128 and 25% slower at D=64, and 
 double vertical-slash's computed work.
 
 FA4 runs a call when flash_attn.cute imports, the tensors are CUDA fp16/bf16 on sm90, the head dim is a multiple of
-8 up to 256, q_len == kv_len (one-shot pre-fill: a chunk's query offset would be a compile-time constant of the
-mask_mod, one compilation per chunk), and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels run. The first
+8 up to 256, q_len == kv_len for A-shape (a pre-fill chunk's query offset would be a compile-time constant of the
+mask_mod: one compilation per chunk; dense causal runs chunks too, FA4's causal mask being bottom-right aligned),
+and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels (and the flash prefix path for dense chunks) run. The first
 call of each (dtype, head dim, A-shape window) JIT-compiles (2-6 s on the H200)."""
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ def _import_reason() -> Optional[str]:
     return None
 
 
-def reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
-    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can)."""
+def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional[str]:
+    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can). chunk_ok: dense
+    causal only, where a pre-fill chunk (Sq < S, the last Sq positions) is FA4's own bottom-right causal mask."""
     if os.environ.get("MINFERENCE_FA4", "auto") == "0":
         return "MINFERENCE_FA4=0"
     if not _ALLOW_CPU:
@@ -51,7 +53,7 @@ def reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
     D = q.shape[-1]
     if D % 8 or D > 256:
         return f"head dim {D}"
-    if q.shape[2] != k.shape[2]:
+    if q.shape[2] != k.shape[2] and not (chunk_ok and 1 < q.shape[2] < k.shape[2]):
         return "a pre-fill chunk (q_len < kv_len)"
     if q.shape[1] % k.shape[1]:
         return "q heads not a multiple of kv heads"
@@ -129,11 +131,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
 def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A pattern's heads (windows[h] None for the other patterns' heads: the group's head mask, from the host-side
     specs, so no device sync) through FA4 when it can run them; None otherwise (the caller runs Triton)."""
-    if reason(group.q, group.k) is not None:
+    dense_only = all(w is None or w == DENSE for w in windows)
+    if reason(group.q, group.k, chunk_ok=dense_only) is not None:
         return None
     return attend(group.q, group.k, group.v, windows, group.scale, out)
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Dense causal attention [B,Hq,S,D] (contiguous) through FA4 (check `reason` first)."""
+    """Dense causal attention [B,Hq,Sq,D] (contiguous; Sq <= S: the last Sq positions) through FA4 (check
+    `reason(q, k, chunk_ok=True)` first)."""
     return _run(q, k, v, scale, DENSE).contiguous()
