@@ -149,6 +149,14 @@ for m in $modes; do
       PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH} TVM_FFI_DISABLE_TORCH_C_DLPACK=1 \
       FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache \
         timeout ${FA4_S:-500} python3 -m benchmarks.fa4_peer --seq ${FA4_SEQ:-128k} --shapes ${FA4_SHAPES:-llama3-8b,qwen2.5-0.5b} --max-minutes ${FA4_MIN:-7.3} --out "$OUT" ${FA4_ARGS:-} 2>&1 | tee "$OUT/fa4_peer.log" | tail -45 ;;
+    fa4-env)  # the [hopper] extra for the modes after it: FA4 from /tmp/fa4 (fa4-install) on the path
+      export PYTHONPATH=/tmp/fa4:/tmp/fa4/nvidia_cutlass_dsl/dsl_packages${PYTHONPATH:+:$PYTHONPATH} TVM_FFI_DISABLE_TORCH_C_DLPACK=1 \
+        FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
+      python3 -c "from minference_compile.ops import fa4; import torch; q = torch.zeros(1, 2, 8, 64, device='cuda', dtype=torch.bfloat16); print('fa4 path:', fa4.reason(q, q) or 'on')" ;;
+    fa4tests)  # the [hopper] extra's GPU tests (after fa4-install fa4-env): FA4 A-shape / dense vs the naive references, op on/off
+      timeout ${FA4T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_fa4_ops.py 2>&1 | tee "$OUT/tests_fa4.log" | tail -8 ;;
+    vsest-time)  # the fused VS estimate vs the torch one: VS rows at 128K (index share), one process each (the switch is read per call)
+      for f in 1 0; do MINFERENCE_FUSED_ESTIMATE=$f timeout 90 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-fused$f 2>&1 | tail -14; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done
