@@ -194,6 +194,13 @@ def run_shape(shape, S, a, rows):
     x.row(f"fa4-window-{local}", x.fa4(causal=True, window_size=(local - 1, 0)), c_win,
           lambda: streaming_attention_fwd(q, k, v, it0, lt), f"ours-ashape-0+{local}", "sliding window, no sink")
     x.row(f"ours-ashape-0+{local}", lambda: streaming_attention_fwd(q, k, v, it0, lt), c_win)
+    if init == R.ASHAPE[0] and local == R.ASHAPE[1] and not getattr(a, "no_flex", False):
+        # FlexAttention with the same A-shape block mask, in the same process (issue 12: A-shape vs Flex)
+        try:
+            fx = C.prepare(R.CASE_BY_NAME[f"flex-ashape-{init}+{local}"], q, k, v, S)
+            x.row(f"flex-ashape-{init}+{local}", fx.fn, c_as, note=fx.note)
+        except Exception as e:
+            x._record({**x.base, "row": f"flex-ashape-{init}+{local}", "status": "error", "note": f"flex: {e}"})
 
 
 def _f(v, fmt):
