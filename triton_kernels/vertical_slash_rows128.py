@@ -5,7 +5,8 @@ the columns are the per-block index's, each half checking its own slash coverage
 import triton
 import triton.language as tl
 
-from ._common import _attn_tile, _q_tile, _softmax_init, _store_o_tile
+from . import _common
+from ._common import _attn_tile, _q_tile, _softmax_init, _store_o_tile, stages_override
 
 # BLOCK_D -> (num_warps, num_stages) for 128 x 64 tiles, untuned: the A-shape kernel's 128-row configs (NOTES #3,
 # #14) for warps; 1 stage as the per-block kernel's pointer loads (index-dependent tiles), 3 with TMA (NOTES #17)
@@ -107,13 +108,12 @@ def launch(q, k, v, work, idx, tiles, hm, prefix, n_pref: int, aligned: bool, qk
            tma: bool, num_stages, num_warps):
     """Run _vs128_fwd_kernel for the prepared tensors of vertical_slash_attention_fwd (idx: the contiguous VSIndex,
     tiles: its RowPairTiles)."""
-    from ._common import stages_override, tma_descriptors
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     nqb = idx.tile_begin.shape[-1]
     n_prog = tiles.tile_begin.shape[-1]
     assert n_prog == triton.cdiv(nqb, 2), "RowPairTiles built for another q_len"
-    descs = tma_descriptors((HALF, HALF), bd, k, v) if tma else None
+    descs = _common.tma_descriptors((HALF, HALF), bd, k, v) if tma else None
     warps, stages = (CFG if descs is None else CFG_TMA).get(bd, (8, 1))
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
