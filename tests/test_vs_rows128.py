@@ -233,3 +233,38 @@ def test_rows_switches(device, monkeypatch):
     wrong = row_pair_tiles(idx, S)._replace(tile_begin=torch.zeros(B, Hq, 1, dtype=torch.int32, device=device))
     with pytest.raises(AssertionError, match="another q_len"):
         vertical_slash_attention_fwd(q, k, v, wrong)
+
+
+# ---- benchmark plumbing (CPU tensors under the interpreter: the set-up runs, nothing is timed) ----
+
+def test_benchmark_m128_cases(device):
+    from benchmarks import cases as C
+    from benchmarks import registry as R
+    names = ["vs-1000/6096+m128", "vs-100/800+m128@s2", "vs-1000/6096+m128+tma@s3@w4", "vs-100/800+m128@w8"]
+    cases = R.parse_cases(",".join(names))
+    assert [c.params.get("rows") for c in cases] == [128] * 4 and cases[2].params["tma"]
+    assert (cases[1].params["stages"], cases[2].params["warps"], cases[3].params["warps"]) == (2, 4, 8)
+    assert not any("m128" in c.name for c in R.parse_cases(None))  # not in the default list
+    S = 130
+    q, k, v = (torch.randn(1, h, S, 64, device=device).to(DTYPES[0]) for h in (4, 2, 2))
+    small = type(cases[0])("vs-small+m128@s1@w4", "vs", {"nv": 20, "ns": 30, "rows": 128, "stages": 1, "warps": 4})
+    p = C.vs(small, q, k, v, S)
+    assert "rows=128" in p.note and "num_stages=1" in p.note and "num_warps=4" in p.note
+    assert p.op_fn is None and p.index_fn is None
+    plain = C.vs(type(small)("vs-small", "vs", {"nv": 20, "ns": 30}), q, k, v, S)
+    assert plain.op_fn is not None and "rows" not in plain.note and p.tile_cov >= plain.tile_cov
+    torch.testing.assert_close(p.fn(), plain.fn(), atol=1e-4, rtol=1e-4)
+
+
+def test_benchmark_m128_case_fails_soft(device, monkeypatch):
+    # a 128-row case whose output differs from the 64-row kernel raises: the runner records an error row
+    from benchmarks import cases as C
+    from minference_compile.triton_kernels import vertical_slash
+    real = vertical_slash.vertical_slash_attention_fwd
+    wrong = lambda *a, **kw: real(*a, **kw) + (1.0 if kw.get("rows") == 128 else 0.0)  # noqa: E731
+    monkeypatch.setattr(vertical_slash, "vertical_slash_attention_fwd", wrong)
+    S = 130
+    q, k, v = (torch.randn(1, h, S, 64, device=device).to(DTYPES[0]) for h in (2, 1, 1))
+    from benchmarks.registry import Case
+    with pytest.raises(RuntimeError, match="rows=128 output differs"):
+        C.vs(Case("vs-small+m128", "vs", {"nv": 20, "ns": 30, "rows": 128}), q, k, v, S)
