@@ -88,8 +88,7 @@ for m in $modes; do
       # against the 64-row kernel (the compiled tests: mode vs128tests)
       V128=dense-cudnn,vs-1000/6096,vs-1000/6096+m128,vs-1000/6096+tma@s3,vs-1000/6096+m128+tma@s3,vs-100/800,vs-100/800+m128,vs-100/800+tma@s3,vs-100/800+m128+tma@s3
       for sh in llama3-8b qwen2.5-0.5b; do
-        if [ $sh = llama3-8b ]; then extra=vs-1000/6096+m128@w4,vs-1000/6096+m128@s2; else extra=vs-1000/6096+m128@w8,vs-1000/6096+m128@s2; fi
-        timeout ${VS128_S:-72} python3 -m benchmarks.run --shapes $sh --lengths 128k --cases ${VS128_CASES:-$V128,$extra} --no-index --max-minutes ${VS128_MIN:-0.9} --commit "$COMMIT" --out "$OUT" --tag vs128-$sh 2>&1 | tail -16
+        timeout ${VS128_S:-72} python3 -m benchmarks.run --shapes $sh --lengths 128k --cases ${VS128_CASES:-$V128,vs-1000/6096+m128@w4,vs-1000/6096+m128@s2} --no-index --max-minutes ${VS128_MIN:-0.9} --commit "$COMMIT" --out "$OUT" --tag vs128-$sh 2>&1 | tail -16
       done ;;
     vs128tests)  # the 128-row VS kernel's tests, compiled (bf16/fp16, S up to 4096, TMA)
       timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_vs_rows128.py 2>&1 | tee "$OUT/tests_vs128.log" | tail -8 ;;

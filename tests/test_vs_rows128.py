@@ -268,3 +268,24 @@ def test_benchmark_m128_case_fails_soft(device, monkeypatch):
     from benchmarks.registry import Case
     with pytest.raises(RuntimeError, match="rows=128 output differs"):
         C.vs(Case("vs-small+m128", "vs", {"nv": 20, "ns": 30, "rows": 128}), q, k, v, S)
+
+
+@pytest.mark.parametrize("name", ["vertical_and_slash", "vertical_and_slash_adaptive"])
+def test_registry_kernel_path_with_the_switch(name, device, monkeypatch):
+    # MINFERENCE_VS_ROWS=128 reaches the patterns' kernel path (sparse_prefill on CUDA): same output as the reference
+    from minference_compile.patterns import REGISTRY, HeadGroup
+    from test_patterns import SPECS
+    launches = []
+    real = vertical_slash_rows128.launch
+    monkeypatch.setattr(vertical_slash_rows128, "launch", lambda *a, **kw: launches.append(1) or real(*a, **kw))
+    monkeypatch.setenv("MINFERENCE_VS_ROWS", "128")
+    S, Hq, Hkv, D = 130, 4, 2, 64
+    q, k, v = qkv(S, Hq, Hkv, D, DTYPES[0], device)
+    a, b = SPECS[name]
+    specs = (a, None, b, None)
+    group = HeadGroup(q, k, v, D ** -0.5, 64, specs)
+    hm = torch.tensor([s is not None for s in specs], device=device)
+    cls = REGISTRY[name]
+    selection = cls.select(group)
+    check(cls.attend_cuda(group, selection, hm, nan_out(q)), cls.reference(group, selection), DTYPES[0], hm)
+    assert launches
