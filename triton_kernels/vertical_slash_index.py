@@ -163,3 +163,79 @@ def work_share(index: VSIndex, seq_len: int, block: int = 64, q_len: Optional[in
     cols = index.column_count.sum(-1, dtype=torch.float32)
     sq = seq_len if q_len is None else q_len
     return ((tiles + 2 * wide) * block * block + cols * block) / causal_pairs(sq, seq_len)
+
+
+# ---- 128-row programs (opt-in, benchmarks/NOTES.md #21): one program per two consecutive query blocks ----
+class RowPairTiles(NamedTuple):
+    """The slash tiles of 128-row programs (query blocks 2p and 2p + 1, program start m0 = that of block 2p), built
+    from a VSIndex by `row_pair_tiles`. A component (s_hi, s_lo) covers keys [m0 - s_hi, m0 - s_lo + 64) for block
+    2p and the same range shifted by +64 for block 2p + 1; their union [m0 - s_hi, m0 - s_lo + 128) is walked once
+    in 64-key tiles d = s_hi, s_hi - 64, ... (T + 1 tiles where each block has T). A row of the program whose block
+    starts at mb attends key j of tile d iff mb - s_hi <= j < mb - s_lo + 64 (and causal): the second block skips
+    the first tile of each component, the first block the added last one."""
+    index: "VSIndex"            # the per-block index (columns, their coverage check, column_count)
+    tile_offset: torch.Tensor   # [B,H,NT2] int32 d, descending; keys [m0 - d, m0 - d + 64); padding after the count
+    tile_lo: torch.Tensor       # [B,H,NT2] int32 s_lo of the tile's component
+    tile_hi: torch.Tensor       # [B,H,NT2] int32 s_hi of the tile's component
+    tile_count: torch.Tensor    # [B,H]     int32 valid tiles
+    tile_begin: torch.Tensor    # [B,H,NP]  int32 first tile reaching key >= 0 in program p (d < m0 + 64), NP = ceil(NQB / 2)
+
+
+def row_pair_tiles(index: VSIndex, seq_len: int, q_len: Optional[int] = None, block: int = 64) -> RowPairTiles:
+    """VSIndex (any pairing, block-rounded or aligned) -> RowPairTiles for programs of two `block`-row query blocks.
+    Wide tiles are split back into their two 64-key tiles; each component gets one more tile after its last (d - 64,
+    needed by the second block only). O(NS) per head, vectorised, no host sync."""
+    S = int(seq_len)
+    sq = S if q_len is None else int(q_len)
+    B, H = index.tile_count.shape
+    dev = index.tile_offset.device
+    nqb = index.tile_begin.shape[-1]
+    n_prog = -(-nqb // 2)
+    nt, nw = index.tile_offset.shape[-1], index.wide_offset.shape[-1]
+    ok_t = torch.arange(nt, device=dev) < index.tile_count[..., None]
+    ok_w = torch.arange(nw, device=dev) < index.wide_count[..., None]
+    wide_d = index.wide_offset.long()
+    d = torch.cat([index.tile_offset.long(), wide_d, wide_d - block], -1)
+    lo = torch.cat([index.tile_lo, index.wide_lo, index.wide_lo], -1).long()
+    ok = torch.cat([ok_t, ok_w, ok_w], -1)
+    # tile offsets are distinct across components (disjoint offset ranges), so one descending sort merges the lists
+    d, order = torch.where(ok, d, _TILE_PAD).sort(-1, descending=True)
+    lo = lo.gather(-1, order)
+    ok = d > _TILE_PAD
+    n = d.shape[-1]
+    pos = torch.arange(n, device=dev).expand(B, H, n)
+    # s_lo is distinct per component: a component's first tile is where s_lo changes; its last the one with d <= s_lo
+    first = ok.clone()
+    first[..., 1:] &= lo[..., 1:] != lo[..., :-1]
+    hi = d.gather(-1, torch.cummax(torch.where(first, pos, 0), -1).values)
+    last = ok & (d <= lo)
+    # each last tile is followed by one more (d - 64): shift everything after it by one slot
+    n_last = last.long().cumsum(-1)
+    cap = n + nt + nw  # components <= entries of the two lists
+    dst = torch.where(ok, pos + n_last - last.long(), cap)
+    dst_x = torch.where(last, pos + n_last, cap)
+
+    def place(x, x_extra):
+        out = torch.full((B, H, cap + 1), _TILE_PAD, dtype=torch.int64, device=dev)
+        return out.scatter(-1, dst, x).scatter(-1, dst_x, x_extra)[..., :cap]
+
+    off2, lo2, hi2 = place(d, d - block), place(lo, lo), place(hi, hi)
+    count = ok.sum(-1) + last.sum(-1)
+    m0 = torch.arange(n_prog, device=dev, dtype=torch.int64) * 2 * block + (S - sq)
+    begin = torch.searchsorted((-off2).contiguous(), (-(m0 + block)).expand(B, H, n_prog).contiguous(), right=True)
+    i32 = torch.int32
+    return RowPairTiles(index, off2.to(i32).contiguous(), lo2.to(i32).contiguous(), hi2.to(i32).contiguous(),
+                        count.to(i32).contiguous(), begin.to(i32).contiguous())
+
+
+def row_pair_work_share(tiles: RowPairTiles, seq_len: int, block: int = 64,
+                        q_len: Optional[int] = None) -> torch.Tensor:
+    """[B,H] fp32: pairs the 128-row kernel computes (2 block x block per slash tile step, 2 block rows per gathered
+    column, a lone last block's program counted whole) over the causal pairs, as `work_share` for 64 rows."""
+    steps = (tiles.tile_count.unsqueeze(-1) - tiles.tile_begin).clamp(min=0).sum(-1, dtype=torch.float32)
+    ccnt = tiles.index.column_count
+    cols = ccnt[..., 1::2].sum(-1, dtype=torch.float32)
+    if ccnt.shape[-1] % 2:  # the lone last block's columns
+        cols = cols + ccnt[..., -1].float()
+    sq = seq_len if q_len is None else q_len
+    return (steps * 2 * block * block + cols * 2 * block) / causal_pairs(sq, seq_len)
