@@ -35,7 +35,7 @@ class CacheCapacityError(ValueError):
 
 
 class PrefillLayer(CacheLayerMixin):
-    """One layer: K/V buffers [B, Hkv, capacity, D] written in place; `keys`/`values` are views of the filled
+    """One layer: K/V buffers [B, Hkv, capacity + 1, D] written in place; `keys`/`values` are views of the filled
     prefix [B, Hkv, filled, D] (what a DynamicLayer holds)."""
 
     is_compileable = False  # the same mask creation as a DynamicCache (transformers skips is_causal when True)
@@ -54,8 +54,10 @@ class PrefillLayer(CacheLayerMixin):
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         B, H, _, Dk = key_states.shape
-        self.key_buffer = key_states.new_empty(B, H, self.capacity, Dk)
-        self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
+        # one spare row past the capacity (never written): a filled view covering its whole buffer would be
+        # contiguous, a property Dynamo guards on, so the chunk that fills the buffer would compile again
+        self.key_buffer = key_states.new_empty(B, H, self.capacity + 1, Dk)
+        self.value_buffer = value_states.new_empty(B, H, self.capacity + 1, value_states.shape[-1])
         self._filled = key_states.new_empty(0, 0)
         self.keys, self.values = self.key_buffer[:, :, :0], self.value_buffer[:, :, :0]
         self.is_initialized = True
@@ -67,7 +69,7 @@ class PrefillLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         start = self._filled.shape[1]
         end = start + key_states.shape[-2]
-        if end > self.key_buffer.shape[2]:
+        if end >= self.key_buffer.shape[2]:  # > capacity
             raise CacheCapacityError(
                 f"PrefillCache capacity {self.capacity} exceeded: {start} tokens cached + {key_states.shape[-2]} new "
                 f"= {end}; build the cache with a larger capacity (prompt length + max_new_tokens)")

@@ -91,6 +91,20 @@ def test_compiled_equals_dynamic_sparse_every_chunk_two_graphs(fresh, arch, batc
     assert torch.equal(greedy_continue(model, cache, logits, 4), want)
 
 
+@pytest.mark.parametrize("chunk,batch,room", [(64, 1, 0), (96, 2, 3), (128, 1, 0)])
+def test_one_graph_for_every_later_chunk(fresh, chunk, batch, room):
+    """Plain Dynamo (backend="eager"), dynamic=True, 7 chunks (a shorter last one), the buffer filled exactly
+    (room 0) or not: 2 graphs (the first chunk, then every later one). Without chunked_prefill's mark_dynamic the
+    filled length is duck-sized with the chunk length at the second chunk and the third compiles again."""
+    model, ids = build(), prompt(batch, 6 * chunk + 10)
+    fwd = torch.compile(model.forward, backend="eager", dynamic=True)
+    counters.clear()
+    cache, logits = chunked_prefill(model, ids, chunk, forward=fwd, max_new_tokens=room)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
+    _, ref = chunked_prefill(model, ids, chunk, "dynamic")
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_inductor_writes_the_buffers_in_place(fresh):
     """Inductor reinplaces the functionalised copy: a later chunk's code writes into the K/V buffer inputs and
     allocates nothing of the buffers' (capacity) length; the buffers keep their storage across chunks."""
