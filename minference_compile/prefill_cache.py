@@ -17,8 +17,8 @@ into the sparse op as with a DynamicCache.
     cache = PrefillCache(capacity=prompt_len + max_new_tokens, config=model.config)
     cache, logits = chunked_prefill(model, ids, 65536, forward=fwd, cache=cache)   # chunked_prefill's default
 
-Sliding-window layers keep the whole prefix (the mask applies the window); models with linear-attention or
-KV-sharing layers are refused.
+Sliding-window layers keep the whole prefix (the mask applies the window); models with other layer types
+(linear attention, KV sharing, chunked attention) are refused.
 """
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ class PrefillLayer(CacheLayerMixin):
         raise NotImplementedError("PrefillCache does not offload (its buffers are written in place)")
 
 
-_ATTENTION_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+_ATTENTION_TYPES = ("full_attention", "sliding_attention")
 
 
 class PrefillCache(Cache):

@@ -65,6 +65,21 @@ def test_eager_equals_dynamic_cache(arch, batch, chunk):
     assert cache.get_seq_length() == 335 and shares_buffer(cache)
 
 
+def test_sliding_window_layers_keep_the_prefix():
+    """Qwen2 with a 64-token sliding window in its last layer: the PrefillCache keeps every token (the mask applies
+    the window), a DynamicCache trims to the window; same logits and tokens."""
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(**SMALL, use_sliding_window=True, sliding_window=64, max_window_layers=1)
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    ids = prompt(2, 300)
+    dyn, ref = chunked_prefill(model, ids, 96, "dynamic")
+    cache, logits = chunked_prefill(model, ids, 96, max_new_tokens=3)
+    assert cache.layers[1].keys.shape[2] == 300
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(greedy_continue(model, cache, logits, 4), greedy_continue(model, dyn, ref, 4))
+
+
 def test_prefix_continues():
     model, ids = build(), prompt(1, 320)
     cache, _ = chunked_prefill(model, ids[:, :192], 64, max_new_tokens=128)
