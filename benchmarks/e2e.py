@@ -2,7 +2,8 @@
 dense vs our backend (A-shape, block-sparse, vertical-slash on injected index sets, the seed's per-head config).
 
     python -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k [--methods a,b] [--seed-config PATH]
-    python -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape [--cache dynamic]
+    python -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape
+                              [--cache dynamic]    # chunked rows: the DynamicCache instead of the in-place PrefillCache
     python -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --methods eager-sdpa --layers 4
     python -m benchmarks.e2e --dry-run            # tiny random Llama on CPU, seconds: checks the plumbing only
 
@@ -470,7 +471,8 @@ def main(argv=None) -> int:
     chunks = [int(parse_lengths(c)[0]) if c.strip() not in ("", "0") else 0 for c in str(a.chunk).split(",")]
     a.chunk = chunks[0]
     meta.update(shape=a.shape, model=MODEL_SHAPES[a.shape][2], lengths=lengths, methods=methods, chunk=chunks,
-                cache=a.cache, via=a.via, layers=a.layers, seed_config=a.seed_config and os.path.basename(a.seed_config),
+                cache=a.cache, via=a.via, layers=a.layers,
+                seed_config=a.seed_config and os.path.basename(a.seed_config),
                 labels={m: METHODS[m][0] for m in methods})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     mode = "+".join(("chunk%d" % c) if c else "oneshot" for c in chunks)

@@ -154,5 +154,6 @@ class PrefillCache(Cache):
         for layer in self.layers:
             if isinstance(layer, PrefillLayer) and layer.is_initialized:
                 torch._dynamo.maybe_mark_dynamic(layer._filled, 1)
-                for buf in (layer.key_buffer, layer.value_buffer):  # batch, heads, head dim: constants
-                    torch._dynamo.mark_static(buf, 0), torch._dynamo.mark_static(buf, 1), torch._dynamo.mark_static(buf, 3)
+                for buf in (layer.key_buffer, layer.value_buffer):
+                    for dim in (0, 1, 3):  # batch, heads, head dim: constants (the capacity stays symbolic)
+                        torch._dynamo.mark_static(buf, dim)
