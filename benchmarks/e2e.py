@@ -3,6 +3,7 @@ dense vs our backend (A-shape, block-sparse, vertical-slash on injected index se
 
     python -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k [--methods a,b] [--seed-config PATH]
     python -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape
+                              [--cache dynamic]    # chunked rows: the DynamicCache instead of the in-place PrefillCache
     python -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --methods eager-sdpa --layers 4
     python -m benchmarks.e2e --dry-run            # tiny random Llama on CPU, seconds: checks the plumbing only
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk", default="0", help="chunked pre-fill with this chunk size (0: one shot); a comma list "
                     "(e.g. 0,32768) runs every method in each mode in this one process (chunked vs one-shot, same run)")
     ap.add_argument("--generate", type=int, default=0, help="greedy tokens to generate after the pre-fill")
+    ap.add_argument("--cache", default="prealloc", choices=["prealloc", "dynamic"],
+                    help="chunked rows' K/V cache: prealloc (PrefillCache, written in place: ~1x the cache at the "
+                         "compiled peak) or dynamic (DynamicCache, torch.cat: ~2x); one-shot rows use DynamicCache")
     ap.add_argument("--layers", type=int, default=0, help="build the model this many layers deep (0: full)")
     ap.add_argument("--seed-config", default=None, help="the seed's per-head JSON for this shape (method seed-config)")
     ap.add_argument("--min-sparse-len", type=int, default=None, help="override the configs' (default: auto crossover)")
@@ -253,12 +257,13 @@ class Clock:
         return r, (time.perf_counter() - t0) * 1e3
 
 
-def prefill_fn(model, fwd, chunk: int):
-    """ids -> (cache, last logits [B, vocab])."""
+def prefill_fn(model, fwd, chunk: int, cache: str = "prealloc", max_new_tokens: int = 0):
+    """ids -> (cache, last logits [B, vocab]). Chunked: a new `cache` ("prealloc" | "dynamic") with room for
+    max_new_tokens after the prompt; one shot: a DynamicCache (as in every earlier one-shot row)."""
     from minference_compile.chunked import chunked_prefill
     if chunk:
-        return lambda ids: chunked_prefill(model, ids, chunk, forward=fwd)
-    return lambda ids: chunked_prefill(model, ids, ids.shape[1], forward=fwd)
+        return lambda ids: chunked_prefill(model, ids, chunk, cache, forward=fwd, max_new_tokens=max_new_tokens)
+    return lambda ids: chunked_prefill(model, ids, ids.shape[1], "dynamic", forward=fwd)
 
 
 def attention_split_ms(a, method: str, cfg, model, S: int, clock: Clock, injector) -> float:
@@ -364,7 +369,7 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
         fwd = model if a.dry_run else torch.compile(model.forward, dynamic=True)
     else:
         fwd = torch.compile(model.forward, dynamic=True, backend=make_backend(cfg))
-    prefill = prefill_fn(model, fwd, a.chunk)
+    prefill = prefill_fn(model, fwd, a.chunk, a.cache, a.generate)
     vocab = model.config.vocab_size
     ctx = injector.active() if injector is not None else contextlib.nullcontext()
     compile_s = None
@@ -416,7 +421,7 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                     if injector.generated_late:
                         notes.append(f"{injector.generated_late} sets generated inside the timed run")
                 if a.chunk:
-                    notes.append(f"chunked pre-fill, chunk {a.chunk}")
+                    notes.append(f"chunked pre-fill, chunk {a.chunk}, {a.cache} cache")
                 if not a.chunk and not a.no_split:
                     del ids
                     att = attention_split_ms(a, method, cfg, model, S, clock, injector)
@@ -466,7 +471,8 @@ def main(argv=None) -> int:
     chunks = [int(parse_lengths(c)[0]) if c.strip() not in ("", "0") else 0 for c in str(a.chunk).split(",")]
     a.chunk = chunks[0]
     meta.update(shape=a.shape, model=MODEL_SHAPES[a.shape][2], lengths=lengths, methods=methods, chunk=chunks,
-                via=a.via, layers=a.layers, seed_config=a.seed_config and os.path.basename(a.seed_config),
+                cache=a.cache, via=a.via, layers=a.layers,
+                seed_config=a.seed_config and os.path.basename(a.seed_config),
                 labels={m: METHODS[m][0] for m in methods})
     stamp = time.strftime("%Y%m%d-%H%M%S")
     mode = "-".join(("chunk%d" % c) if c else "oneshot" for c in chunks)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 tma|tmavs|tmatests|vs128|vs128tests|vsest|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-vs|e2e-1m-dense|
+#                                 tma|tmavs|tmatests|vs128|vs128tests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -62,6 +63,11 @@ for m in $modes; do
       timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 32k,128k --methods eager-sdpa,block-sparse,vs-injected,seed-config --seed-config "$SEEDCFG" --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag b 2>&1 | tail -30 ;;
     e2e-1m)  # 1M tokens, chunks of 64K, 16 generated tokens: A-shape and block-sparse at full depth
       timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape,block-sparse --max-minutes 6 --commit "$COMMIT" --out "$OUT" --tag sparse 2>&1 | tail -20 ;;
+    e2e-1m-prealloc)  # issue 11 / NOTES E7: the E4 row again (A-shape, 1M in 64K chunks, 16 tokens) with the in-place PrefillCache: peak_mem_gib vs E4's 128.2
+      timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --generate 16 --methods ashape --cache prealloc --max-minutes 8 --commit "$COMMIT" --out "$OUT" --tag prealloc 2>&1 | tail -20 ;;
+    e2e-cache-128k)  # NOTES E7: peak of compiled chunked pre-fill at 128K (32K chunks, A-shape, full depth), PrefillCache then DynamicCache; and the GPU peak test
+      timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/test_gpu_chunked.py -k "peak or tiny_llama" 2>&1 | tail -8
+      for c in prealloc dynamic; do timeout 220 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 32768 --methods ashape --cache $c --reps 1 --max-minutes 3 --commit "$COMMIT" --out "$OUT" --tag cache-$c 2>&1 | tail -6; done ;;
     e2e-1m-vs)  # 1M chunked, VS (1000, 6096) on injected sets, full depth
       timeout 580 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods vs-injected --max-minutes 6 --commit "$COMMIT" --out "$OUT" --tag vs 2>&1 | tail -20 ;;
     e2e-1m-dense)  # dense chunked pre-fill, same chunk, 4 of 28 layers (scaled by depth in prefill_ms_full_depth)

@@ -1,10 +1,11 @@
-"""Chunked pre-fill: run a HuggingFace causal LM's forward over a long prompt in chunks that fill a DynamicCache.
+"""Chunked pre-fill: run a HuggingFace causal LM's forward over a long prompt in chunks that fill a K/V cache
+(by default a PrefillCache: preallocated, written in place; minference_compile/prefill_cache.py).
 
     from minference_compile.backend import make_backend
     from minference_compile.chunked import chunked_prefill, greedy_continue
 
     fwd = torch.compile(model.forward, backend=make_backend(config), dynamic=True)
-    cache, logits = chunked_prefill(model, input_ids, chunk_size=65536, forward=fwd)
+    cache, logits = chunked_prefill(model, input_ids, chunk_size=65536, forward=fwd, max_new_tokens=16)
     tokens = greedy_continue(model, cache, logits, steps=16, forward=fwd)
 
 Every chunk's attention is the last `chunk` queries against all keys so far (q_len < kv_len); the ops run it
@@ -18,6 +19,8 @@ import inspect
 from typing import Callable, Optional, Tuple
 
 import torch
+
+from .prefill_cache import PrefillCache
 
 __all__ = ["chunked_prefill", "greedy_continue", "ChunkOutOfMemoryError", "kv_cache_bytes", "check_cache_fits"]
 
@@ -61,12 +64,23 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _new_cache(model):
+def _dynamic_cache(model):
     from transformers import DynamicCache
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # a transformers without the config argument
         return DynamicCache()
+
+
+def _new_cache(model, cache, capacity: int):
+    """cache: None or "prealloc" -> PrefillCache(capacity); "dynamic" -> DynamicCache; a Cache object as it is."""
+    if cache is None or cache == "prealloc":
+        return PrefillCache(capacity, config=model.config)
+    if cache == "dynamic":
+        return _dynamic_cache(model)
+    if isinstance(cache, str):
+        raise ValueError(f"cache must be a Cache, None, 'prealloc' or 'dynamic', got {cache!r}")
+    return cache
 
 
 def _oom(chunk_size: int, start: int, end: int, total: int, model, batch: int, dtype) -> str:
@@ -81,13 +95,17 @@ def _oom(chunk_size: int, start: int, end: int, total: int, model, batch: int, d
 @torch.no_grad()
 def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None, *,
                     forward: Optional[Callable] = None, attention_mask: Optional[torch.Tensor] = None,
-                    **kw) -> Tuple[object, torch.Tensor]:
-    """Pre-fill `input_ids` [B, N] chunk by chunk into a transformers DynamicCache.
+                    max_new_tokens: int = 0, **kw) -> Tuple[object, torch.Tensor]:
+    """Pre-fill `input_ids` [B, N] chunk by chunk into a transformers cache.
 
     model: the HF causal LM (its config and argument names are read); forward: what to call per chunk (default
-    `model`; e.g. `torch.compile(model.forward, backend=make_backend(cfg))`). cache: a cache already holding a
-    prefix (the chunk positions continue from its length), or None for a new DynamicCache. attention_mask: the
-    2D [B, prefix + N] padding mask, if any. Extra keywords go to every forward call.
+    `model`; e.g. `torch.compile(model.forward, backend=make_backend(cfg), dynamic=True)`). cache: None (default)
+    or "prealloc" for a new PrefillCache of capacity N + max_new_tokens (preallocated, written in place: a compiled
+    forward then peaks at ~1x the K/V cache, where a DynamicCache's torch.cat peaks at ~2x); "dynamic" for a new
+    DynamicCache; or a cache already holding a prefix (the chunk positions continue from its length; a
+    PrefillCache must have room for N more). max_new_tokens: decode room left in a new PrefillCache (greedy_continue
+    writes steps - 1 tokens). attention_mask: the 2D [B, prefix + N] padding mask, if any. Extra keywords go to every
+    forward call.
     Returns (cache, last_logits [B, vocab]: the logits of the last prompt token).
     A torch.OutOfMemoryError in a chunk becomes ChunkOutOfMemoryError naming a smaller chunk size and the
     length reached; on CUDA a cache that cannot fit at all is reported before the first chunk (check_cache_fits).
@@ -97,15 +115,17 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [B, N] with N > 0, got {tuple(input_ids.shape)}")
     fwd = model if forward is None else forward
-    cache = _new_cache(model) if cache is None else cache
+    B, N = input_ids.shape
+    cache = _new_cache(model, cache, N + max_new_tokens)
     name = cache_kwarg(model)
     past = cache.get_seq_length()
-    B, N = input_ids.shape
-    check_cache_fits(model, past + N, past, B)
+    if isinstance(cache, PrefillCache):
+        cache.check_room(past + N)
+    check_cache_fits(model, past + N + max_new_tokens, past, B)
     logits = None
     for a in range(0, N, chunk_size):
         b = min(N, a + chunk_size)
-        args = dict(kw, input_ids=input_ids[:, a:b], use_cache=True, logits_to_keep=1,
+        args = dict(kw, input_ids=input_ids[:, a:b].clone(), use_cache=True, logits_to_keep=1,
                     position_ids=torch.arange(past + a, past + b, device=input_ids.device)[None].expand(B, -1))
         args[name] = cache
         if attention_mask is not None:
@@ -120,7 +140,9 @@ def chunked_prefill(model, input_ids: torch.Tensor, chunk_size: int, cache=None,
                 torch.cuda.empty_cache()
             raise ChunkOutOfMemoryError(_oom(chunk_size, past + a, past + b, past + N, model, B,
                                              next(model.parameters()).dtype))
-        if a == 0:
+        if isinstance(cache, PrefillCache):
+            cache.mark_dynamic()  # every chunk: the length tensor is a new one
+        elif a == 0:
             _prepare_cache(cache)
     return cache, logits
 
@@ -143,9 +165,12 @@ def _prepare_cache(cache) -> None:
 def greedy_continue(model, cache, last_logits: torch.Tensor, steps: int, *, forward: Optional[Callable] = None,
                     **kw) -> torch.Tensor:
     """Greedy decoding after chunked_prefill: `steps` tokens [B, steps], one forward (q_len 1, dense) per token
-    after the first (which comes from `last_logits` [B, vocab])."""
+    after the first (which comes from `last_logits` [B, vocab]). A PrefillCache needs room for steps - 1 more tokens
+    (chunked_prefill's max_new_tokens); CacheCapacityError otherwise, before the first step."""
     fwd = model if forward is None else forward
     name = cache_kwarg(model)
+    if isinstance(cache, PrefillCache):  # before any step (a compiled step past the capacity would recompile first)
+        cache.check_room(cache.get_seq_length() + steps - 1)
     tok = last_logits.argmax(-1, keepdim=True)
     out = [tok]
     for _ in range(steps - 1):

@@ -1,5 +1,5 @@
-"""minference_compile.chunked on a tiny random Llama (CPU): chunked pre-fill with a DynamicCache equals one-shot
-pre-fill, through eager SDPA, through minference::sparse_prefill (registered as a transformers attention function,
+"""minference_compile.chunked on a tiny random Llama (CPU): chunked pre-fill (into its default PrefillCache) equals
+one-shot pre-fill, through eager SDPA, through minference::sparse_prefill (registered as a transformers attention function,
 so no FX pass is involved), and through a compiled forward; OOM in a chunk names the chunk size to use."""
 import pytest
 import torch
@@ -12,6 +12,7 @@ from minference_compile.ops import library  # noqa: F401  (registers minference:
 N = 320  # 5 query blocks; chunks of 64 / 128 / 192 end on the 64-row grid with last chunks of >= 64 rows
 SMALL = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=128, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=128)
+ROOM = 8  # decode room left in the PrefillCache for greedy_continue
 _LAYER = {}  # the sparse_prefill arguments of the "minference_test" attention function
 
 
@@ -36,7 +37,7 @@ def prompt(n=N):
 
 @torch.no_grad()
 def one_shot(model, ids):
-    cache, logits = chunked_prefill(model, ids, ids.shape[1])
+    cache, logits = chunked_prefill(model, ids, ids.shape[1], max_new_tokens=ROOM)
     return cache, logits
 
 
@@ -47,7 +48,7 @@ def test_eager_chunked_equals_one_shot(chunk):
     with torch.no_grad():
         full = model(input_ids=ids).logits[:, -1]
     torch.testing.assert_close(ref, full, atol=1e-5, rtol=1e-5)
-    cache, logits = chunked_prefill(model, ids, chunk)
+    cache, logits = chunked_prefill(model, ids, chunk, max_new_tokens=ROOM)
     assert cache.get_seq_length() == N
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
     assert torch.equal(greedy_continue(model, cache, logits, 5), greedy_continue(model, cache1, ref, 5))
@@ -68,7 +69,7 @@ def test_sparse_chunked_equals_unchunked_sparse(chunk):
     _, cover = chunked_prefill(model, ids, chunk)
     torch.testing.assert_close(cover, dense, atol=1e-4, rtol=1e-4)
     sparse_model = model
-    cache, logits = chunked_prefill(sparse_model, ids, chunk)
+    cache, logits = chunked_prefill(sparse_model, ids, chunk, max_new_tokens=ROOM)
     cache_d, logits_d = one_shot(build(), ids)
     assert torch.equal(greedy_continue(sparse_model, cache, logits, 4), greedy_continue(build(), cache_d, logits_d, 4))
 
@@ -86,7 +87,7 @@ def test_compiled_forward_with_backend():
     torch._dynamo.reset()
     model, ids = build(), prompt()
     fwd = torch.compile(model.forward, backend=backend, dynamic=True)
-    cache, logits = chunked_prefill(model, ids, 128, forward=fwd)
+    cache, logits = chunked_prefill(model, ids, 128, forward=fwd, max_new_tokens=ROOM)
     cache_e, ref = one_shot(model, ids)
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
     assert torch.equal(greedy_continue(model, cache, logits, 4, forward=fwd), greedy_continue(model, cache_e, ref, 4))
@@ -94,7 +95,7 @@ def test_compiled_forward_with_backend():
 
 def test_prefix_cache_continues():
     model, ids = build(), prompt()
-    cache, _ = chunked_prefill(model, ids[:, :192], 64)
+    cache, _ = chunked_prefill(model, ids[:, :192], 64, max_new_tokens=N - 192)
     cache, logits = chunked_prefill(model, ids[:, 192:], 64, cache)
     _, ref = one_shot(model, ids)
     torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)

@@ -113,7 +113,37 @@ def test_chunked_prefill_tiny_llama_gpu():
     config = MInferenceConfig(default=("vertical_and_slash", 4096, 4096), min_sparse_len=0, vs_max_work=1.0)
     torch._dynamo.reset()
     fwd = torch.compile(model.forward, backend=make_backend(config), dynamic=True)
-    cache, logits = chunked_prefill(model, ids, 1024, forward=fwd)
+    cache, logits = chunked_prefill(model, ids, 1024, forward=fwd, max_new_tokens=3)
     cache_e, ref = chunked_prefill(model, ids, 4096)
     assert _rel(logits, ref) < 3e-2
     assert greedy_continue(model, cache, logits, 4, forward=fwd).shape == (1, 4)
+
+
+def test_prefill_cache_peak_gpu():
+    """Compiled (Inductor) chunked pre-fill of a cache-dominated tiny Llama: the PrefillCache's peak above the
+    weights stays near 1x the K/V cache; a DynamicCache's is ~2x (NOTES E5/E7). Allocator statistics, not timing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from minference_compile.chunked import chunked_prefill, kv_cache_bytes
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=256, num_hidden_layers=4,
+                      num_attention_heads=16, num_key_value_heads=16, head_dim=128, attn_implementation="sdpa")
+    model = LlamaForCausalLM(cfg).eval().cuda().to(torch.bfloat16)
+    N, chunk = 65536, 2048  # small chunks: the chunk x N mask SDPA gets stays << the cache (2048 / 32768 of it)
+    ids = torch.randint(0, 256, (1, N), device="cuda")
+    torch._dynamo.reset()
+    fwd = torch.compile(model.forward, backend="inductor", dynamic=True)
+    cache_bytes = kv_cache_bytes(cfg, N, dtype=torch.bfloat16)
+    peaks = {}
+    for kind in ("prealloc", "dynamic"):
+        chunked_prefill(model, ids[:, :3 * chunk], chunk, kind, forward=fwd)  # compile
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        cache, _ = chunked_prefill(model, ids, chunk, kind, forward=fwd)
+        peaks[kind] = (torch.cuda.max_memory_allocated() - base) / cache_bytes
+        del cache
+    print("peak above the weights, x the K/V cache:", peaks)
+    assert peaks["prealloc"] < 1.4 and peaks["prealloc"] < peaks["dynamic"] - 0.4, peaks
