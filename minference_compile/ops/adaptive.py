@@ -74,7 +74,7 @@ def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vscore [B, Hq, S], sscore [B, Hq, S]) fp32; each row of the last
     L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
     """
-    # CUDA: the fused estimate kernels (opt-in: MINFERENCE_FUSED_ESTIMATE=1; otherwise the torch chunks, as on CPU)
+    # CUDA: the fused estimate kernels (MINFERENCE_FUSED_ESTIMATE=0: the torch chunks, as on CPU)
     return estimate_scores(q, k, last_q)
 
 

@@ -39,7 +39,7 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     ranked first. ``scale`` is the attention's softmax scale (default 1/sqrt(D)): the estimate must rank at the
     temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
     ``fused``: the scores by the Triton kernel (triton_kernels/vs_estimate.py: two launches, no [L, S] tensor)
-    instead of the chunked torch ops; None = on CUDA when MINFERENCE_FUSED_ESTIMATE=1 (opt-in until GPU-tested; `estimate_scores`).
+    instead of the chunked torch ops; None = on CUDA unless MINFERENCE_FUSED_ESTIMATE=0 (`use_fused_estimate`).
     """
     Hq, S = q.shape[1], k.shape[2]
     nv, v_budget = _budget(vertical_size, Hq, q.device)
@@ -81,10 +81,10 @@ _FUSED_FAILED = []  # reasons the fused estimate failed in this process: non-emp
 
 
 def use_fused_estimate(q: torch.Tensor, k: torch.Tensor, last_q: int) -> bool:
-    """The default of `estimate_vertical_slash(fused=None)`: CUDA inputs the kernel takes, when the environment sets
-    MINFERENCE_FUSED_ESTIMATE=1 and it has not failed here before. Opt-in until the kernel has run on a GPU: it was
-    written and tested under the interpreter only (benchmarks/NOTES.md row 19); the torch path is the default."""
-    if not q.is_cuda or os.environ.get("MINFERENCE_FUSED_ESTIMATE", "0") != "1" or _FUSED_FAILED:
+    """The default of `estimate_vertical_slash(fused=None)`: CUDA inputs the kernel takes, unless the environment
+    sets MINFERENCE_FUSED_ESTIMATE=0 or it has failed here before. On by default since its H200 run (its GPU tests
+    passed; index build -26% at 128K, (100, 800): benchmarks/NOTES.md row 19)."""
+    if not q.is_cuda or os.environ.get("MINFERENCE_FUSED_ESTIMATE", "1") == "0" or _FUSED_FAILED:
         return False
     from ..triton_kernels.vs_estimate import fused_applies
     return fused_applies(q, k, last_q)

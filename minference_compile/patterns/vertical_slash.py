@@ -61,7 +61,7 @@ class VerticalSlash(Pattern):
     @classmethod
     def select(cls, group: HeadGroup) -> VSSelection:
         q, k = group.q, group.k
-        # CUDA: the fused Triton estimate (two launches) with MINFERENCE_FUSED_ESTIMATE=1 (opt-in until GPU-tested) (ops/estimate.py)
+        # CUDA: the fused Triton estimate (two launches; MINFERENCE_FUSED_ESTIMATE=0: the torch chunks) (ops/estimate.py)
         vertical, slash = _estimate(q, k, group.values("vertical_size", 0), group.values("slash_size", 0),
                                     group.last_q, SINK_TOKENS, LOCAL_WINDOW, scale=group.scale)
         # CPU runs the masked reference path: no index to build there
