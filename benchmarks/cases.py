@@ -49,7 +49,7 @@ def vs(case, q, k, v, S, seed=0):
     from minference_compile.ops.estimate import use_fused_estimate
     from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
     from minference_compile.triton_kernels.vertical_slash_index import (aligned_offsets, build_vertical_slash_index,
-                                                                        pair_for, row_pair_tiles, row_pair_work_share)
+                                                                        pair_for)
     nv, ns = case.params["nv"], case.params["ns"]
     aligned = case.params.get("aligned", False)
     Hq = q.shape[1]
@@ -68,18 +68,12 @@ def vs(case, q, k, v, S, seed=0):
 
     index_fn()  # compiles the fused estimate, or falls back to the torch one (logged) before the note names it
     fused = use_fused_estimate(q, k, 64)
-    # rows=128: the programs' tiles prebuilt like the index (row_pair_tiles is not timed)
-    tiles = row_pair_tiles(index, S) if case.params.get("rows") == 128 else None
-
-    def kernel(rows=64, **kw):
-        return vertical_slash_attention_fwd(q, k, v, tiles if rows == 128 else index, rows=rows, **kw)
-
+    kernel = lambda **kkw: vertical_slash_attention_fwd(q, k, v, index, **kkw)  # noqa: E731
     kernel_kw, variant = _kernel_variant(case, kernel, q, k, v)  # (not `kw`: index_fn reads the index keywords)
     # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
     op_fn = None if aligned or variant else (lambda: vertical_slash_sparse_attention(q, k, v, vert, slash))
     return Prepared(lambda: kernel(**kernel_kw), c, None if variant else index_fn, op_fn,
-                    tile_cov=float(cov.vs_block_coverage(index, S).mean() if tiles is None
-                                   else row_pair_work_share(tiles, S).mean()),
+                    tile_cov=float(cov.vs_block_coverage(index, S).mean()),
                     note=f"generated sets seed={seed}, {_tile_slots(index):.1f} tile slots/head"
                     + (", fused estimate" if fused else ", torch estimate")
                     + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
@@ -91,31 +85,23 @@ def _tile_slots(index) -> float:
 
 
 def _kernel_variant(case, kernel, q, k, v) -> tuple:
-    """(kernel keywords, note) of a case's "+tma" / "+m128" (VS: 128-row programs) / "@sN" / "@wN" variant. A TMA or
-    128-row case raises (the runner records an error row) when the descriptors cannot be used, or when its output
-    differs from pointer loads / 64 rows on the same inputs. Without "+tma" the kernel's default loads run (TMA
-    where it is on by default; MINFERENCE_TMA=0 forces pointer loads)."""
+    """(kernel keywords, note) of a case's "+tma" / "@sN" variant. A TMA case raises (the runner records an error
+    row) when the descriptors cannot be used, or when its output differs from pointer loads on the same inputs.
+    Without "+tma" the kernel's default loads run (TMA where it is on by default; MINFERENCE_TMA=0 forces pointer
+    loads)."""
     kw = {"tma": True if case.params.get("tma") else None, "num_stages": case.params.get("stages")}
-    for key, arg in (("rows", "rows"), ("warps", "num_warps")):  # VS only
-        if key in case.params:
-            kw[arg] = case.params[key]
-    tail = [f"num_stages={kw['num_stages']}"] if kw["num_stages"] is not None else []
-    tail += [f"num_warps={kw['num_warps']}"] if "num_warps" in kw else []
-    rows = kw.get("rows", 64)
+    note = "" if kw["num_stages"] is None else f"num_stages={kw['num_stages']}"
     if kw["tma"]:
         from minference_compile.triton_kernels._common import tma_reason
         reason = tma_reason(q, k, v)
         if reason is not None:
             raise RuntimeError(f"TMA unavailable: {reason}")
-    if not (kw["tma"] or rows != 64):
-        return kw, ", ".join(tail)
-    what = " ".join((["tma"] if kw["tma"] else []) + ([f"rows={rows}"] if rows != 64 else []))
-    base = "pointer loads" if rows == 64 else "64-row pointer loads"
-    want, got = kernel(tma=False), kernel(**kw)
-    err = float((got.float() - want.float()).abs().max())
-    if not err <= 2e-2:  # both bf16, the same pairs: only rounding and summation order differ
-        raise RuntimeError(f"{what} output differs from {base}: max abs diff {err:.3g}")
-    return kw, ", ".join([f"{what} (max abs diff vs {base} {err:.1e})"] + tail)
+        want, got = kernel(tma=False), kernel(**kw)
+        err = float((got.float() - want.float()).abs().max())
+        if not err <= 2e-2:  # both bf16, same tiles and order: only rounding differs
+            raise RuntimeError(f"TMA output differs from pointer loads: max abs diff {err:.3g}")
+        note = f"tma (max abs diff vs pointer loads {err:.1e})" + (f", {note}" if note else "")
+    return kw, note
 
 
 def bs(case, q, k, v, S):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
-#                                 tma|tmavs|tmatests|vs128|vs128tests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
+#                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
 #                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
@@ -89,15 +89,6 @@ for m in $modes; do
       for sh in llama3-8b qwen2.5-0.5b; do
         timeout 110 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases $TMAVS_CASES --no-index --max-minutes 1.5 --commit "$COMMIT" --out "$OUT" --tag tmavs-$sh 2>&1 | tail -20
       done ;;
-    vs128)  # issue 12 / NOTES #21: 128-row VS programs (+m128) against today's 64-row kernel and cuDNN, pointer loads and
-      # TMA s3, both budgets, 128K, one process per shape (< 150 s in all); every +m128 row first checks its output
-      # against the 64-row kernel (the compiled tests: mode vs128tests)
-      V128=dense-cudnn,vs-1000/6096,vs-1000/6096+m128,vs-1000/6096+tma@s3,vs-1000/6096+m128+tma@s3,vs-100/800,vs-100/800+m128,vs-100/800+tma@s3,vs-100/800+m128+tma@s3
-      for sh in llama3-8b qwen2.5-0.5b; do
-        timeout ${VS128_S:-72} python3 -m benchmarks.run --shapes $sh --lengths 128k --cases ${VS128_CASES:-$V128,vs-1000/6096+m128@w4,vs-1000/6096+m128@s2} --no-index --max-minutes ${VS128_MIN:-0.9} --commit "$COMMIT" --out "$OUT" --tag vs128-$sh 2>&1 | tail -16
-      done ;;
-    vs128tests)  # the 128-row VS kernel's tests, compiled (bf16/fp16, S up to 4096, TMA)
-      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_vs_rows128.py 2>&1 | tee "$OUT/tests_vs128.log" | tail -8 ;;
     tmatests)  # the TMA variants' kernel tests, compiled (sm90+: real TMA loads; S up to 1000, bf16 and fp16)
       timeout 450 python3 -m pytest -q -p no:cacheprovider tests/test_kernels_tma.py 2>&1 | tee "$OUT/tests_tma.log" | tail -25 ;;
     e2e-main)  # the e2e table's one-shot rows, one process: eager SDPA, A-shape, VS (injected), block-sparse at 32K and 128K

@@ -57,24 +57,6 @@ for _base, _fam, _p in _VARIANT_BASES:
         CASES.append(Case(f"{_base}@s{_n}", _fam, {**_p, "stages": _n}))
         CASES.append(Case(f"{_base}+tma@s{_n}", _fam, {**_p, "tma": True, "stages": _n}))
 CASE_BY_NAME = {c.name: c for c in CASES}
-# 128-row VS programs (benchmarks/NOTES.md #21): "+m128", with "+tma", "@sN" (stages) and "@wN" (warps) variants.
-# Named here only, not in the default (all-cases) list: 60 variants; pass them with --cases
-for _base, _fam, _p in _VARIANT_BASES[2:]:
-    for _tma in ("", "+tma"):
-        for _n in (None, 1, 2, 3, 4):
-            for _w in (None, 4, 8):
-                _name = f"{_base}+m128{_tma}" + (f"@s{_n}" if _n else "") + (f"@w{_w}" if _w else "")
-                _extra = {"rows": 128, **({"tma": True} if _tma else {}), **({"stages": _n} if _n else {}),
-                          **({"warps": _w} if _w else {})}
-                CASE_BY_NAME[_name] = Case(_name, _fam, {**_p, **_extra})
-# today's 64-row VS programs at 4 / 8 warps (an offline sm_90a build spills 1.3 KB at D=128, paired, 3 stages):
-# "@wN" alone (default loads and stages) or after "+tma@sN"
-for _base, _fam, _p in _VARIANT_BASES[2:]:
-    for _w in (4, 8):
-        CASE_BY_NAME[f"{_base}@w{_w}"] = Case(f"{_base}@w{_w}", _fam, {**_p, "warps": _w})
-        for _n in (1, 2, 3, 4):
-            _name = f"{_base}+tma@s{_n}@w{_w}"
-            CASE_BY_NAME[_name] = Case(_name, _fam, {**_p, "tma": True, "stages": _n, "warps": _w})
 TMA_CASES = [f"{b}{v}@s{n}" for b, _, _ in _VARIANT_BASES for v in ("", "+tma") for n in (1, 2, 3, 4)]
 
 # --crossover: one sparse case per pattern, seed-default settings, against cuDNN dense

@@ -1,15 +1,11 @@
 """Vertical-slash attention over a VSIndex (docs/DESIGN.md; block-rounded or aligned, as the index was built): slash
 tiles, then uncovered columns."""
-import os
-from typing import Optional, Union
-
 import triton
 import triton.language as tl
 
 from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
                       qk_scale, stages_override, tma_descriptors, use_tma)
-from . import vertical_slash_rows128 as rows128
-from .vertical_slash_index import RowPairTiles, VSIndex, aligned_slots, row_pair_tiles
+from .vertical_slash_index import VSIndex, aligned_slots
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
 # BLOCK_N to 64 by the tile width, so one warpgroup (4 warps) per 64-row tile. The K/V addresses come from
@@ -130,17 +126,8 @@ def _vs_fwd_kernel(Q, K, V, O, TOFF, TLO, TCNT, TBEG, WOFF, WLO, WCNT, WBEG, COL
     _store_o_tile(O, acc, l_i, b, h, r0, sob, soh, som, SQ, D, BLOCK_M, BLOCK_D)
 
 
-def vs_rows(rows: Optional[int]) -> int:
-    """Query rows per program: rows, else MINFERENCE_VS_ROWS, else 64 (one query block)."""
-    if rows is None:
-        rows = int(os.environ.get("MINFERENCE_VS_ROWS", "") or BLOCK_M)
-    if rows not in (64, 128):
-        raise ValueError(f"vertical-slash rows per program must be 64 or 128, got {rows}")
-    return rows
-
-
-def vertical_slash_attention_fwd(q, k, v, index: Union[VSIndex, RowPairTiles], scale=None, head_mask=None, out=None,
-                                 block=BLOCK_M, tma=None, num_stages=None, rows=None, num_warps=None):
+def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=None, out=None, block=BLOCK_M,
+                                 tma=None, num_stages=None):
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), index: VSIndex built for
     [B,Hq] with seq_len S, q_len Sq and `block`; head_mask: bool [Hq] or None. Returns out [B,Hq,Sq,D] (dtype of q;
     in place if given).
@@ -149,17 +136,8 @@ def vertical_slash_attention_fwd(q, k, v, index: Union[VSIndex, RowPairTiles], s
     for the slash-granularity experiment (benchmarks/granularity.py): finer blocks compute fewer
     elements per scattered slash, on smaller matrix products.
     tma: read the slash tiles' K/V through TMA tensor descriptors (None: MINFERENCE_TMA, default auto = on at
-    D >= 128 on sm90+ for 64-row programs; pointer loads where the layout or device does not allow it). num_stages: override the tuned pipeline
-    depth (None: MINFERENCE_NUM_STAGES or the table). num_warps: override the table's warps.
-    rows: query rows per program, 64 (one block) or 128 (two consecutive blocks over the union of their slash
-    ranges, each half masked by its own: the same pairs; opt-in, benchmarks/NOTES.md #21); None: MINFERENCE_VS_ROWS
-    (default 64). `index` may be the RowPairTiles of `row_pair_tiles(index, S, Sq)` (prebuilt: rows=128 unless
-    rows=64 is given); with rows=128 and a VSIndex they are built here (O(NS) per head)."""
-    tiles = index if isinstance(index, RowPairTiles) else None
-    if tiles is not None:
-        index, rows = tiles.index, 128 if rows is None else rows
-    rows = vs_rows(rows) if rows is not None or block == BLOCK_M else block  # the switch: 64-row blocks only
-    assert rows == block or (rows == 2 * BLOCK_M and block == BLOCK_M), "128-row programs need 64-row query blocks"
+    D >= 128 on sm90+; pointer loads where the layout or device does not allow it). num_stages: override the tuned pipeline
+    depth (None: MINFERENCE_NUM_STAGES or the table)."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     assert SQ <= S, "q_len must be <= kv_len"
@@ -174,13 +152,9 @@ def vertical_slash_attention_fwd(q, k, v, index: Union[VSIndex, RowPairTiles], s
     if SQ == 0:
         return finish(out, work, head_mask)
     bd = block_d(D)
-    if rows == 2 * BLOCK_M:
-        rows128.launch(q, k, v, work, idx, tiles if tiles is not None else row_pair_tiles(idx, S, SQ), hm, prefix, n_pref,
-               aligned, qk_scale(scale, D), bd, dot_precision(q.dtype), use_tma(tma), num_stages, num_warps)
-        return finish(out, work, head_mask)
     wide = idx.wide_offset.shape[-1] > 0
     warps, stages = (_CFG_WIDE if wide else _CFG).get(bd, (8, 1))
-    warps = max(1, warps * block // BLOCK_M) if num_warps is None else int(num_warps)  # one warp per 16 rows
+    warps = max(1, warps * block // BLOCK_M)  # one warp per 16 rows
     if q.element_size() == 4:  # fp32 tiles take twice the shared memory
         stages = min(stages, 2)
     # TMA slash tiles: on by default at D >= 128 only (NOTES row 17: -15% time at D=128, +37% at D=64)
