@@ -20,6 +20,7 @@ import time
 import traceback
 
 from . import registry as R
+from minference_compile.ops.fa4 import ashape_mask_mod, block_sparse_tensors
 from minference_compile.ops.fa4_lists import ashape_blocks, lists_coverage, lists_from_index, to_lists, to_our_index
 
 FIELDS = ["shape", "Hq", "Hkv", "D", "S", "row", "status", "ms", "coverage", "speedup", "efficiency", "tflops",
@@ -29,24 +30,10 @@ FA4_BLOCKS = ((64, 64), (128, 64), (128, 128))  # FA4 block-sparse tile sizes tr
 
 
 def fa4_available() -> str | None:
-    """None when flash_attn.cute and CUDA are usable, else the reason."""
-    try:
-        from flash_attn.cute import flash_attn_func  # noqa: F401
-        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch  # noqa: F401
-    except Exception as e:  # ImportError, or a DSL/driver import failure: both mean "not measurable here"
-        return f"flash_attn.cute not importable: {type(e).__name__}: {e}"
+    """None when flash_attn.cute and CUDA are usable, else the reason (the library's import check)."""
+    from minference_compile.ops.fa4 import _import_reason
     import torch
-    return None if torch.cuda.is_available() else "no CUDA device"
-
-
-def ashape_mask_mod(init: int, local: int):
-    """A CuTe DSL mask_mod with our A-shape semantics: j <= i and (j < init or i - j < local)."""
-    import cutlass.cute as cute
-
-    @cute.jit
-    def ashape_mask(batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        return (kv_idx <= q_idx) & ((kv_idx < init) | (q_idx - kv_idx < local))
-    return ashape_mask
+    return _import_reason() or (None if torch.cuda.is_available() else "no CUDA device")
 
 
 class Runner:
@@ -116,7 +103,6 @@ class Runner:
 
 
 def run_shape(shape, S, a, rows):
-    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     from minference_compile.triton_kernels.streaming import streaming_attention_fwd
@@ -125,10 +111,6 @@ def run_shape(shape, S, a, rows):
     x = Runner(shape, S, a, rows)
     torch, q, k, v = x.torch, x.q, x.k, x.v
 
-    def bst(lists):
-        return BlockSparseTensorsTorch(mask_block_cnt=lists.mask_cnt, mask_block_idx=lists.mask_idx,
-                                       full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx,
-                                       block_size=lists.block_size)
 
     # dense: cuDNN is the speedup reference; FA4 checked against it
     dense = C.dense(R.CASE_BY_NAME["dense-cudnn"], q, k, v, S)
@@ -157,7 +139,7 @@ def run_shape(shape, S, a, rows):
                                                                                  compact=True))
         note = ("same pairs as ours" if exact else
                 f"union of our 64-blocks into {qb}x{kb} (coverage {c:.4f} vs ours {c_ours:.4f})")
-        x.row(f"fa4-bs-{qb}x{kb}", x.fa4(causal=True, block_sparse_tensors=bst(lists)), c, ref,
+        x.row(f"fa4-bs-{qb}x{kb}", x.fa4(causal=True, block_sparse_tensors=block_sparse_tensors(lists)), c, ref,
               f"ours-bs-top{a.topk}" + ("" if exact else f"@{qb}x{kb}"), note)
         if not exact and a.ours_on_union:  # our kernel on the same (superset) pairs
             ui = to_our_index(lists, S)
@@ -178,14 +160,14 @@ def run_shape(shape, S, a, rows):
     exact = to_lists(touched, full, S, qb, kb)
     try:
         mm = ashape_mask_mod(init, local)
-        x.row(f"fa4-ashape-mask_mod-{qb}x{kb}", x.fa4(block_sparse_tensors=bst(exact), mask_mod=mm),
+        x.row(f"fa4-ashape-mask_mod-{qb}x{kb}", x.fa4(block_sparse_tensors=block_sparse_tensors(exact), mask_mod=mm),
               lists_coverage(exact, S, init, local), ref_as, f"ours-ashape-{init}+{local}",
               "block lists + mask_mod on partial tiles: exact A-shape")
     except Exception as e:
         x._record({**x.base, "row": f"fa4-ashape-mask_mod-{qb}x{kb}", "status": "error", "note": f"mask_mod: {e}"})
     coarse = to_lists(touched, None, S, qb, kb)  # head dim 1 (FA4 broadcasts it; our kernel needs Hq rows)
     c_coarse = lists_coverage(coarse, S)
-    x.row(f"fa4-ashape-blocks-{qb}x{kb}", x.fa4(causal=True, block_sparse_tensors=bst(coarse)), c_coarse,
+    x.row(f"fa4-ashape-blocks-{qb}x{kb}", x.fa4(causal=True, block_sparse_tensors=block_sparse_tensors(coarse)), c_coarse,
           lambda: block_sparse_attention_fwd(q, k, v, to_our_index(coarse, S).expand(1, x.Hq, -1, -1), compact=True),
           f"ours-bs@ashape-{qb}x{kb}", f"block-granular superset (coverage {c_coarse:.4f} vs A-shape {c_as:.4f})")
     del ref_as

@@ -31,7 +31,7 @@ def emulated(monkeypatch):
         return fake_flash_attn_func(q, k, v, **kw)
     install_fake_fa4(monkeypatch, spy)
     monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
-    monkeypatch.setattr(fa4, "_mask_mod", python_mask_mod)
+    monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)
     monkeypatch.delenv("MINFERENCE_FA4", raising=False)
     fa4._import_reason.cache_clear()
     fa4._ashape_lists.cache_clear()

@@ -61,7 +61,7 @@ def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional
 
 
 @functools.lru_cache(maxsize=64)
-def _mask_mod(init: int, local: int):
+def ashape_mask_mod(init: int, local: int):
     """The A-shape element mask as a CuTe DSL mask_mod: j <= i and (j < init or i - j < local). One function per
     window: FA4 compiles its closure constants in."""
     import cutlass.cute as cute
@@ -79,6 +79,14 @@ def _ashape_lists(S: int, init: int, local: int, device: torch.device):
     return to_lists(touched, full, S, *BLOCK)
 
 
+def block_sparse_tensors(lists):
+    """FA4Lists (ops/fa4_lists.py) -> FA4's BlockSparseTensorsTorch."""
+    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
+    return BlockSparseTensorsTorch(mask_block_cnt=lists.mask_cnt, mask_block_idx=lists.mask_idx,
+                                   full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx,
+                                   block_size=lists.block_size)
+
+
 def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
     """FA4 on [B,H,S,D] tensors (GQA by head counts) -> [B,Hq,S,D] (a transposed view of FA4's output)."""
     from flash_attn.cute import flash_attn_func
@@ -87,12 +95,9 @@ def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Te
     if window == DENSE:
         o = flash_attn_func(qf, kf, vf, softmax_scale=scale, causal=True)[0]
     else:
-        from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-        lists = _ashape_lists(S, *window, q.device)
-        bst = BlockSparseTensorsTorch(mask_block_cnt=lists.mask_cnt, mask_block_idx=lists.mask_idx,
-                                      full_block_cnt=lists.full_cnt, full_block_idx=lists.full_idx,
-                                      block_size=lists.block_size)
-        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, block_sparse_tensors=bst, mask_mod=_mask_mod(*window))[0]
+        bst = block_sparse_tensors(_ashape_lists(S, *window, q.device))
+        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, block_sparse_tensors=bst,
+                            mask_mod=ashape_mask_mod(*window))[0]
     return o.transpose(1, 2)
 
 
