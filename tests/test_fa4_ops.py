@@ -75,11 +75,15 @@ def test_attend_matches_reference(S, Hq, Hkv, D, emulated):
 
 
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
-def test_all_heads_one_window_use_native_gqa(emulated):
+def test_all_heads_one_window_use_native_gqa(emulated, caplog, monkeypatch):
+    monkeypatch.setattr(fa4, "_announced", set())
     q, k, v = qkv(1, 8, 2, 200, 64)
-    out = fa4.attend(q, k, v, [(16, 64)] * 8, 0.125)
+    with caplog.at_level("INFO", logger="minference_compile"):
+        out = fa4.attend(q, k, v, [(16, 64)] * 8, 0.125)
+        fa4.attend(q, k, v, [(16, 64)] * 8, 0.125)
+    assert sum("A-shape attention runs on FlashAttention-4" in r.getMessage() for r in caplog.records) == 1
     torch.testing.assert_close(out, reference(q, k, v, [(16, 64)] * 8, 0.125), rtol=1e-4, atol=1e-4)
-    assert emulated == [((1, 200, 8, 64), (1, 200, 2, 64), ["block_sparse_tensors", "mask_mod", "softmax_scale"])]
+    assert emulated == [((1, 200, 8, 64), (1, 200, 2, 64), ["block_sparse_tensors", "mask_mod", "softmax_scale"])] * 2
 
 
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")

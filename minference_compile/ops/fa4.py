@@ -87,9 +87,17 @@ def block_sparse_tensors(lists):
                                    block_size=lists.block_size)
 
 
+_announced = set()
+
+
 def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
     """FA4 on [B,H,S,D] tensors (GQA by head counts) -> [B,Hq,S,D] (a transposed view of FA4's output)."""
     from flash_attn.cute import flash_attn_func
+    kind = "dense causal" if window == DENSE else "A-shape"
+    if kind not in _announced:  # once per kind: which kernel really runs (explain() records the pattern only)
+        _announced.add(kind)
+        _log.info("minference_compile: %s attention runs on FlashAttention-4 (the [hopper] extra; "
+                  "MINFERENCE_FA4=0 for the Triton / SDPA path)", kind)
     qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # FA4's layout [B,S,H,D]
     S = q.shape[2]
     if window == DENSE:
