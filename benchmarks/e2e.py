@@ -27,6 +27,7 @@ import contextlib
 import functools
 import gc
 import json
+import logging
 import os
 import sys
 import time
@@ -66,7 +67,7 @@ METHODS = {
 DEFAULT_METHODS = "eager-sdpa,compile-dense,ashape,block-sparse,vs-injected,seed-config"
 FIELDS = ["shape", "layers", "full_layers", "S", "chunk", "case", "label", "status", "ttft_ms", "prefill_ms",
           "prefill_ms_full_depth", "peak_mem_gib", "attention_ms", "rest_ms", "speedup", "speedup_vs_compiled",
-          "decode_ms", "tokens", "compile_s", "note"]
+          "decode_ms", "tokens", "compile_s", "fa4_calls", "note"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "attention function calling minference::sparse_prefill, model compiled by Inductor")
     ap.add_argument("--reps", type=int, default=0, help="timed runs per row (0: 2 below 256K tokens, else 1)")
     ap.add_argument("--no-split", action="store_true", help="skip the attention / rest split")
+    ap.add_argument("--profile", action="store_true",
+                    help="one-shot rows: one more pre-fill under the profiler; GPU time by kernel class (attention, "
+                         "GEMM, Inductor/Triton, copies, other) and the top kernels go to the JSON row")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--tag", default="")
     ap.add_argument("--commit", default=None, help="git commit to record (when the machine has no git)")
@@ -328,8 +332,45 @@ def finish_group(group):
             r["speedup_vs_compiled"] = comp["prefill_ms"] / r["prefill_ms"]
 
 
+_KERNEL_CLASSES = (  # GPU kernel name -> class, first match wins (profile_prefill)
+    ("attention", ("attention", "attn", "_streaming_", "_vs_", "_bs_", "antidiag", "fmha", "flash", "cudnn", "sdpa",
+                   "kernel_cutlass")),  # ours (Triton: _vs_fwd_kernel, ...), cuDNN / flash SDPA, FA4
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "sm90_", "cublas", "wgmma")),
+    ("inductor", ("triton_",)),
+    ("copy/fill", ("copy", "memcpy", "memset", "fill", "cat", "elementwise")),
+)
+
+
+def profile_prefill(prefill, ids, top: int = 30, device: str = "cuda") -> dict:
+    """One pre-fill under torch.profiler: GPU time per kernel class and the top kernels (name, ms, calls)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        out = prefill(ids)
+        if cuda:
+            torch.cuda.synchronize()
+    del out
+    want = DeviceType.CUDA if cuda else DeviceType.CPU
+    per = {}
+    for e in prof.events():
+        if e.device_type == want:
+            ms, n = per.get(e.name, (0.0, 0))
+            per[e.name] = (ms + e.time_range.elapsed_us() / 1e3, n + 1)
+    classes = {c: 0.0 for c, _ in _KERNEL_CLASSES}
+    classes["other"] = 0.0
+    for name, (ms, _) in per.items():
+        low = name.lower()
+        cls = next((c for c, keys in _KERNEL_CLASSES if any(k in low for k in keys)), "other")
+        classes[cls] += ms
+    ranked = sorted(((n, ms, c) for n, (ms, c) in per.items()), key=lambda t: -t[1])
+    return {"classes": classes, "total_ms": sum(classes.values()), "top": ranked[:top]}
+
+
 def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t0):
     import torch
+    from minference_compile.ops import fa4
     from minference_compile.backend import make_backend
     _, _, kw, _ = MODEL_SHAPES[shape]
     full_layers = kw["num_hidden_layers"]
@@ -392,6 +433,7 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                     r["compile_s"] = compile_s
                 reps = a.reps or (2 if S < 262144 else 1)
                 best = None
+                fa4_before = dict(fa4.CALLS)
                 for _ in range(reps):
                     gc.collect()
                     if clock.cuda:
@@ -412,6 +454,15 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                         r["decode_ms"], r["tokens"] = dms, toks[0].tolist()
                     del cache, logits
                 r.update(status="ok", prefill_ms=best[0], ttft_ms=best[1], peak_mem_gib=peak)
+                # which kernel ran: FlashAttention-4 calls (the [hopper] extra) during the timed pre-fills
+                r["fa4_calls"] = " ".join(f"{k.replace(' ', '-')}:{n - fa4_before.get(k, 0)}"
+                                          for k, n in sorted(fa4.CALLS.items()) if n - fa4_before.get(k, 0)) or "0"
+                if a.profile and not a.chunk and clock.cuda:
+                    r["profile"] = profile_prefill(prefill, ids)
+                    print("  profile (GPU ms by class): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                                      r["profile"]["classes"].items()), flush=True)
+                    for name, ms, n in r["profile"]["top"][:12]:
+                        print(f"    {ms:9.2f} ms {n:5d}x  {name[:110]}", flush=True)
                 r["prefill_ms_full_depth"] = best[0] * full_layers / L
                 notes = []
                 if L != full_layers:
@@ -468,6 +519,13 @@ def main(argv=None) -> int:
     register_attention()
     os.makedirs(a.out, exist_ok=True)
     meta = metadata(a)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    logging.getLogger("minference_compile").setLevel(logging.INFO)  # e.g. "A-shape attention runs on FlashAttention-4"
+    if cuda:
+        from minference_compile.ops import fa4
+        probe = torch.zeros(1, 2, 8, 64, device="cuda", dtype=torch.bfloat16)
+        meta["fa4"] = fa4.reason(probe, probe) or "on"
+        print(f"# FlashAttention-4 ([hopper] extra): {meta['fa4']}", flush=True)
     chunks = [int(parse_lengths(c)[0]) if c.strip() not in ("", "0") else 0 for c in str(a.chunk).split(",")]
     a.chunk = chunks[0]
     meta.update(shape=a.shape, model=MODEL_SHAPES[a.shape][2], lengths=lengths, methods=methods, chunk=chunks,

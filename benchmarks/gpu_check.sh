@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -99,6 +99,12 @@ for m in $modes; do
       timeout 400 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 32768 --methods ashape,vs-injected --max-minutes 5 --commit "$COMMIT" --out "$OUT" --tag chunk32k 2>&1 | tail -20 ;;
     e2e-chunk-ratio)  # issue 11: chunked (32K) vs one-shot sparse pre-fill at 128K in ONE process, LAYERS deep (default 4)
       timeout ${E2E_S:-300} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --chunk 0,32768 --layers ${LAYERS:-4} --methods ${E2E_METHODS:-eager-sdpa,ashape,vs-injected} --max-minutes ${E2E_MIN:-4} --commit "$COMMIT" --out "$OUT" --tag ratio 2>&1 | tail -20 ;;
+    s7tests)  # the GPU tests not yet run on the H200 with today's defaults: antidiagonal (fused mass), PrefillCache, chunked, ops
+      timeout ${TEST_S:-240} python3 -m pytest -q -p no:cacheprovider -rf tests/test_antidiag.py tests/test_prefill_cache.py tests/test_gpu_chunked.py tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_s7.log" | tail -12 ;;
+    e2e-128k-full)  # issue 11: full-depth 128K one shot, every method in one process, with a profiled pre-fill each
+      timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --methods ${E2E_METHODS:-eager-sdpa,ashape,vs-injected,block-sparse} --reps 2 --profile --max-minutes ${E2E_MIN:-7.2} --commit "$COMMIT" --out "$OUT" --tag full128k 2>&1 | grep -v "^USDT" | tail -80 ;;
+    e2e-long4)  # issue 11: 512K and 1M in 64K chunks, 4 of 28 layers (scaled by depth), every method in one process
+      timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-eager-sdpa,ashape,block-sparse,vs-injected} --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag long4 2>&1 | grep -v "^USDT" | tail -30 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
       timeout 560 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods block-sparse --max-minutes 7 --commit "$COMMIT" --out "$OUT" --tag bs 2>&1 | tail -20 ;;
     e2e-512k-dense)  # dense chunked pre-fill at 512K on 2 of 28 layers (scaled by depth)

@@ -12,6 +12,7 @@ and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels (and the flash prefi
 call of each (dtype, head dim, A-shape window) JIT-compiles (2-6 s on the H200)."""
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -88,12 +89,14 @@ def block_sparse_tensors(lists):
 
 
 _announced = set()
+CALLS = collections.Counter()  # FA4 calls by kind ("dense causal", "A-shape"): benchmarks record which kernel ran
 
 
 def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
     """FA4 on [B,H,S,D] tensors (GQA by head counts) -> [B,Hq,S,D] (a transposed view of FA4's output)."""
     from flash_attn.cute import flash_attn_func
     kind = "dense causal" if window == DENSE else "A-shape"
+    CALLS[kind] += 1
     if kind not in _announced:  # once per kind: which kernel really runs (explain() records the pattern only)
         _announced.add(kind)
         _log.info("minference_compile: %s attention runs on FlashAttention-4 (the [hopper] extra; "
