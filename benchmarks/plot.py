@@ -1,4 +1,5 @@
-"""Speedup vs length per case (log x), one panel per shape: `python -m benchmarks.plot results/x.csv [-o out.png]`."""
+"""Speedup vs length per case (log x), one panel per shape: `python -m benchmarks.plot results/x.csv [y.csv ...]
+[-o out.png]` (several CSVs: their rows merged, e.g. an e2e one-shot run and a chunked one)."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,11 @@ from .report import _f, load_csv
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("csv")
+    ap.add_argument("csv", nargs="+")
     ap.add_argument("-o", "--output", default=None, help="PNG path (default: next to the CSV)")
     ap.add_argument("--metric", default="speedup", choices=["speedup", "efficiency", "ms", "coverage"])
+    ap.add_argument("--ylabel", default=None, help="y axis label (default: the metric, 'vs cuDNN dense' for speedup)")
+    ap.add_argument("--title", default=None, help="panel title (default: the shape)")
     a = ap.parse_args(argv)
     try:
         import matplotlib
@@ -21,10 +24,10 @@ def main(argv=None) -> int:
     except ImportError:
         print("benchmarks.plot needs matplotlib (pip install matplotlib); the CSV is readable as is.", file=sys.stderr)
         return 1
-    rows = [r for r in load_csv(a.csv) if _f(r.get(a.metric)) is not None]
+    rows = [r for path in a.csv for r in load_csv(path) if _f(r.get(a.metric)) is not None]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     if not shapes:
-        print(f"no '{a.metric}' values in {a.csv}", file=sys.stderr)
+        print(f"no '{a.metric}' values in {', '.join(a.csv)}", file=sys.stderr)
         return 1
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
@@ -39,8 +42,8 @@ def main(argv=None) -> int:
         if a.metric == "speedup":
             ax.axhline(1.0, color="gray", linewidth=0.8)
         ax.set_xlabel("sequence length S")
-        ax.set_ylabel(a.metric + (" vs cuDNN dense" if a.metric == "speedup" else ""))
-        ax.set_title(shape)
+        ax.set_ylabel(a.ylabel or (a.metric + (" vs cuDNN dense" if a.metric == "speedup" else "")))
+        ax.set_title(a.title or shape, fontsize=9 if a.title else None)
         ax.grid(True, which="both", alpha=0.3)
     # one legend for all panels: a case missing from the last panel (e.g. flex at one shape) still gets an entry
     handles = {}
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
             handles.setdefault(lab, h)
     axes[0][-1].legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="best")
     fig.tight_layout()
-    out = a.output or os.path.splitext(a.csv)[0] + f"-{a.metric}.png"
+    out = a.output or os.path.splitext(a.csv[0])[0] + f"-{a.metric}.png"
     fig.savefig(out, dpi=120)
     print(f"wrote {out}")
     return 0

@@ -91,6 +91,19 @@ def last_dim_contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def head_rows(t: torch.Tensor) -> torch.Tensor:
+    """t [B,H,S,D] itself when each head is a block of whole rows (contiguous, or a cache buffer's narrowed view),
+    else a [B,H,S,D] copy. Inside a compiled model q/k/v arrive as transposes of [B,S,H,D] projections (heads
+    interleaved row by row): TMA descriptors cannot read them, and pointer loads of 64-row tiles spread over
+    H times the span run slower. H200, 128K, Qwen2.5-7B shape, full depth: the VS kernel took 147.6 ms per layer
+    in the model vs 126 ms on contiguous inputs, block-sparse 36.0 vs ~30.5 ms (benchmarks/NOTES.md E9); the copy
+    costs ~0.5 ms per layer there."""
+    t = last_dim_contig(t)
+    if 0 in t.stride()[:3]:  # a broadcast (expanded) dim: pointer loads read it as is, a copy would materialise it
+        return t
+    return t if _row_view(t) is not None else t.contiguous()
+
+
 def qk_scale(scale: Optional[float], D: int) -> float:
     return (1.0 / math.sqrt(D) if scale is None else float(scale)) * LOG2E
 
@@ -98,7 +111,7 @@ def qk_scale(scale: Optional[float], D: int) -> float:
 def prepare(q, k, v, head_mask, out):
     # -> (q, k, v, head_mask int32 | None, out, work): the kernel writes `work` (stride(-1) == 1), then
     # finish(out, work, head_mask) copies it into `out` if they differ
-    q, k, v = last_dim_contig(q), last_dim_contig(k), last_dim_contig(v)
+    q, k, v = head_rows(q), head_rows(k), head_rows(v)
     hm = None if head_mask is None else head_mask.to(device=q.device, dtype=torch.int32).contiguous()
     if out is None:
         out = torch.zeros_like(q) if head_mask is not None else torch.empty_like(q)
