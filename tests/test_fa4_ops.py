@@ -193,3 +193,28 @@ def test_fa4_gpu_sparse_prefill_equals_triton(monkeypatch):
     monkeypatch.setenv("MINFERENCE_FA4", "0")
     off = torch.ops.minference.sparse_prefill(q, k, v, patterns, vs, ss, 128 ** -0.5, 0, 64)
     torch.testing.assert_close(on.float(), off.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_runtime_record_names_fa4_when_it_ran(emulated, monkeypatch):
+    """runtime_stats() says which layers FA4 ran (sparse A-shape or dense), and only those."""
+    import minference_compile.ops  # noqa: F401 (registers torch.ops.minference)
+    from minference_compile.ops.record import RECORD, runtime_stats
+    q, k, v = qkv(1, 4, 2, 130, 64)
+    op = torch.ops.minference.sparse_prefill
+    RECORD.reset()
+    op(q, k, v, [2] * 4, [4] * 4, [32] * 4, 0.2, 10**6, 64, 1.0, 0)  # below min_sparse_len: dense, on FA4
+    monkeypatch.setattr(AShape, "attend", classmethod(lambda cls, g, s, hm, out: cls.attend_cuda(g, s, hm, out)))
+    out = op(q, k, v, [2] * 4, [4] * 4, [32] * 4, 0.2, 0, 64, 1.0, 1)  # sparse A-shape heads, on FA4
+    torch.testing.assert_close(out, reference(q, k, v, [(4, 32)] * 4, 0.2), rtol=1e-4, atol=1e-4)
+    monkeypatch.setenv("MINFERENCE_FA4", "0")
+    op(q, k, v, [2] * 4, [4] * 4, [32] * 4, 0.2, 0, 64, 1.0, 2)  # the Triton kernel: no FA4 mark
+    stats = runtime_stats()
+    (ran0, why0), = stats[0]
+    (ran1, why1), = stats[1]
+    (ran2, why2), = stats[2]
+    assert ran0 == "dense" and why0.endswith("[FlashAttention-4]")
+    assert ran1 == "sparse" and why1.endswith("[FlashAttention-4]")
+    assert ran2 == "sparse" and "FlashAttention-4" not in why2
+    assert len(emulated) == 2
+    RECORD.reset()

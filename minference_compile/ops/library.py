@@ -16,6 +16,7 @@ from ..patterns.a_shape import streaming as _streaming
 from ..patterns.block_sparse import block_sparse as _block_sparse_fwd
 from ..patterns.vertical_slash import vertical_slash as _vertical_slash
 from ..triton_kernels._torch_util import device_tensor
+from . import fa4
 from .decide import length_decision
 from .dense import dense_attention
 from .record import RECORD
@@ -91,8 +92,10 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     specs = [registry.unpack(p, vs, ss) for p, vs, ss in zip(patterns, vertical_size, slash_size)]
     sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
     if not sparse:
-        RECORD.add(layer, "dense", reason, Sq, S)
-        return dense_attention(q, k, v, scale)
+        n0 = _fa4_calls()
+        out = dense_attention(q, k, v, scale)
+        RECORD.add(layer, "dense", reason + _on_fa4(n0), Sq, S)
+        return out
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
     present = sorted(set(patterns))
     masks = {}
@@ -122,16 +125,28 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
             n += q.shape[0] * sum(x == p for x in patterns)
         work = layer_mean(total, n, tp_world)  # the one host sync: mean over the layer's heads on every TP rank
         if work > vs_max_work:
+            n0 = _fa4_calls()
+            out = dense_attention(q, k, v, scale)
             RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
-                       f"pairs > {vs_max_work:.2f}", Sq, S)
-            return dense_attention(q, k, v, scale)
-    RECORD.add(layer, "sparse", reason, Sq, S)
+                       f"pairs > {vs_max_work:.2f}" + _on_fa4(n0), Sq, S)
+            return out
     out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
+    n0 = _fa4_calls()
     for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
         cls = registry.by_id(p)
         sel = selections.pop(p) if p in selections else cls.select(groups[p])
         cls.attend(groups[p], sel, heads(p), out)
+    RECORD.add(layer, "sparse", reason + _on_fa4(n0), Sq, S)
     return out
+
+
+def _fa4_calls() -> int:
+    return sum(fa4.CALLS.values())
+
+
+def _on_fa4(before: int) -> str:
+    # the run-time record names the kernel when the [hopper] extra ran (part of) the layer
+    return " [FlashAttention-4]" if _fa4_calls() != before else ""
 
 
 @vertical_slash_attention.register_fake
