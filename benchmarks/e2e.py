@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sparse row, else 1)")
     ap.add_argument("--no-split", action="store_true", help="skip the attention / rest split")
     ap.add_argument("--profile", action="store_true",
-                    help="one-shot rows: one more pre-fill under the profiler; GPU time by kernel class (attention, "
-                         "GEMM, Inductor/Triton, copies, other) and the top kernels go to the JSON row")
+                    help="one more pre-fill per row under the profiler; GPU time by kernel class (attention, GEMM, "
+                         "Inductor/Triton, copies, other) and the top kernels go to the JSON row")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     ap.add_argument("--tag", default="")
     ap.add_argument("--commit", default=None, help="git commit to record (when the machine has no git)")
@@ -461,7 +461,7 @@ def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t
                 # which kernel ran: FlashAttention-4 calls (the [hopper] extra) during the timed pre-fills
                 r["fa4_calls"] = " ".join(f"{k.replace(' ', '-')}:{n - fa4_before.get(k, 0)}"
                                           for k, n in sorted(fa4.CALLS.items()) if n - fa4_before.get(k, 0)) or "0"
-                if a.profile and not a.chunk and clock.cuda:
+                if a.profile and clock.cuda:
                     r["profile"] = profile_prefill(prefill, ids)
                     print("  profile (GPU ms by class): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                                       r["profile"]["classes"].items()), flush=True)

@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -105,6 +105,8 @@ for m in $modes; do
       timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 128k --methods ${E2E_METHODS:-eager-sdpa,ashape,vs-injected,block-sparse} --reps 2 --profile --max-minutes ${E2E_MIN:-7.2} --commit "$COMMIT" --out "$OUT" --tag full128k 2>&1 | grep -v "^USDT" | tail -80 ;;
     e2e-long4)  # issue 11: 512K and 1M in 64K chunks, 4 of 28 layers (scaled by depth), every method in one process
       timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-eager-sdpa,ashape,block-sparse,vs-injected} --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag long4 2>&1 | grep -v "^USDT" | tail -30 ;;
+    e2e-long-prof)  # NOTES E10: block-sparse and VS at 1M in 64K chunks, 4 layers, timed twice and profiled (where the time goes)
+      timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-block-sparse,vs-injected} --profile --max-minutes ${E2E_MIN:-7} --commit "$COMMIT" --out "$OUT" --tag longprof 2>&1 | grep -v "^USDT\|^minference_compile INFO" | tail -40 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
       timeout 560 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods block-sparse --max-minutes 7 --commit "$COMMIT" --out "$OUT" --tag bs 2>&1 | tail -20 ;;
     e2e-512k-dense)  # dense chunked pre-fill at 512K on 2 of 28 layers (scaled by depth)
