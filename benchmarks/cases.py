@@ -140,5 +140,8 @@ def prepare(case, q, k, v, S, flex_block=128):
         return bs(case, q, k, v, S)
     if case.family == "ashape":
         return ashape(case, q, k, v, S)
+    if case.family == "seed-vs":
+        from .seed_peer import seed_vs
+        return seed_vs(case, q, k, v, S)
     from . import flex_cases
     return flex_cases.prepare(case, q, k, v, S, flex_block)

@@ -20,7 +20,7 @@ ASHAPE = (128, 4096)
 @dataclass(frozen=True)
 class Case:
     name: str
-    family: str               # dense | vs | bs | ashape | flex-ashape | flex-bs | flex-vs
+    family: str               # dense | vs | bs | ashape | flex-ashape | flex-bs | flex-vs | seed-vs
     params: dict = field(default_factory=dict, hash=False, compare=False)
     dense_ref: bool = False   # cuDNN (or flash as fallback) is the speedup reference
 
@@ -44,6 +44,9 @@ CASES = [
     # block-rounded pairs), pairing as the library default for the head dim
     Case("vs-1000/6096+aligned", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "aligned": True}),
     Case("vs-100/800+aligned", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "aligned": True}),
+    # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
+    Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
+    Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),
 ]
 # TMA loads (benchmarks/NOTES.md #17): the kernels with Q/K/V (VS: slash-tile K/V) through tensor descriptors
 # ("+tma"), at the tuned pipeline depth or forced to N stages ("@sN"), and today's pointer loads at N stages
