@@ -1,0 +1,88 @@
+"""The vertical-slash kernel with low-precision Q.K^T operands (qk_format "fp8" / "int8", triton_kernels/qk_quant.py)
+against naive_fp8.fp8_attention_ref under the block-rounded vertical-slash mask: same quantisation (64-row blocks
+from row 0 of q and of k, K smoothed or not), exact products, so the two differ by summation order only. Odd
+lengths, GQA, D 64/96/128, batch 2, query offsets, paired tiles, NaN-poisoned outputs; CPU through the
+interpreter (fp32 V and P), CUDA compiled (bf16, tolerance of the bf16 P.V)."""
+import pytest
+import torch
+
+from test_kernels_triton import (B, CUDA, DTYPES, OFFSET_SHAPES, SHAPES, TOL, check, device, nan_out,  # noqa: F401
+                                 offset_index_sets, qkv, rand_index, seed)
+
+from minference_compile.triton_kernels import naive
+from minference_compile.triton_kernels.naive_fp8 import fp8_attention_ref
+from minference_compile.triton_kernels.qk_quant import FORMATS, qk_format, quantize_rows
+from minference_compile.triton_kernels.vertical_slash import vertical_slash_attention_fwd
+from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
+
+FMTS = ["fp8", "int8"]
+
+
+def reference(q, k, v, vert, slash, fmt, smooth, q_len=None):
+    S = k.shape[2]
+    mask = naive.vertical_slash_mask(vert, slash, S, q_len=q_len)
+    pv = None if v.dtype == torch.float32 else v.dtype
+    return fp8_attention_ref(q, k, v, mask, qk_format=FORMATS[fmt], smooth_k=smooth, pv_dtype=pv)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("S,Hq,Hkv,D", SHAPES)
+def test_vertical_slash_qk8(S, Hq, Hkv, D, fmt, device):
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device)
+    vert, slash = rand_index(B, Hq, 9, S, device), rand_index(B, Hq, 7, S, device)
+    for pair, smooth in ((False, True), (True, False)):
+        idx = build_vertical_slash_index(vert, slash, S, pair=pair)
+        out = vertical_slash_attention_fwd(q, k, v, idx, None, None, nan_out(q), qk_format=fmt, smooth_k=smooth)
+        check(out, reference(q, k, v, vert, slash, fmt, smooth), dtype)
+
+
+@pytest.mark.parametrize("fmt", FMTS)
+@pytest.mark.parametrize("Sq,S,Hq,Hkv,D", OFFSET_SHAPES[:5])
+def test_vertical_slash_qk8_offset_and_tma(Sq, S, Hq, Hkv, D, fmt, device):
+    if CUDA and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs sm90+")
+    dtype = DTYPES[0]
+    q, k, v = qkv(S, Hq, Hkv, D, dtype, device, q_len=Sq)
+    vert, slash = offset_index_sets(Sq, S, Hq, device)
+    idx = build_vertical_slash_index(vert, slash, S, pair=True, q_len=Sq)
+    ref = reference(q, k, v, vert, slash, fmt, True, q_len=Sq)
+    for tma in (False, True):
+        out = vertical_slash_attention_fwd(q, k, v, idx, None, None, nan_out(q), tma=tma, qk_format=fmt)
+        check(out, ref, dtype)
+
+
+def test_qk8_differs_from_full_precision_and_is_close(device):
+    """The quantised path is really taken (outputs differ from the dtype's own Q.K^T) and stays near it."""
+    dtype = DTYPES[0]
+    S, Hq = 300, 4
+    q, k, v = qkv(S, Hq, 2, 64, dtype, device)
+    vert, slash = rand_index(B, Hq, 9, S, device), rand_index(B, Hq, 7, S, device)
+    idx = build_vertical_slash_index(vert, slash, S)
+    full = vertical_slash_attention_fwd(q, k, v, idx)
+    for fmt, lo, hi in (("fp8", 1e-3, 0.2), ("int8", 1e-4, 0.05)):
+        out = vertical_slash_attention_fwd(q, k, v, idx, qk_format=fmt)
+        rel = float((out.float() - full.float()).norm() / full.float().norm())
+        assert lo < rel < hi, (fmt, rel)
+
+
+def test_quantize_rows_definition():
+    x = torch.randn(2, 3, 130, 16) * torch.tensor([1.0, 10.0, 0.0]).view(1, 3, 1, 1)
+    for name, top in (("fp8", 448.0), ("int8", 127.0)):
+        x8, s = quantize_rows(x, qk_format(name))
+        assert x8.dtype == FORMATS[name] and s.shape == (2, 3, 3) and x8.is_contiguous()
+        blocks = torch.nn.functional.pad(x, (0, 0, 0, 62)).view(2, 3, 3, 64, 16).abs().amax((-1, -2))
+        torch.testing.assert_close(s, torch.where(blocks > 0, blocks / top, torch.ones_like(blocks)))
+        back = x8.float() * s.repeat_interleave(64, -1)[..., :130, None]
+        assert float((back - x).abs().max()) <= float(s.max()) * (0.5 if name == "int8" else 32)
+        assert (x8.float()[:, 2] == 0).all() and (s[:, 2] == 1).all()  # an all-zero head: scale 1
+    with pytest.raises(ValueError, match="qk_format"):
+        qk_format("e5m2")
+
+
+def test_qk8_needs_64_row_blocks(device):
+    q, k, v = qkv(64, 2, 2, 64, DTYPES[0], device)
+    idx = build_vertical_slash_index(rand_index(B, 2, 3, 64, device), rand_index(B, 2, 3, 64, device), 64,
+                                     block=32)
+    with pytest.raises(ValueError, match="64-row"):
+        vertical_slash_attention_fwd(q, k, v, idx, block=32, qk_format="int8")
