@@ -91,6 +91,12 @@ def _kernel_variant(case, kernel, q, k, v) -> tuple:
     loads)."""
     kw = {"tma": True if case.params.get("tma") else None, "num_stages": case.params.get("stages")}
     note = "" if kw["num_stages"] is None else f"num_stages={kw['num_stages']}"
+    if case.params.get("qk"):  # VS with 8-bit Q.K^T operands: the error against the same kernel in the input dtype
+        kw["qk_format"] = case.params["qk"]
+        want, got = kernel(), kernel(qk_format=case.params["qk"])
+        rel = float((got.float() - want.float()).norm() / want.float().norm())
+        note = f"qk {case.params['qk']} (rel L2 vs {str(q.dtype).split('.')[-1]} Q.K^T {rel:.2e}; random q/k)" + \
+            (f", {note}" if note else "")
     if kw["tma"]:
         from minference_compile.triton_kernels._common import tma_reason
         reason = tma_reason(q, k, v)

@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|qk8|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -107,6 +107,9 @@ for m in $modes; do
       timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-eager-sdpa,ashape,block-sparse,vs-injected} --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag long4 2>&1 | grep -v "^USDT" | tail -30 ;;
     e2e-long-prof)  # NOTES E10: block-sparse and VS at 1M in 64K chunks, 4 layers, timed twice and profiled (where the time goes)
       timeout ${E2E_S:-540} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-block-sparse,vs-injected} --profile --max-minutes ${E2E_MIN:-7} --commit "$COMMIT" --out "$OUT" --tag longprof 2>&1 | grep -v "^USDT\|^minference_compile INFO" | tail -40 ;;
+    qk8)  # issue 12: the VS kernel with fp8 / int8 Q.K^T operands vs itself in bf16 and cuDNN, 128K, both shapes
+      timeout ${QK8_S:-300} python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fp8,vs-1000/6096+int8,vs-100/800,vs-100/800+fp8,vs-100/800+int8 --no-index --max-minutes 4 --commit "$COMMIT" --out "$OUT" --tag qk8 2>&1 | tail -24
+      timeout ${QK8T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_qk8.py 2>&1 | tee "$OUT/tests_qk8.log" | tail -4 ;;
     seed-build)  # issue 12: the seed's source (MInference 0.1.6.0 sdist, carried as .seed/, sha-checked) with its CUDA index converter built in place
       ( echo "232540a7a7764e4d1db181e76730fd47ff6097f21760b2bef13a94de00bdea0e  .seed/minference-0.1.6.0.tar.gz" | sha256sum -c - ) || exit 1
       mkdir -p /tmp/seedsrc && tar xzf .seed/minference-0.1.6.0.tar.gz -C /tmp/seedsrc

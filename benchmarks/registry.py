@@ -44,6 +44,11 @@ CASES = [
     # block-rounded pairs), pairing as the library default for the head dim
     Case("vs-1000/6096+aligned", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "aligned": True}),
     Case("vs-100/800+aligned", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "aligned": True}),
+    # 8-bit Q.K^T operands (issue 12, config.qk_dtype): same sets, same kernel
+    Case("vs-1000/6096+fp8", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "qk": "fp8"}),
+    Case("vs-1000/6096+int8", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "qk": "int8"}),
+    Case("vs-100/800+fp8", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "qk": "fp8"}),
+    Case("vs-100/800+int8", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "qk": "int8"}),
     # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
     Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),

@@ -76,6 +76,10 @@ class MInferenceConfig:
     # of the causal pairs runs dense (cuDNN) instead: at ~0.55 of cuDNN's rate such a layer cannot win. 1.0 = never.
     # (CPU runs the sparse reference path regardless.)
     vs_max_work: float = DEFAULT_VS_MAX_WORK
+    # CUDA, vertical-slash heads: Q.K^T on block-scaled "fp8" (e4m3) or "int8" operands (K smoothed), opt-in:
+    # e4m3 missed the accuracy bar (+2.7% PPL vs +0.5%), int8 met it on SmolLM2 only (benchmarks/NOTES.md).
+    # None: the model's dtype.
+    qk_dtype: str | None = None
     source: str | None = None  # file it came from, for error messages and meta
     scores: tuple = ()  # per layer: tuple of (head, score)
     # A per-layer config must cover every layer of the model it is used with (the pass raises otherwise);
@@ -97,6 +101,8 @@ class MInferenceConfig:
         w = self.vs_max_work
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 < w <= 1.0:
             raise ConfigError(f"{_where(self.source)}: vs_max_work must be a number in (0, 1], got {w!r}")
+        if self.qk_dtype not in (None, "fp8", "int8"):
+            raise ConfigError(f"{_where(self.source)}: qk_dtype must be None, 'fp8' or 'int8', got {self.qk_dtype!r}")
         if not isinstance(self.layers, tuple):
             raise ConfigError(f"{_where(self.source)}: layers must be a tuple of per-layer (head, entry) pairs; "
                               "use MInferenceConfig.from_dict for the seed's list format")
@@ -109,7 +115,7 @@ class MInferenceConfig:
         """``data``: the seed's list of per-layer dicts, or ``{"layers": [...], "starting_layer": ..}``."""
         opts = {}
         if isinstance(data, Mapping):
-            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q", "vs_max_work",
+            opts = {k: data[k] for k in ("starting_layer", "min_sparse_len", "last_q", "vs_max_work", "qk_dtype",
                                          "allow_layer_mismatch") if k in data}
             if "default" in data:
                 opts["default"] = _parse_entry(data["default"], source, None, "default")
@@ -203,7 +209,7 @@ class MInferenceConfig:
         """Stable text of everything that changes the rewrite (for the pass uuid)."""
         return json.dumps(
             [self.to_list(), list(self.default), self.starting_layer, self.min_sparse_len, self.last_q,
-             self.vs_max_work, self.allow_layer_mismatch], sort_keys=True
+             self.vs_max_work, self.allow_layer_mismatch] + ([self.qk_dtype] if self.qk_dtype else []), sort_keys=True
         )
 
 

@@ -332,6 +332,8 @@ class MInferenceSDPAPass(_Base):
         if tp_world > 1 and not _world_is(tp_world):
             tp_world = 1  # the TP group is not the whole world (DP x TP): vs_max_work decides per rank, see DESIGN.md
         tail = (ids, vs, ss, scale, min_len, self.config.last_q, float(self.config.vs_max_work), layer, tp_world)
+        if self.config.qk_dtype:  # only when set: default graphs keep their arguments
+            tail += (self.config.qk_dtype,)
         if proof is not None and (proof.padding is not None or proof.positions is not None):
             new = self._insert(graph, node, torch.ops.minference.sparse_prefill_masked.default,
                                (q, k0, v0, proof.padding, proof.positions) + tail)

@@ -86,3 +86,76 @@ def test_qk8_needs_64_row_blocks(device):
                                      block=32)
     with pytest.raises(ValueError, match="64-row"):
         vertical_slash_attention_fwd(q, k, v, idx, block=32, qk_format="int8")
+
+
+def test_config_pass_op_and_pattern_carry_qk_dtype(device, caplog):
+    """config.qk_dtype -> the pass's op argument -> HeadGroup -> the VS kernel's quantised path."""
+    import logging
+
+    import torch.nn.functional as F
+
+    from minference_compile.config import ConfigError, MInferenceConfig
+    from minference_compile.passes import MInferenceSDPAPass
+    from minference_compile.patterns.base import HeadGroup
+    from minference_compile.patterns.vertical_slash import VerticalSlash, VSSelection
+    cfg = {"layers": [], "default": ["vertical_and_slash", 64, 64], "min_sparse_len": 0}
+    with pytest.raises(ConfigError, match="qk_dtype"):
+        MInferenceConfig.from_dict({**cfg, "qk_dtype": "fp16"})
+    c8 = MInferenceConfig.from_dict({**cfg, "qk_dtype": "int8"})
+    assert c8.qk_dtype == "int8" and c8.fingerprint() != MInferenceConfig.from_dict(cfg).fingerprint()
+
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    q0, k0, v0 = (torch.randn(1, h, 32, 64) for h in (4, 2, 2))
+    for config, tail in ((cfg, 9), (c8, 10)):
+        got = []
+
+        def backend(gm, example_inputs, config=config):
+            got.extend(n for n in gm.graph.nodes if n.op == "call_function" and "minference" in str(n.target))
+            MInferenceSDPAPass(config)(gm.graph)
+            got[:] = [n for n in gm.graph.nodes if n.op == "call_function" and "minference" in str(n.target)]
+            gm.recompile()
+            return gm.forward
+        torch._dynamo.reset()
+        torch.compile(fn, backend=backend, fullgraph=True)(q0, k0, v0)
+        (node,) = got
+        assert len(node.args) == 3 + tail and (tail == 9 or node.args[-1] == "int8")
+    with pytest.raises(ValueError, match="qk_dtype"):
+        torch.ops.minference.sparse_prefill(q0, k0, v0, [1] * 4, [8] * 4, [8] * 4, 0.125, 0, 64, 1.0, 0, 1, "e5m2")
+    # CPU: the op's reference path ignores it (logged once: the compiled call above may have logged it), the
+    # answer is the input dtype's
+    from minference_compile.patterns import vertical_slash as vs_pattern
+    vs_pattern._cpu_noted.clear()
+    with caplog.at_level(logging.INFO, logger="minference_compile"):
+        a = torch.ops.minference.sparse_prefill(q0, k0, v0, [1] * 4, [8] * 4, [8] * 4, 0.125, 0, 64, 1.0, 0, 1, "int8")
+    b = torch.ops.minference.sparse_prefill(q0, k0, v0, [1] * 4, [8] * 4, [8] * 4, 0.125, 0, 64)
+    torch.testing.assert_close(a, b)
+    assert any("applies to the CUDA kernel" in r.getMessage() for r in caplog.records)
+    # the kernel path of the pattern (interpreted on CPU) takes the group's qk_dtype
+    dtype = DTYPES[0]
+    S, Hq = 130, 4
+    q, k, v = qkv(S, Hq, 2, 64, dtype, device)
+    vert, slash = rand_index(B, Hq, 9, S, device), rand_index(B, Hq, 7, S, device)
+    spec = VerticalSlash(9, 7)
+    group = HeadGroup(q, k, v, 64 ** -0.5, 64, (spec,) * Hq, "int8")
+    idx = build_vertical_slash_index(vert, slash, S)
+    out = VerticalSlash.attend_cuda(group, VSSelection(vert, slash, idx), None, nan_out(q))
+    check(out, reference(q, k, v, vert, slash, "int8", True), dtype)
+
+
+def test_benchmark_qk8_cases(device):
+    """The runner's vs-*+fp8 / +int8 cases run the quantised kernel and note its error against the plain one."""
+    from benchmarks import cases as C
+    from benchmarks import registry as R
+    S = 130
+    q, k, v = (x[:1].contiguous() for x in qkv(S, 4, 2, 64, DTYPES[0], device))
+    for name in ("vs-1000/6096+fp8", "vs-100/800+int8"):
+        assert R.CASE_BY_NAME[name].params["qk"] in ("fp8", "int8")
+    case = R.Case("vs-small+int8", "vs", {"nv": 20, "ns": 30, "qk": "int8"})
+    p = C.vs(case, q, k, v, S)
+    assert "qk int8" in p.note and p.op_fn is None and p.index_fn is None
+    plain = C.vs(R.Case("vs-small", "vs", {"nv": 20, "ns": 30}), q, k, v, S)
+    got, want = p.fn(), plain.fn()
+    assert not torch.equal(got, want)
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)

@@ -76,15 +76,19 @@ def estimate_vertical_slash(q: Tensor, k: Tensor, vertical_size: int, slash_size
 
 @torch.library.custom_op("minference::sparse_prefill", mutates_args=(), schema=(
     "(Tensor q, Tensor k, Tensor v, int[] patterns, int[] vertical_size, int[] slash_size, float scale,"
-    " int min_sparse_len, int last_q, float vs_max_work=1.0, int layer=-1, int tp_world=1) -> Tensor"))
+    " int min_sparse_len, int last_q, float vs_max_work=1.0, int layer=-1, int tp_world=1, str qk_dtype=\"\")"
+    " -> Tensor"))
 def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertical_size: List[int],
                    slash_size: List[int], scale: float, min_sparse_len: int, last_q: int,
-                   vs_max_work: float = 1.0, layer: int = -1, tp_world: int = 1) -> Tensor:
+                   vs_max_work: float = 1.0, layer: int = -1, tp_world: int = 1, qk_dtype: str = "") -> Tensor:
     """One attention layer with per-head patterns. q [B, Hq, Sq, D] are the last Sq of the S positions of
     k/v [B, Hkv, S, D] (Sq < S: a pre-fill chunk over a cached prefix). ``layer`` only labels the run-time
     record; ``tp_world`` > 1: this rank holds a tensor-parallel slice of the layer's heads, and the
-    ``vs_max_work`` check averages over every rank's heads (one all-reduce) so all ranks decide alike."""
+    ``vs_max_work`` check averages over every rank's heads (one all-reduce) so all ranks decide alike.
+    ``qk_dtype`` "fp8" / "int8": the vertical-slash heads' Q.K^T on block-scaled operands (CUDA; config.qk_dtype)."""
     Sq, S = q.shape[2], k.shape[2]
+    if qk_dtype not in ("", "fp8", "int8"):
+        raise ValueError(f"qk_dtype must be '' (the input dtype), 'fp8' or 'int8', got {qk_dtype!r}")
     if not len(patterns) == len(vertical_size) == len(slash_size) == q.shape[1]:
         raise ValueError(f"patterns/vertical_size/slash_size need one entry per q head ({q.shape[1]}), got "
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
@@ -109,7 +113,7 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
         return masks[p]
 
     groups = {p: registry.HeadGroup(q, k, v, scale, last_q, tuple(sp if x == p else None
-                                                                   for x, sp in zip(patterns, specs)))
+                                                                   for x, sp in zip(patterns, specs)), qk_dtype)
               for p in present}
     # patterns with a work estimate (vertical-slash) select first: a too-dense estimate can send the whole layer
     # to cuDNN (CUDA; CPU runs the masked reference path: no speed to protect there)

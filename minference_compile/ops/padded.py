@@ -41,6 +41,7 @@ def sparse_prefill_masked(
     vs_max_work: float = 1.0,
     layer: int = -1,
     tp_world: int = 1,
+    qk_dtype: str = "",
 ) -> torch.Tensor:
     B, sq, skv = q.shape[0], q.shape[2], k.shape[2]
     if padding_mask is not None and (padding_mask.dim() != 2 or padding_mask.shape[0] != B
@@ -62,8 +63,8 @@ def sparse_prefill_masked(
         RECORD.add(layer, "dense", why + ": exact dense attention with the model's mask", sq, skv)
         return dense_attention(q, k, v, scale, keep, positions=pos)
     return torch.ops.minference.sparse_prefill(
-        q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work, layer, tp_world
-    )
+        q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work, layer, tp_world,
+        qk_dtype)
 
 
 def mask_inputs(padding_mask, position_ids, k, batch: int):
@@ -96,5 +97,5 @@ def _irregular(padding_mask, position_ids, keep, pos) -> str:
 
 @sparse_prefill_masked.register_fake
 def _(q, k, v, padding_mask, position_ids, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q,
-      vs_max_work=1.0, layer=-1, tp_world=1):
+      vs_max_work=1.0, layer=-1, tp_world=1, qk_dtype=""):
     return q.new_empty(q.shape)

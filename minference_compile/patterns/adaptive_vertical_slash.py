@@ -43,7 +43,8 @@ class VerticalSlashAdaptive(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:
-        return vertical_slash_kernel(group.q, group.k, group.v, *selection, group.scale, head_mask, out)
+        return vertical_slash_kernel(group.q, group.k, group.v, *selection, group.scale, head_mask, out,
+                                     qk_dtype=group.qk_dtype)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection) -> torch.Tensor:

@@ -55,6 +55,7 @@ class HeadGroup:
     scale: float
     last_q: int
     specs: Tuple[Optional["Pattern"], ...]
+    qk_dtype: str = ""  # "fp8" / "int8": the vertical-slash kernel's Q.K^T operands (config.qk_dtype)
 
     def values(self, field: str, fill: Any) -> list:
         """Per q head: this pattern's ``field``, ``fill`` for heads of other patterns (they select nothing)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import NamedTuple, Optional
 
 import torch
@@ -12,6 +13,9 @@ from ..triton_kernels import naive
 from ..ops import cpu
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .base import HeadGroup, Pattern, Slot, register
+
+_log = logging.getLogger("minference_compile")
+_cpu_noted: set = set()
 
 
 class VSSelection(NamedTuple):
@@ -26,13 +30,15 @@ def build_index(q, k, vertical, slash):
     return build_vertical_slash_index(vertical, slash, k.shape[2], pair=pair_for(q.shape[-1]), q_len=q.shape[2])
 
 
-def vertical_slash_kernel(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None):
+def vertical_slash_kernel(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None,
+                          qk_dtype: str = ""):
     """The Triton kernel (CUDA; CPU tensors under TRITON_INTERPRET=1) from the column / offset sets (index: the
-    prebuilt index of those sets, else built here)."""
+    prebuilt index of those sets, else built here); qk_dtype "fp8" / "int8": block-scaled Q.K^T operands."""
     from ..triton_kernels.vertical_slash import vertical_slash_attention_fwd
     if index is None:
         index = build_index(q, k, vertical, slash)
-    return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out)
+    return vertical_slash_attention_fwd(q, k, v, index, scale, head_mask=head_mask, out=out,
+                                        qk_format=qk_dtype or None)
 
 
 def vertical_slash(q, k, v, vertical, slash, scale: float, head_mask=None, out=None, index=None) -> torch.Tensor:
@@ -69,13 +75,17 @@ class VerticalSlash(Pattern):
 
     @classmethod
     def attend_cpu(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
+        if group.qk_dtype and group.qk_dtype not in _cpu_noted:
+            _cpu_noted.add(group.qk_dtype)
+            _log.info("minference_compile: qk_dtype=%r applies to the CUDA kernel; the CPU path computes Q.K^T in "
+                      "the input dtype", group.qk_dtype)
         return cpu.vertical_slash_attention(group.q, group.k, group.v, selection.vertical, selection.slash,
                                             group.scale, head_mask, out)
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
         return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
-                                     head_mask, out, selection.index)
+                                     head_mask, out, selection.index, group.qk_dtype)
 
     @classmethod
     def reference(cls, group: HeadGroup, selection: VSSelection) -> torch.Tensor:
