@@ -4,9 +4,12 @@ an all-zero block has scale 1. `smooth_k` first subtracts each kv head's per-cha
 score of a query row moves by the same q . mean: softmax unchanged, K's range freed of channel offsets).
 triton_kernels/naive_fp8.py states the same numerics as a reference (fp8_attention_ref); benchmarks/NOTES.md has
 their measured accuracy (e4m3 misses the +0.5% PPL bar, int8 with smoothing meets it on SmolLM2)."""
+import os
 from typing import Tuple
 
 import torch
+import triton
+import triton.language as tl
 
 BLOCK = 64
 FORMATS = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
@@ -40,11 +43,73 @@ def quantize_rows(x: torch.Tensor, fmt: torch.dtype, block: int = BLOCK) -> Tupl
     return x8, scale.contiguous()
 
 
-def quantize_qk(q: torch.Tensor, k: torch.Tensor, fmt: torch.dtype, smooth_k: bool = True):
-    """q [B,Hq,Sq,D], k [B,Hkv,S,D] -> (q8, q scales [B,Hq,ceil(Sq/64)], k8, k scales [B,Hkv,ceil(S/64)])."""
+def quantize_qk(q: torch.Tensor, k: torch.Tensor, fmt: torch.dtype, smooth_k: bool = True, impl: str = "auto"):
+    """q [B,Hq,Sq,D], k [B,Hkv,S,D] -> (q8, q scales [B,Hq,ceil(Sq/64)], k8, k scales [B,Hkv,ceil(S/64)]).
+    impl: "triton" (one launch per tensor), "torch", "auto" = triton on CUDA, and under TRITON_INTERPRET=1 for int8
+    (the interpreter's e4m3 conversion does not round to nearest even as the hardware and torch do)."""
+    if impl == "auto":
+        interp = os.environ.get("TRITON_INTERPRET") == "1" and fmt == torch.int8
+        impl = "triton" if q.is_cuda or interp else "torch"
+    if impl == "triton":
+        mean = k.mean(dim=2, dtype=torch.float32) if smooth_k else None
+        q8, qs = quantize_rows_triton(q, fmt)
+        k8, ks = quantize_rows_triton(k, fmt, mean)
+        return q8, qs, k8, ks
     if smooth_k:
         k = k.float()
         k = k - k.mean(dim=2, keepdim=True)
     q8, qs = quantize_rows(q, fmt)
     k8, ks = quantize_rows(k, fmt)
     return q8, qs, k8, ks
+
+
+@triton.jit
+def _quant_rows_kernel(X, Y, SC, MEAN, sxb, sxh, sxn, syb, syh, syn, H, N, D, HM, TOP: tl.constexpr,
+                       IS_INT: tl.constexpr, SMOOTH: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    # one program per (b, h, 64-row block): optionally x - mean[b, h, :], amax over the block, x / scale clamped
+    # and rounded (int8: half to even) into Y, scale into SC [B, H, NB] (contiguous)
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rn = blk * BLOCK + tl.arange(0, BLOCK)
+    rd = tl.arange(0, BLOCK_D)
+    m = (rn[:, None] < N) & (rd[None, :] < D)
+    x = tl.load(X + b * sxb + h * sxh + rn.to(tl.int64)[:, None] * sxn + rd[None, :], mask=m, other=0.0)
+    x = x.to(tl.float32)
+    if SMOOTH:
+        mu = tl.load(MEAN + (b * HM + h) * D + rd, mask=rd < D, other=0.0)
+        x = tl.where(m, x - mu[None, :], 0.0)
+    amax = tl.max(tl.max(tl.abs(x), 1), 0)
+    scale = tl.where(amax > 0, amax / TOP, 1.0)
+    xs = tl.minimum(tl.maximum(x / scale, -TOP), TOP)
+    if IS_INT:
+        # round half to even: r = floor(x + 0.5), minus 1 where x + 0.5 was an odd integer tie
+        r = tl.floor(xs + 0.5)
+        tie = (r - xs) == 0.5
+        odd = (r - 2.0 * tl.floor(r * 0.5)) != 0.0
+        r = tl.where(tie & odd, r - 1.0, r)
+        y = r.to(tl.int8)
+    else:
+        y = xs.to(tl.float8e4nv, fp_downcast_rounding="rtne")
+    tl.store(Y + b * syb + h * syh + rn.to(tl.int64)[:, None] * syn + rd[None, :], y, mask=m)
+    tl.store(SC + bh.to(tl.int64) * tl.num_programs(0) + blk, scale)
+
+
+def quantize_rows_triton(x: torch.Tensor, fmt: torch.dtype, mean=None, block: int = BLOCK):
+    """quantize_rows in one launch (x - mean first when mean [B, H, D] fp32 is given): one read of x, one write
+    of x8, no fp32 copy (the torch version moves ~8x x's bytes)."""
+    B, H, N, D = x.shape
+    nb = -(-N // block)
+    y = torch.empty(B, H, N, D, dtype=fmt, device=x.device)
+    sc = torch.empty(B, H, nb, dtype=torch.float32, device=x.device)
+    if B * H * nb == 0:
+        return y, sc
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    mean_arg = mean.contiguous() if mean is not None else sc
+    _quant_rows_kernel[(nb, B * H)](x, y, sc, mean_arg, x.stride(0), x.stride(1), x.stride(2), y.stride(0),
+                                    y.stride(1), y.stride(2), H, N, D, H, TOP=_TOP[fmt], IS_INT=fmt == torch.int8,
+                                    SMOOTH=mean is not None, BLOCK=block,
+                                    BLOCK_D=max(16, triton.next_power_of_2(D)), num_warps=4)
+    return y, sc
