@@ -87,6 +87,7 @@ class SDPAMatch:
     device: str = ""  # device type of the traced tensors
     window: int = 0  # sliding window (local_attention) or 0
     tp: str = ""  # tensor parallel: "rank r/w: q heads a-b of H" or ""
+    qk_dtype: str = ""  # "fp8" / "int8": the VS heads' Q.K^T operands (config.qk_dtype), "" the input dtype
 
     @property
     def specs(self) -> tuple:
@@ -117,7 +118,8 @@ class SDPAMatch:
             checks.append("padding")
         if "position" in self.reason:
             checks.append("one sequence per row")
-        return "sparse: " + why + (f" (run-time check: {', '.join(checks)})" if checks else "")
+        qk = f", Q.K^T in {self.qk_dtype} (CUDA)" if self.qk_dtype and any(s.estimates_work for s in self.specs) else ""
+        return "sparse: " + why + qk + (f" (run-time check: {', '.join(checks)})" if checks else "")
 
 
 _PATH_PREFIX = re.compile(r"^L(\[[^\]]*\])+")  # L['self'] / L['args'][0]
@@ -341,7 +343,8 @@ class MInferenceSDPAPass(_Base):
         else:
             new = self._insert(graph, node, torch.ops.minference.sparse_prefill.default, (q, k0, v0) + tail)
             op = "sparse_prefill"
-        return self._done(node, new, k, k0, v, v0, mask, proof, base, form, op=op, min_sparse_len=min_len)
+        return self._done(node, new, k, k0, v, v0, mask, proof, base, form, op=op, min_sparse_len=min_len,
+                          qk_dtype=self.config.qk_dtype or "")
 
     def _check_config(self, layer: int, heads: Optional[int]) -> None:
         """Raise ConfigError (naming file, layer, head) when the config does not fit this model."""

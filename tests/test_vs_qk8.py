@@ -121,6 +121,9 @@ def test_config_pass_op_and_pattern_carry_qk_dtype(device, caplog):
         torch.compile(fn, backend=backend, fullgraph=True)(q0, k0, v0)
         (node,) = got
         assert len(node.args) == 3 + tail and (tail == 9 or node.args[-1] == "int8")
+        m = node.meta["minference"]
+        assert m.qk_dtype == ("" if tail == 9 else "int8")
+        assert ("Q.K^T in int8" in m.at_length(32, "cuda")) == (tail == 10)
     with pytest.raises(ValueError, match="qk_dtype"):
         torch.ops.minference.sparse_prefill(q0, k0, v0, [1] * 4, [8] * 4, [8] * 4, 0.125, 0, 64, 1.0, 0, 1, "e5m2")
     # CPU: the op's reference path ignores it (logged once: the compiled call above may have logged it), the
