@@ -77,7 +77,8 @@ class MInferenceConfig:
     # (CPU runs the sparse reference path regardless.)
     vs_max_work: float = DEFAULT_VS_MAX_WORK
     # CUDA, vertical-slash heads: Q.K^T on block-scaled "fp8" (e4m3) or "int8" operands (K smoothed), opt-in:
-    # e4m3 missed the accuracy bar (+2.7% PPL vs +0.5%), int8 met it on SmolLM2 only (benchmarks/NOTES.md).
+    # model-dependent accuracy (e4m3 +2.7% PPL on SmolLM2 at 4K, +0.37% on Qwen2.5-0.5B at 16K; int8 +0.1-0.5%;
+    # benchmarks/NOTES.md "FP8"), speed not yet measured.
     # None: the model's dtype.
     qk_dtype: str | None = None
     source: str | None = None  # file it came from, for error messages and meta

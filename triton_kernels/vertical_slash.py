@@ -183,7 +183,7 @@ def vertical_slash_attention_fwd(q, k, v, index: VSIndex, scale=None, head_mask=
     depth (None: MINFERENCE_NUM_STAGES or the table).
     qk_format: None (Q.K^T in the inputs' dtype), "fp8" or "int8": Q.K^T on 64-row block-scaled operands, K
     smoothed first unless smooth_k=False (triton_kernels/qk_quant.py; reference: naive_fp8.fp8_attention_ref).
-    Opt-in: e4m3 missed the accuracy bar (benchmarks/NOTES.md); speed not yet measured."""
+    Opt-in: accuracy is model-dependent (benchmarks/NOTES.md "FP8"); speed not yet measured."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     assert SQ <= S, "q_len must be <= kv_len"
