@@ -39,6 +39,13 @@ def _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC: tl.constexpr, MASKE
     # MASKED=False for tiles known to be fully inside the pattern: the select per element is ALU work
     # that Triton does not overlap with the tensor-core products.
     qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+    return _softmax_step(acc, m_i, l_i, qk, v, mask, qk_scale, PREC, MASKED)
+
+
+@triton.jit
+def _softmax_step(acc, m_i, l_i, qk, v, mask, qk_scale, PREC: tl.constexpr, MASKED: tl.constexpr = True):
+    # the online-softmax update from a tile's raw products qk [BM,BN] (fp32): shared by _attn_tile and the
+    # kernels that form qk differently (vertical_slash's 8-bit operands)
     if MASKED:
         qk = tl.where(mask, qk * qk_scale, float("-inf"))
     else:

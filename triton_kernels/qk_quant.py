@@ -11,9 +11,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .naive_fp8 import E4M3_MAX, INT8_MAX, quantize_blocks
+
 BLOCK = 64
 FORMATS = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
-_TOP = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
+_TOP = {torch.float8_e4m3fn: E4M3_MAX, torch.int8: INT8_MAX}
 
 
 def qk_format(name) -> torch.dtype:
@@ -26,21 +28,10 @@ def qk_format(name) -> torch.dtype:
 
 
 def quantize_rows(x: torch.Tensor, fmt: torch.dtype, block: int = BLOCK) -> Tuple[torch.Tensor, torch.Tensor]:
-    """x [B, H, N, D] -> (x8 [B, H, N, D] contiguous in fmt, scale [B, H, ceil(N / block)] fp32 contiguous)."""
-    B, H, N, D = x.shape
-    nb = -(-N // block)
-    top = _TOP[fmt]
-    xb = x.float()
-    if nb * block != N:
-        xb = torch.nn.functional.pad(xb, (0, 0, 0, nb * block - N))
-    xb = xb.view(B, H, nb, block, D)
-    amax = xb.abs().amax(dim=(-1, -2))
-    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
-    xs = (xb / scale[..., None, None]).clamp_(-top, top)
-    if fmt == torch.int8:
-        xs = xs.round_()
-    x8 = xs.to(fmt).view(B, H, nb * block, D)[:, :, :N].contiguous()
-    return x8, scale.contiguous()
+    """x [B, H, N, D] -> (x8 [B, H, N, D] contiguous in fmt, scale [B, H, ceil(N / block)] fp32): the torch
+    definition (naive_fp8.quantize_blocks, the reference's own), the fallback of quantize_rows_triton."""
+    x8, scale = quantize_blocks(x, block, fmt)
+    return x8.contiguous(), scale.contiguous()
 
 
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, fmt: torch.dtype, smooth_k: bool = True, impl: str = "auto"):

@@ -4,8 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (_attn_tile, _q_tile, _softmax_init, _store_o_tile, block_d, dot_precision, finish, prepare,
-                      qk_scale, stages_override, tma_descriptors, use_tma)
+from ._common import (_attn_tile, _q_tile, _softmax_init, _softmax_step, _store_o_tile, block_d, dot_precision,
+                      finish, prepare, qk_scale, stages_override, tma_descriptors, use_tma)
 from .vertical_slash_index import VSIndex, aligned_slots
 
 # BLOCK_D -> (num_warps, num_stages). BLOCK_M is pinned to 64 by the semantics (64-row query blocks) and
@@ -31,17 +31,7 @@ def _attn_tile_q8(acc, m_i, l_i, q, k, v, kscale, mask, qk_scale, PREC: tl.const
         qk = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
     else:
         qk = tl.dot(q, tl.trans(k))
-    qk = qk * kscale[None, :]
-    if MASKED:
-        qk = tl.where(mask, qk * qk_scale, float("-inf"))
-    else:
-        qk = qk * qk_scale
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(qk - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-    return acc, m_new, l_i
+    return _softmax_step(acc, m_i, l_i, qk * kscale[None, :], v, mask, qk_scale, PREC, MASKED)
 
 
 @triton.jit
