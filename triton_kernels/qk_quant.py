@@ -34,6 +34,12 @@ def quantize_rows(x: torch.Tensor, fmt: torch.dtype, block: int = BLOCK) -> Tupl
     return x8.contiguous(), scale.contiguous()
 
 
+def channel_mean(k: torch.Tensor) -> torch.Tensor:
+    """k [B,H,S,D] -> its per-channel mean over S [B,H,D] fp32; one definition for both quantisers, so they agree
+    bit for bit."""
+    return k.float().mean(dim=2)
+
+
 def quantize_qk(q: torch.Tensor, k: torch.Tensor, fmt: torch.dtype, smooth_k: bool = True, impl: str = "auto"):
     """q [B,Hq,Sq,D], k [B,Hkv,S,D] -> (q8, q scales [B,Hq,ceil(Sq/64)], k8, k scales [B,Hkv,ceil(S/64)]).
     impl: "triton" (one launch per tensor), "torch", "auto" = triton on CUDA, and under TRITON_INTERPRET=1 for int8
@@ -42,13 +48,12 @@ def quantize_qk(q: torch.Tensor, k: torch.Tensor, fmt: torch.dtype, smooth_k: bo
         interp = os.environ.get("TRITON_INTERPRET") == "1" and fmt == torch.int8
         impl = "triton" if q.is_cuda or interp else "torch"
     if impl == "triton":
-        mean = k.mean(dim=2, dtype=torch.float32) if smooth_k else None
+        mean = channel_mean(k) if smooth_k else None
         q8, qs = quantize_rows_triton(q, fmt)
         k8, ks = quantize_rows_triton(k, fmt, mean)
         return q8, qs, k8, ks
     if smooth_k:
-        k = k.float()
-        k = k - k.mean(dim=2, keepdim=True)
+        k = k.float() - channel_mean(k)[:, :, None]
     q8, qs = quantize_rows(q, fmt)
     k8, ks = quantize_rows(k, fmt)
     return q8, qs, k8, ks
@@ -72,8 +77,10 @@ def _quant_rows_kernel(X, Y, SC, MEAN, sxb, sxh, sxn, syb, syh, syn, H, N, D, HM
         mu = tl.load(MEAN + (b * HM + h) * D + rd, mask=rd < D, other=0.0)
         x = tl.where(m, x - mu[None, :], 0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
-    scale = tl.where(amax > 0, amax / TOP, 1.0)
-    xs = tl.minimum(tl.maximum(x / scale, -TOP), TOP)
+    # div_rn: IEEE division as torch does it (a plain '/' compiles to an approximate divide on CUDA, and one ulp
+    # flips an int8 rounding tie: 10 of 49920 values differed on the H200)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, TOP), 1.0)
+    xs = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -TOP), TOP)
     if IS_INT:
         # round half to even: r = floor(x + 0.5), minus 1 where x + 0.5 was an odd integer tie
         r = tl.floor(xs + 0.5)
