@@ -30,6 +30,23 @@ def run_passes(gm: torch.fx.GraphModule, config: ConfigLike = None) -> list:
     return matches
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_key_pass(uuid: str):
+    """A no-op Inductor post-grad pass whose uuid is our pass's: Inductor's FX graph cache key includes custom
+    pass uuids, and our pass ran before Inductor saw the graph, so without it a warm cache would serve code
+    compiled against another version's op layouts (its generated code asserts the op output strides)."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    class MInferenceCacheKey(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            return None
+
+        def uuid(self) -> str:
+            return uuid
+
+    return MInferenceCacheKey()
+
+
 _hinted = [False]
 
 
@@ -39,6 +56,9 @@ def minference_backend(gm: torch.fx.GraphModule, example_inputs, options: Option
     kwargs.pop("mode", None)  # torch.compile(mode=...) is Inductor's business; not forwarded here
     t0 = time.perf_counter()
     matches = run_passes(gm, config)
+    from minference_compile.passes import MInferenceSDPAPass
+
+    opts.setdefault("post_grad_custom_pre_pass", _cache_key_pass(MInferenceSDPAPass(config).uuid()))
     n = sum(m.rewritten for m in matches)
     log.info("minference: graph with %d SDPA node(s): %d rewritten, %d dense; compiling with Inductor ...",
              len(matches), n, len(matches) - n)

@@ -131,6 +131,32 @@ def test_inductor_ten_lengths_two_compiles(with_mask):
     torch._dynamo.reset()
 
 
+def test_inductor_cache_key_carries_the_pass_uuid(monkeypatch):
+    """Our pass runs before Inductor sees the graph, so Inductor's FX graph cache would not notice a new version
+    of our ops (their fake strides are asserted in the cached code): the backend hands Inductor a no-op custom pass
+    whose uuid is our pass's, which hashes the ops' layout and fake definitions."""
+    import torch._inductor.compile_fx as cf
+    from minference_compile.passes import MInferenceSDPAPass
+    from minference_compile.passes.sdpa_rewrite import _source_text
+    seen = {}
+    real = cf.compile_fx
+
+    def spy(gm, example_inputs, config_patches=None, **kw):
+        seen.update(config_patches or {})
+        return real(gm, example_inputs, config_patches=config_patches, **kw)
+    monkeypatch.setattr(cf, "compile_fx", spy)
+    model = build("llama")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, backend="minference", options={"config": COVER})(input_ids=torch.randint(0, 128, (1, 19)))
+    key = seen["post_grad_custom_pre_pass"]
+    assert key.uuid() == MInferenceSDPAPass(COVER).uuid()
+    assert key.uuid() != MInferenceSDPAPass({**COVER, "min_sparse_len": 7}).uuid()
+    src = _source_text()
+    assert "def layer_out(" in src and "def _layer_fake(" in src
+    torch._dynamo.reset()
+
+
 def test_dynamic_true_symbolic_scale_is_rewritten():
     # with dynamic=True Dynamo lifts the module's float `scaling` into a 0-d input and .item()s it: the SDPA
     # scale is then a SymFloat node, which the pass must forward to the op (not try to float() it)

@@ -6,6 +6,7 @@ import torch
 
 import minference_compile.ops as ops
 import minference_compile.ops.padded  # noqa: F401  (registers sparse_prefill_masked)
+from minference_compile.ops.layout import layer_out_strides
 from minference_compile.ops import cpu
 from minference_compile.ops.crossover import MIN_CHUNK_ROWS, effective_len, runs_sparse
 from minference_compile.triton_kernels import naive
@@ -167,12 +168,16 @@ def test_masked_chunk_goes_sparse_without_padding():
     q, k, v = qkv(300, 4, 2, 64, torch.float32, q_len=128)
     args = ([2, 2, 2, 2], [4, 4, 4, 4], [64, 64, 64, 64], 0.125, 0, 64)
     ones = torch.ones(2, 300, dtype=torch.long)
-    close(_mp.sparse_prefill_masked(q, k, v, ones, None, *args), naive.streaming_ref(q, k, v, 4, 64, 0.125), torch.float32)
+    out = _mp.sparse_prefill_masked(q, k, v, ones, None, *args)
+    close(out, naive.streaming_ref(q, k, v, 4, 64, 0.125), torch.float32)
+    assert out.stride() == layer_out_strides(out.shape)
     pad = ones.clone()
     pad[1, :5] = 0  # real padding: dense with the padding mask
     keep = (torch.arange(300)[None, :] <= torch.arange(172, 300)[:, None])[None, None] & pad.bool()[:, None, None]
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=0.125, enable_gqa=True)
-    torch.testing.assert_close(_mp.sparse_prefill_masked(q, k, v, pad, None, *args), ref, **TOL[torch.float32])
+    out = _mp.sparse_prefill_masked(q, k, v, pad, None, *args)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    assert out.stride() == layer_out_strides(out.shape)  # the dense path too
 
 
 @pytest.mark.parametrize("Sq,S,Hq,Hkv", [(37, 100, 8, 2), (64, 65, 4, 4), (100, 300, 7, 1), (1, 50, 4, 2)])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import minference_compile.ops as ops
 from minference_compile.ops import cpu
 from minference_compile.ops.estimate import estimate_vertical_slash
+from minference_compile.ops.layout import layer_out_strides
 from minference_compile.triton_kernels import naive
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
@@ -138,6 +139,7 @@ def test_sparse_prefill_mixed_heads():
     for h, p in enumerate(patterns):
         close(out[:, h], refs[p][:, h], torch.float32)
     assert (vert[:, [0, 2, 3, 5, 6, 7]] == -1).all()
+    assert out.stride() == layer_out_strides(out.shape)  # the fake's layout: Inductor indexes the output by it
 
 
 @pytest.mark.parametrize("dense_heads", [False, True])
@@ -196,7 +198,7 @@ def test_sparse_prefill_dense_fallback(q_len, kv_len, dtype):
     q, k, v = qkv(kv_len, 8, 2, 80, dtype, q_len=q_len)  # any head_dim on the dense path
     out = _mp.sparse_prefill(q, k, v, [1, 2, 3, 0] * 2, [100, 4, 2, 0] * 2, [100, 64, 0, 0] * 2, 0.1, 128, 64)
     close(out, bottom_right_ref(q, k, v, 0.1), dtype)
-    assert out.is_contiguous()
+    assert out.stride() == layer_out_strides(out.shape)  # the fake's layout (ops/layout.py), on every path
 
 
 # ---- estimate ----

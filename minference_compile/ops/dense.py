@@ -13,23 +13,25 @@ _MASK_ELEMS_PER_CHUNK = 1 << 24  # bounds the per-chunk bool mask (B * rows * S_
 
 
 def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keep: Optional[Tensor] = None,
-                    positions: Optional[Tensor] = None, window: int = 0) -> Tensor:
+                    positions: Optional[Tensor] = None, window: int = 0, contiguous: bool = True) -> Tensor:
     """Causal SDPA where query row r sits at position kv_len - q_len + r.
 
     keep [B, kv_len] bool: padding, False keys are never attended. positions [B, S] (q_len == kv_len): the
     no-cache transformers mask instead of index-causal: row i sees j iff pos[j] <= pos[i] and both lie in the
     same packed sequence (``cumsum(diff(pos) != 1)``). window > 0: also i - j < window (sliding window).
     Without extras, prefill and decode take SDPA's mask-free paths; otherwise the mask is built per chunk of
-    rows. Rows with no attended key give 0. Output contiguous."""
+    rows. Rows with no attended key give 0. Output contiguous, or (contiguous=False) in whatever layout the kernel
+    wrote: the layer ops then take it as it is when it is already theirs (ops/layout.py)."""
+    fix = (lambda o: o.contiguous()) if contiguous else (lambda o: o)  # noqa: E731
     sq, skv = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     plain = keep is None and positions is None and (window <= 0 or window >= skv)
     if plain and sq > 1 and fa4.reason(q, k, chunk_ok=True) is None:
-        return fa4.dense_causal(q, k, v, scale)  # the [hopper] extra: 1.15-1.19x cuDNN on the H200, chunks too
+        return fix(fa4.dense_causal(q, k, v, scale))  # the [hopper] extra: 1.15-1.19x cuDNN on the H200, chunks too
     if plain and sq == skv:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa).contiguous()
+        return fix(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa))
     if plain and sq == 1:  # decode: the last position sees every key
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa).contiguous()
+        return fix(F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=gqa))
     if plain and _flash_ok(q):  # a pre-fill chunk (sq < skv) with no padding: no mask at all
         return prefix_causal_attention(q, k, v, scale)
     B = q.shape[0]

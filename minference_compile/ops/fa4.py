@@ -154,6 +154,6 @@ def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) 
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Dense causal attention [B,Hq,Sq,D] (contiguous; Sq <= S: the last Sq positions) through FA4 (check
-    `reason(q, k, chunk_ok=True)` first)."""
-    return _run(q, k, v, scale, DENSE).contiguous()
+    """Dense causal attention [B,Hq,Sq,D] (Sq <= S: the last Sq positions) through FA4, stored as FA4 writes it
+    ([B,Sq,Hq,D], a transposed view; check `reason(q, k, chunk_ok=True)` first)."""
+    return _run(q, k, v, scale, DENSE)

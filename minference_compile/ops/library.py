@@ -1,8 +1,9 @@
 """torch.library custom ops `minference::*`: CPU -> ops/cpu.py, CUDA -> triton_kernels/*; ``sparse_prefill`` runs
 each head's pattern through the registry (minference_compile/patterns/: index build, CPU path or kernel).
 
-The ops do not validate (the public functions in api.py do). Outputs are always contiguous
-(fake and real alike), so Inductor's assumed layout matches what the kernels write.
+The ops do not validate (the public functions in api.py do). Fake and real outputs have the same strides, so
+Inductor's assumed layout matches what the kernels write: contiguous for the standalone kernel ops, the layer
+layout of ops/layout.py ([B,Sq,Hq,D] storage) for ``sparse_prefill``.
 Triton modules are imported inside the CUDA paths only.
 """
 import math
@@ -22,6 +23,7 @@ from .dense import dense_attention
 from .record import RECORD
 from .tp import layer_mean
 from .estimate import estimate_vertical_slash as _estimate
+from .layout import as_layer_out, layer_out
 from .validate import check_head_dim
 
 
@@ -97,7 +99,7 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
     sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
     if not sparse:
         n0 = _fa4_calls()
-        out = dense_attention(q, k, v, scale)
+        out = as_layer_out(q, dense_attention(q, k, v, scale, contiguous=False))
         RECORD.add(layer, "dense", reason + _on_fa4(n0), Sq, S)
         return out
     check_head_dim(q.shape[3])  # same rule on every device; the FX pass checks it before rewriting
@@ -130,11 +132,11 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
         work = layer_mean(total, n, tp_world)  # the one host sync: mean over the layer's heads on every TP rank
         if work > vs_max_work:
             n0 = _fa4_calls()
-            out = dense_attention(q, k, v, scale)
+            out = as_layer_out(q, dense_attention(q, k, v, scale, contiguous=False))
             RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
                        f"pairs > {vs_max_work:.2f}" + _on_fa4(n0), Sq, S)
             return out
-    out = _empty(q)  # after the check above: a layer sent to dense never holds this buffer
+    out = layer_out(q)  # after the check above: a layer sent to dense never holds this buffer
     n0 = _fa4_calls()
     for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
         cls = registry.by_id(p)
@@ -156,9 +158,13 @@ def _on_fa4(before: int) -> str:
 @vertical_slash_attention.register_fake
 @block_sparse_attention.register_fake
 @streaming_attention.register_fake
-@sparse_prefill.register_fake
 def _attention_fake(q, k, v, *args, **kwargs) -> Tensor:
     return _empty(q)
+
+
+@sparse_prefill.register_fake
+def _layer_fake(q, k, v, *args, **kwargs) -> Tensor:
+    return layer_out(q)
 
 
 @estimate_vertical_slash.register_fake

@@ -22,6 +22,7 @@ import torch
 from . import library  # noqa: F401  (registers minference::sparse_prefill)
 from .crossover import MIN_CHUNK_ROWS
 from .dense import dense_attention
+from .layout import as_layer_out, layer_out
 from .record import RECORD
 
 
@@ -57,11 +58,11 @@ def sparse_prefill_masked(
         # q_len x kv_len mask, with no host check per layer and token
         RECORD.add(layer, "dense", f"q_len {sq} < {MIN_CHUNK_ROWS} rows against kv_len {skv} (decode / short chunk "
                    "tail run dense)", sq, skv)
-        return dense_attention(q, k, v, scale, keep)
+        return as_layer_out(q, dense_attention(q, k, v, scale, keep, contiguous=False))
     why = _irregular(padding_mask, position_ids, keep, pos)
     if why:
         RECORD.add(layer, "dense", why + ": exact dense attention with the model's mask", sq, skv)
-        return dense_attention(q, k, v, scale, keep, positions=pos)
+        return as_layer_out(q, dense_attention(q, k, v, scale, keep, positions=pos, contiguous=False))
     return torch.ops.minference.sparse_prefill(
         q, k, v, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q, vs_max_work, layer, tp_world,
         qk_dtype)
@@ -98,4 +99,4 @@ def _irregular(padding_mask, position_ids, keep, pos) -> str:
 @sparse_prefill_masked.register_fake
 def _(q, k, v, padding_mask, position_ids, patterns, vertical_size, slash_size, scale, min_sparse_len, last_q,
       vs_max_work=1.0, layer=-1, tp_world=1, qk_dtype=""):
-    return q.new_empty(q.shape)
+    return layer_out(q)
