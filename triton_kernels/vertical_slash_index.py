@@ -1,4 +1,7 @@
-"""Vertical-slash index builder (docs/DESIGN.md "Vertical-slash index layout"): vectorised torch, no host sync."""
+"""Vertical-slash index builder (docs/DESIGN.md "Vertical-slash index layout"): vectorised torch, no host sync; or
+the same index in two Triton launches (vertical_slash_index_fused.py, opt-in on CUDA with MINFERENCE_FUSED_VS_INDEX=1
+until it has been timed on a GPU)."""
+import os
 from typing import NamedTuple, Optional
 
 import torch
@@ -64,7 +67,8 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
 
 
 def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
-                               pair: bool = False, q_len: Optional[int] = None, aligned: bool = False) -> VSIndex:
+                               pair: bool = False, q_len: Optional[int] = None, aligned: bool = False,
+                               impl: str = "auto") -> VSIndex:
     """vertical [B,H,NV] int (key columns), slash [B,H,NS] int (diagonal offsets i - j) -> VSIndex.
 
     seq_len: kv_len S; q_len: query rows (default S), the last q_len positions, so query block qb starts at
@@ -74,7 +78,18 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     aligned: cover each selected offset by the whole key tiles at multiples d of `block` that its range touches
     (a superset of the block-rounded keys; interior tiles need no mask); tile_* lists have 2 NS slots, the
     column check uses tile_prefix instead of slash_prefix (docs/DESIGN.md "Vertical-slash, aligned").
+    impl: "torch" (this function's ~112 launches), "triton" (two launches, the same index bit for bit; not for
+    aligned or over 8192 slashes / 4096 columns), "auto" = triton on CUDA when MINFERENCE_FUSED_VS_INDEX=1.
     """
+    if impl not in ("auto", "torch", "triton"):
+        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+    if impl != "torch":
+        from .vertical_slash_index_fused import build_vertical_slash_index_fused, fused_supported
+        ok = fused_supported(slash, vertical, aligned)
+        if impl == "triton" and not ok:
+            raise ValueError("the fused builder takes aligned=False, <= 8192 slashes and <= 4096 columns")
+        if ok and (impl == "triton" or (slash.is_cuda and os.environ.get("MINFERENCE_FUSED_VS_INDEX") == "1")):
+            return build_vertical_slash_index_fused(vertical, slash, seq_len, block, pair, q_len)
     B, H = slash.shape[:2]
     dev = slash.device
     S = int(seq_len)
