@@ -34,7 +34,7 @@ def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=
         if window_size[0] is not None:
             mask = mask & (i - j <= window_size[0])
     out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, Sq, S), softmax_scale)
-    return out.transpose(1, 2).to(q.dtype), None
+    return out.transpose(1, 2).contiguous().to(q.dtype), None  # [B,S,Hq,D] contiguous, as FA4 allocates it
 
 
 def python_mask_mod(init, local):

@@ -124,6 +124,22 @@ def test_patterns_route_through_fa4_and_back(emulated, monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_one_call_returns_fa4_output_in_the_layer_layout(emulated):
+    """Without `out`, one FA4 call for every head returns FA4's own [B,S,H,D] output (no copy): the layout
+    sparse_prefill promises (ops/layout.py); mixed windows still fill a buffer of q's layout."""
+    from minference_compile.ops.layout import layer_out_strides
+    q, k, v = qkv(2, 4, 2, 200, 64)
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # a compiled model's [B,S,H,D] storage
+    out = fa4.attend(q, k, v, [(16, 64)] * 4, 0.2)
+    assert out.stride() == layer_out_strides(out.shape) and len(emulated) == 1
+    torch.testing.assert_close(out, reference(q, k, v, [(16, 64)] * 4, 0.2), rtol=1e-4, atol=1e-4)
+    mixed = [(16, 64), fa4.DENSE, (16, 64), (8, 32)]
+    out = fa4.attend(q, k, v, mixed, 0.2)
+    assert out.stride() == layer_out_strides(out.shape) and len(emulated) == 4
+    torch.testing.assert_close(out, reference(q, k, v, mixed, 0.2), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
 def test_dense_attention_uses_fa4_for_one_shot_causal_only(emulated):
     q, k, v = qkv(1, 4, 2, 90, 64)
     out = dense_mod.dense_attention(q, k, v, 0.125)

@@ -208,6 +208,18 @@ def test_tma_runs_on_transposed_layout_after_the_head_rows_copy(device, tma_used
     assert not any("TMA loads requested" in r.getMessage() for r in caplog.records)
 
 
+def test_new_output_takes_the_callers_layout(device):
+    """Without `out`, the kernels write a buffer of the caller's q layout (a compiled model's [B,S,H,D] storage,
+    which o_proj reads as a view), not of the head_rows copy they compute from."""
+    dtype, S, Hq = DTYPES[0], 70, 4
+    q, k, v = qkv(S, Hq, 2, 64, dtype, device, layout="bshd")
+    init, local = INIT[:Hq].to(device), LOCAL[:Hq].to(device)
+    o = streaming_attention_fwd(q, k, v, init, local, None)
+    from minference_compile.ops.layout import layer_out_strides
+    assert o.stride() == layer_out_strides(o.shape)  # dense [B,S,H,D] storage (q's own rows are padded here)
+    check(o, naive.streaming_ref(q, k, v, init, local), dtype)
+
+
 def test_head_rows_copies_only_interleaved_heads(device):
     x = torch.randn(2, 3, 10, 64, device=device)
     assert _common.head_rows(x) is x  # contiguous

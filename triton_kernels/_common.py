@@ -118,10 +118,11 @@ def qk_scale(scale: Optional[float], D: int) -> float:
 def prepare(q, k, v, head_mask, out):
     # -> (q, k, v, head_mask int32 | None, out, work): the kernel writes `work` (stride(-1) == 1), then
     # finish(out, work, head_mask) copies it into `out` if they differ
+    q0 = q  # a new out takes the caller's layout (a compiled model's [B,S,H,D] storage: read by o_proj as a view)
     q, k, v = head_rows(q), head_rows(k), head_rows(v)
     hm = None if head_mask is None else head_mask.to(device=q.device, dtype=torch.int32).contiguous()
     if out is None:
-        out = torch.zeros_like(q) if head_mask is not None else torch.empty_like(q)
+        out = torch.zeros_like(q0) if head_mask is not None else torch.empty_like(q0)
     work = out if out.stride(-1) == 1 else torch.empty_like(q)
     return q, k, v, hm, out, work
 

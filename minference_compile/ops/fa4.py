@@ -123,16 +123,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q [B,Hq,S,D], k/v [B,Hkv,S,D] (check `reason` first); windows[h] per q head: None (left as in `out`),
     DENSE (causal) or (init, local) (A-shape). Heads sharing a window run in one FA4 call: all Hq with native GQA,
-    a subset with its K/V heads gathered. Returns out [B,Hq,S,D] (written in place if given)."""
+    a subset with its K/V heads gathered. Returns out [B,Hq,S,D] (written in place if given; without `out`, one
+    call covering every head returns FA4's output itself, stored [B,S,Hq,D])."""
     B, Hq, S, D = q.shape
     g = Hq // k.shape[1]
     keys = [_key(w, S) for w in windows]
-    if out is None:
-        out = torch.zeros_like(q) if any(w is None for w in keys) else torch.empty_like(q)
     groups = {}
     for h, w in enumerate(keys):
         if w is not None:
             groups.setdefault(w, []).append(h)
+    if out is None and len(groups) == 1 and len(next(iter(groups.values()))) == Hq:
+        return _run(q, k, v, scale, next(iter(groups)))  # one call for every head: FA4's own output, no copy
+    if out is None:
+        out = torch.zeros_like(q) if any(w is None for w in keys) else torch.empty_like(q)
     for w, heads in groups.items():
         if len(heads) == Hq:
             o = _run(q, k, v, scale, w)

@@ -136,12 +136,18 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
             RECORD.add(layer, "dense", f"vs_max_work: estimated index computes {work:.2f} of the causal "
                        f"pairs > {vs_max_work:.2f}" + _on_fa4(n0), Sq, S)
             return out
-    out = layer_out(q)  # after the check above: a layer sent to dense never holds this buffer
     n0 = _fa4_calls()
-    for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
+    if len(present) == 1:  # one pattern: its kernel allocates in q's layout (FA4: its own output), no copy after
+        p = present[0]
         cls = registry.by_id(p)
         sel = selections.pop(p) if p in selections else cls.select(groups[p])
-        cls.attend(groups[p], sel, heads(p), out)
+        out = as_layer_out(q, cls.attend(groups[p], sel, None, None))
+    else:
+        out = layer_out(q)  # after the check above: a layer sent to dense never holds this buffer
+        for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
+            cls = registry.by_id(p)
+            sel = selections.pop(p) if p in selections else cls.select(groups[p])
+            cls.attend(groups[p], sel, heads(p), out)
     RECORD.add(layer, "sparse", reason + _on_fa4(n0), Sq, S)
     return out
 
