@@ -66,6 +66,20 @@ def _sorted_unique(x: torch.Tensor, ok: torch.Tensor, fill: int, descending: boo
     return torch.where(dup, fill, x).sort(-1, descending=descending).values
 
 
+def index_shapes(vertical, slash, seq_len: int, block: int, q_len: Optional[int]):
+    """-> (S, q_len, query blocks, vertical, slash): empty budgets become one -1 entry, so every index tensor is
+    non-empty (the kernels get a valid pointer). Shared by both builders."""
+    B, H = slash.shape[:2]
+    S = int(seq_len)
+    sq = S if q_len is None else int(q_len)
+    assert 0 <= sq <= S, "q_len must be <= seq_len"
+    if slash.shape[-1] == 0:
+        slash = torch.full((B, H, 1), -1, dtype=torch.int64, device=slash.device)
+    if vertical.shape[-1] == 0:
+        vertical = torch.full((B, H, 1), -1, dtype=torch.int64, device=slash.device)
+    return S, sq, -(-sq // block), vertical, slash
+
+
 def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
                                pair: bool = False, q_len: Optional[int] = None, aligned: bool = False,
                                impl: str = "auto") -> VSIndex:
@@ -92,14 +106,7 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
             return build_vertical_slash_index_fused(vertical, slash, seq_len, block, pair, q_len)
     B, H = slash.shape[:2]
     dev = slash.device
-    S = int(seq_len)
-    sq = S if q_len is None else int(q_len)
-    assert 0 <= sq <= S, "q_len must be <= seq_len"
-    nqb = -(-sq // block)
-    if slash.shape[-1] == 0:  # keep every tensor non-empty (kernels get a valid pointer)
-        slash = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
-    if vertical.shape[-1] == 0:
-        vertical = torch.full((B, H, 1), -1, dtype=torch.int64, device=dev)
+    S, sq, nqb, vertical, slash = index_shapes(vertical, slash, seq_len, block, q_len)
     m0 = torch.arange(nqb, device=dev, dtype=torch.int64) * block + (S - sq)
 
     # slash offsets (aligned: the aligned tile offsets, which may reach S + block - 1): unique, descending,

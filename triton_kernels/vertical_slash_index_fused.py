@@ -13,7 +13,7 @@ import triton.language as tl
 
 import torch
 
-from .vertical_slash_index import INT32_MAX, VSIndex, _TILE_PAD
+from .vertical_slash_index import INT32_MAX, VSIndex, _TILE_PAD, index_shapes
 
 MAX_SLASH = 8192
 MAX_VERTICAL = 4096
@@ -33,32 +33,18 @@ def _min_fn(a, b):
 
 
 @triton.jit
-def _count_at_least(ARR, n, tgt, STEPS: tl.constexpr):
-    # number of entries >= tgt among ARR[0:n], ARR descending; tgt a tensor of targets (one search per lane)
+def _search_count(ARR, n, tgt, DESCENDING: tl.constexpr, STEPS: tl.constexpr):
+    # per lane, the length of ARR[0:n]'s prefix that comes before tgt in its order: entries >= tgt (ARR
+    # descending) or <= tgt (ascending); one binary search per target
     lo = tl.zeros_like(tgt)
     hi = tl.zeros_like(tgt) + n
     for _ in tl.static_range(STEPS):
         live = lo < hi
         mid = (lo + hi) // 2
         v = tl.load(ARR + mid, mask=live, other=0)
-        up = live & (v >= tgt)
-        lo = tl.where(up, mid + 1, lo)
-        hi = tl.where(live & (v < tgt), mid, hi)
-    return lo
-
-
-@triton.jit
-def _count_at_most(ARR, n, tgt, STEPS: tl.constexpr):
-    # number of entries <= tgt among ARR[0:n], ARR ascending
-    lo = tl.zeros_like(tgt)
-    hi = tl.zeros_like(tgt) + n
-    for _ in tl.static_range(STEPS):
-        live = lo < hi
-        mid = (lo + hi) // 2
-        v = tl.load(ARR + mid, mask=live, other=0)
-        up = live & (v <= tgt)
-        lo = tl.where(up, mid + 1, lo)
-        hi = tl.where(live & (v > tgt), mid, hi)
+        before = (v >= tgt) if DESCENDING else (v <= tgt)
+        lo = tl.where(live & before, mid + 1, lo)
+        hi = tl.where(live & ~before, mid, hi)
     return lo
 
 
@@ -83,7 +69,7 @@ def _emit(OFF, LO, CNT, BEG, bh, r, NS, NQB, BASE, new, valid, kth, count, d, s_
     for q0 in range(0, NQB, QCH):
         qb = q0 + tl.arange(0, QCH)
         # tiles with d >= m0 + width lie entirely at keys < 0: skipped by query block qb
-        first_use = _count_at_least(OFF + row, total, BASE + BLOCK * qb + width, STEPS)
+        first_use = _search_count(OFF + row, total, BASE + BLOCK * qb + width, True, STEPS)
         tl.store(BEG + bh * NQB + qb, first_use, mask=qb < NQB)
 
 
@@ -142,7 +128,7 @@ def _vs_index_kernel(SL, VE, SCR, T_OFF, T_LO, T_CNT, T_BEG, W_OFF, W_LO, W_CNT,
     tl.debug_barrier()
     for q0 in range(0, NQB, QCH):
         qb = q0 + tl.arange(0, QCH)
-        seen = _count_at_most(crow, NV, BASE + BLOCK * qb + BLOCK - 1, STEPS_V)
+        seen = _search_count(crow, NV, BASE + BLOCK * qb + BLOCK - 1, False, STEPS_V)
         tl.store(C_CNT + bh * NQB + qb, seen, mask=qb < NQB)
 
 
@@ -153,7 +139,7 @@ def _slash_prefix_kernel(SCR, NVALID, PREF, S, NSP: tl.constexpr, XCH: tl.conste
     bh = tl.program_id(0).to(tl.int64)
     xs = tl.program_id(1) * XCH + tl.arange(0, XCH)
     n = tl.load(NVALID + bh)
-    tl.store(PREF + bh * (S + 1) + xs, n - _count_at_least(SCR + bh * NSP, n, xs, STEPS), mask=xs <= S)
+    tl.store(PREF + bh * (S + 1) + xs, n - _search_count(SCR + bh * NSP, n, xs, True, STEPS), mask=xs <= S)
 
 
 def fused_supported(slash: torch.Tensor, vertical: torch.Tensor, aligned: bool) -> bool:
@@ -165,14 +151,7 @@ def build_vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor
     """`build_vertical_slash_index` (aligned=False) in two launches; the same VSIndex, bit for bit."""
     B, H = slash.shape[:2]
     dev = slash.device
-    S = int(seq_len)
-    sq = S if q_len is None else int(q_len)
-    assert 0 <= sq <= S, "q_len must be <= seq_len"
-    nqb = -(-sq // block)
-    if slash.shape[-1] == 0:  # as the torch builder: every tensor non-empty (kernels get a valid pointer)
-        slash = torch.full((B, H, 1), -1, dtype=torch.int32, device=dev)
-    if vertical.shape[-1] == 0:
-        vertical = torch.full((B, H, 1), -1, dtype=torch.int32, device=dev)
+    S, sq, nqb, vertical, slash = index_shapes(vertical, slash, seq_len, block, q_len)
     ns, nv = slash.shape[-1], vertical.shape[-1]
     assert ns <= MAX_SLASH and nv <= MAX_VERTICAL, "fused builder: too many slashes / columns (use the torch one)"
     # values outside int32 select nothing; clamp before the cast so they stay outside [0, S)

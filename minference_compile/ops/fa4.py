@@ -132,8 +132,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
     for h, w in enumerate(keys):
         if w is not None:
             groups.setdefault(w, []).append(h)
-    if out is None and len(groups) == 1 and len(next(iter(groups.values()))) == Hq:
-        return _run(q, k, v, scale, next(iter(groups)))  # one call for every head: FA4's own output, no copy
+    if out is None and len(groups) == 1:
+        (w, heads), = groups.items()
+        if len(heads) == Hq:
+            return _run(q, k, v, scale, w)  # one call for every head: FA4's own output, no copy
     if out is None:
         out = torch.zeros_like(q) if any(w is None for w in keys) else torch.empty_like(q)
     for w, heads in groups.items():

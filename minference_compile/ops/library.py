@@ -137,17 +137,14 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                        f"pairs > {vs_max_work:.2f}" + _on_fa4(n0), Sq, S)
             return out
     n0 = _fa4_calls()
-    if len(present) == 1:  # one pattern: its kernel allocates in q's layout (FA4: its own output), no copy after
-        p = present[0]
+    # one pattern: its kernel allocates in q's layout (FA4: returns its own output), so no copy after it; several
+    # write their heads into one buffer (allocated after the check above: a layer sent to dense never holds it)
+    out = None if len(present) == 1 else layer_out(q)
+    for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
         cls = registry.by_id(p)
         sel = selections.pop(p) if p in selections else cls.select(groups[p])
-        out = as_layer_out(q, cls.attend(groups[p], sel, None, None))
-    else:
-        out = layer_out(q)  # after the check above: a layer sent to dense never holds this buffer
-        for p in present:  # each pattern's heads in one launch (index build + kernel, or the CPU path)
-            cls = registry.by_id(p)
-            sel = selections.pop(p) if p in selections else cls.select(groups[p])
-            cls.attend(groups[p], sel, heads(p), out)
+        o = cls.attend(groups[p], sel, heads(p), out)
+    out = as_layer_out(q, o if out is None else out)
     RECORD.add(layer, "sparse", reason + _on_fa4(n0), Sq, S)
     return out
 
