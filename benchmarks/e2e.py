@@ -60,6 +60,8 @@ METHODS = {
     "block-sparse": ("ours: block-sparse top-100", {"default": ["block_sparse", 100, 0]}, False),
     "vs-injected": ("ours: vertical-slash (1000, 6096), injected sets", {"default": ["vertical_and_slash", 1000, 6096]},
                     True),
+    "vs-injected-fa4": ("ours: vertical-slash (1000, 6096), injected sets, on FA4 128x128 tile lists + columns "
+                        "(MINFERENCE_FA4_VS=1)", {"default": ["vertical_and_slash", 1000, 6096]}, True),
     "vs-injected-small": ("ours: vertical-slash (100, 800), injected sets",
                           {"default": ["vertical_and_slash", 100, 800]}, True),
     "seed-config": ("ours: seed per-head config, injected sets", "seed", True),
@@ -369,6 +371,22 @@ def profile_prefill(prefill, ids, top: int = 30, device: str = "cuda") -> dict:
     return {"classes": classes, "total_ms": sum(classes.values()), "top": ranked[:top]}
 
 
+@contextlib.contextmanager
+def fa4_vs_switch(on: bool):
+    """MINFERENCE_FA4_VS=1 for a "-fa4" method (read by the op per call), restored after it."""
+    prev = os.environ.get("MINFERENCE_FA4_VS")
+    if on:
+        os.environ["MINFERENCE_FA4_VS"] = "1"
+    try:
+        yield
+    finally:
+        if on:
+            if prev is None:
+                os.environ.pop("MINFERENCE_FA4_VS", None)
+            else:
+                os.environ["MINFERENCE_FA4_VS"] = prev
+
+
 def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t0):
     import torch
     from minference_compile.ops import fa4
@@ -548,7 +566,8 @@ def main(argv=None) -> int:
     for c in chunks:
         a.chunk = c
         for m in methods:
-            run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
+            with fa4_vs_switch(m.endswith("-fa4")):
+                run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
     for S in lengths:
         for c in chunks:
             finish_group([r for r in rows if r["S"] == S and (r.get("chunk") or 0) == c])

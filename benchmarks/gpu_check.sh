@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|qk8|vsindex|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|qk8|vsindex|vsfa4|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -178,6 +178,10 @@ for m in $modes; do
       python3 -c "from minference_compile.ops import fa4; import torch; q = torch.zeros(1, 2, 8, 64, device='cuda', dtype=torch.bfloat16); print('fa4 path:', fa4.reason(q, q) or 'on')" ;;
     fa4tests)  # the [hopper] extra's GPU tests (after fa4-install fa4-env): FA4 A-shape / dense vs the naive references, op on/off
       timeout ${FA4T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_fa4_ops.py 2>&1 | tee "$OUT/tests_fa4.log" | tail -8 ;;
+    vsfa4)  # issue 12 / NOTES row 25: 128-tiled VS on FA4 tile lists + Triton columns (after fa4-install fa4-env): its GPU
+      # tests, then 128K kernel rows against the Triton VS kernel and cuDNN in one process per shape
+      timeout ${VSF_S:-150} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_vsfa4.log" | tail -4
+      for sh in ${VSF_SHAPES:-llama3-8b qwen2.5-0.5b}; do timeout 130 python3 -m benchmarks.run --shapes $sh --lengths ${VSF_LEN:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,vs-100/800,vs-100/800+fa4 --max-minutes 1.8 --commit "$COMMIT" --out "$OUT" --tag vsfa4-$sh 2>&1 | grep -v "^USDT" | tail -12; done ;;
     vsindex)  # issue 12 / NOTES row 24: the two-launch VS index builder: its GPU tests, then the 128K index share fused vs torch
       timeout ${VSI_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_index_fused.py 2>&1 | tee "$OUT/tests_vsindex.log" | tail -4
       for f in 1 0; do MINFERENCE_FUSED_VS_INDEX=$f timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.3 --commit "$COMMIT" --out "$OUT" --tag vsindex$f 2>&1 | grep -A4 "index-build share"; done ;;

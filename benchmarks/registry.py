@@ -49,6 +49,10 @@ CASES = [
     Case("vs-1000/6096+int8", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "qk": "int8"}),
     Case("vs-100/800+fp8", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "qk": "fp8"}),
     Case("vs-100/800+int8", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "qk": "int8"}),
+    # 128-tiled vertical-slash on FlashAttention-4's block lists plus a Triton columns pass (ops/fa4.vertical_slash;
+    # needs the [hopper] extra): same sets, a superset of the block-rounded pairs
+    Case("vs-1000/6096+fa4", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "fa4": True}),
+    Case("vs-100/800+fa4", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "fa4": True}),
     # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
     Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),

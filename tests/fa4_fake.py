@@ -12,12 +12,12 @@ from minference_compile.triton_kernels import naive
 
 
 def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(None, None),
-                         block_sparse_tensors=None, mask_mod=None):
-    """q [B,S,Hq,D], k/v [B,S,Hkv,D] -> (out [B,S,Hq,D], None)."""
+                         block_sparse_tensors=None, mask_mod=None, return_lse=False):
+    """q [B,Sq,Hq,D], k/v [B,S,Hkv,D] -> (out [B,Sq,Hq,D], lse [B,Hq,Sq] fp32 natural log if return_lse else None)."""
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, Sq, _ = q.shape
     S = k.shape[2]
-    assert Sq == S or (causal and block_sparse_tensors is None and mask_mod is None), "chunks: dense causal only"
+    assert Sq == S or (causal and mask_mod is None), "chunks: causal only (dense, or block lists)"
     i, j = torch.arange(S - Sq, S)[:, None], torch.arange(S)[None, :]  # bottom-right aligned, as FA4's causal
     if mask_mod is not None:
         allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
@@ -28,13 +28,20 @@ def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=
     if block_sparse_tensors is not None:
         t = block_sparse_tensors
         lists = FA4Lists(t.mask_block_cnt, t.mask_block_idx, t.full_block_cnt, t.full_block_idx, t.block_size)
-        mask = pair_mask(lists, S, allowed)
+        mask = pair_mask(lists, S, allowed, q_len=Sq)
     else:
         mask = j <= i
         if window_size[0] is not None:
             mask = mask & (i - j <= window_size[0])
-    out = naive.masked_attention_ref(q, k, v, mask.expand(B, H, Sq, S), softmax_scale)
-    return out.transpose(1, 2).contiguous().to(q.dtype), None  # [B,S,Hq,D] contiguous, as FA4 allocates it
+    mask = mask.expand(B, H, Sq, S)
+    out = naive.masked_attention_ref(q, k, v, mask, softmax_scale)
+    lse = None
+    if return_lse:
+        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+        g = H // k.shape[1]
+        sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
+        lse = torch.logsumexp(sc.masked_fill(~mask, float("-inf")), -1)
+    return out.transpose(1, 2).contiguous().to(q.dtype), lse  # [B,S,Hq,D] contiguous, as FA4 allocates it
 
 
 def python_mask_mod(init, local):

@@ -104,6 +104,17 @@ def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: 
                     lambda s, m0: [d for d in range(0, S + 2 * block, block) if abs(d - s) < block])
 
 
+def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len=None,
+                              tile: int = 128) -> torch.Tensor:
+    """[B,H,Sq,S] bool, 128-tiled vertical-slash (triton_kernels/vertical_slash_tiled.py, docs/DESIGN.md): 128-row
+    query blocks from the chunk's first row (block start m0 = S - Sq + 128 m), absolute key tiles [128 n, 128 n + 128);
+    a tile is attended by the whole block iff a selected offset s has |m0 - 128 n - s| < 128; row i attends j iff
+    j <= i and (j's tile is, or j is a vertical column). Entries outside [0, S) select nothing."""
+    # _vs_mask's tiles are [m0 - d, m0 - d + tile): absolute tile n is d = m0 - 128 n, so d = m0 (mod 128)
+    return _vs_mask(vertical, slash, S, q_len, tile,
+                    lambda s, m0: [d for d in range(m0 % tile - tile, S + 2 * tile, tile) if abs(d - s) < tile])
+
+
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
     """[B,H,Sq,S] bool from block_index [B,H,ceil(Sq/64),K] (absolute key-block ids, -1 pad): local row r (position
     S - Sq + r) attends j iff j <= its position and j // 64 is listed for query block r // 64."""
@@ -133,6 +144,11 @@ def streaming_ref(q, k, v, init_num, local_window, scale=None):
 def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK, aligned=False):
     build = vertical_slash_aligned_mask if aligned else vertical_slash_mask
     mask = build(vertical, slash, k.shape[2], block, q_len=q.shape[2])
+    return masked_attention_ref(q, k, v, mask.to(q.device), scale)
+
+
+def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None):
+    mask = vertical_slash_tiled_mask(vertical, slash, k.shape[2], q_len=q.shape[2])
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 

@@ -130,13 +130,15 @@ def to_our_index(lists: FA4Lists, S: int) -> torch.Tensor:
     return torch.where(ids == nb, -1, ids).to(torch.int32).contiguous()
 
 
-def pair_mask(lists: FA4Lists, S: int, mask_fn=None) -> torch.Tensor:
-    """bool [B,H,S,S] of the (row, key) pairs FA4 computes from the lists: every pair of a full tile, and the pairs
-    of a masked tile that mask_fn(i [S,1], j [1,S]) allows (None: causal). Small S only (tests)."""
+def pair_mask(lists: FA4Lists, S: int, mask_fn=None, q_len: Optional[int] = None) -> torch.Tensor:
+    """bool [B,H,Sq,S] of the (row, key) pairs FA4 computes from the lists: every pair of a full tile, and the pairs
+    of a masked tile that mask_fn(i [Sq,1], j [1,S]) allows (None: causal). Rows are the last Sq = q_len (default S)
+    positions, query blocks counted from the first of them (FA4's bottom-right causal). Small S only (tests)."""
     q_block, kv_block = lists.block_size
+    sq = S if q_len is None else int(q_len)
     touched, full = lists_tiles(lists, S)
-    expand = lambda t: t.repeat_interleave(q_block, 2).repeat_interleave(kv_block, 3)[..., :S, :S]  # noqa: E731
-    i = torch.arange(S, device=touched.device)[:, None]
+    expand = lambda t: t.repeat_interleave(q_block, 2).repeat_interleave(kv_block, 3)[..., :sq, :S]  # noqa: E731
+    i = torch.arange(S - sq, S, device=touched.device)[:, None]
     j = torch.arange(S, device=touched.device)[None, :]
     allowed = (j <= i) if mask_fn is None else mask_fn(i, j)
     return expand(full) | (expand(touched & ~full) & allowed)

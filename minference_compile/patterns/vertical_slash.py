@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..triton_kernels import naive
-from ..ops import cpu
+from ..ops import cpu, fa4
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
 from .base import HeadGroup, Pattern, Slot, register
 
@@ -84,6 +84,11 @@ class VerticalSlash(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
+        # the [hopper] extra, opt-in (MINFERENCE_FA4_VS=1): whole layers of vertical-slash heads on FA4's 128 x 128
+        # tile lists (a superset of the block-rounded pairs: docs/DESIGN.md "128-tiled") plus a columns pass
+        if head_mask is None and not group.qk_dtype and fa4.vs_reason(group.q, group.k) is None:
+            o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale)
+            return o if out is None else out.copy_(o)
         return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
                                      head_mask, out, selection.index, group.qk_dtype)
 

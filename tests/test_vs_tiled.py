@@ -1,0 +1,190 @@
+"""128-tiled vertical-slash (triton_kernels/vertical_slash_tiled.py): the tile lists against a per-tile count of the
+selected offsets, the columns pass against the naive reference of the same semantics (its tile part from a torch
+softmax with its log-sum-exp), and the whole path through FlashAttention-4's plumbing (ops/fa4.py) with an emulated
+flash_attn.cute on CPU. Kernels interpreted on CPU, compiled on a GPU; outputs poisoned with NaN first."""
+import math
+
+import pytest
+import torch
+
+from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
+
+from fa4_fake import install_fake_fa4, fake_flash_attn_func
+from minference_compile.ops import fa4
+from minference_compile.triton_kernels import naive
+from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
+from minference_compile.triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
+
+DEV = "cuda" if CUDA else "cpu"
+DT = torch.bfloat16 if CUDA else torch.float32
+TOL = 2e-2 if CUDA else 2e-4  # max abs error vs the fp32 reference (bf16 inputs and output on the GPU)
+
+
+def sets(B, H, S, nv, ns, gen):
+    """Columns and offsets with duplicates, -1 and out-of-range entries; offsets clustered near the diagonal and
+    spread."""
+    v = torch.randint(-2, S + 30, (B, H, nv), generator=gen)
+    near = torch.randint(0, max(1, min(S, 200)), (B, H, ns), generator=gen)
+    far = torch.randint(-2, S + 50, (B, H, ns), generator=gen)
+    s = torch.where(torch.rand(B, H, ns, generator=gen) < 0.5, near, far)
+    if ns > 2:
+        s[..., 1] = s[..., 0]
+        s[..., -1] = -1
+    return v.to(DEV), s.to(DEV)
+
+
+def lists_ref(slash, S, q_len):
+    """(touched, full) bool [B,H,M,N] by counting the offsets per tile (no prefix sums)."""
+    off = S - q_len
+    M, N = -(-q_len // TILE), -(-S // TILE)
+    m0 = off + TILE * torch.arange(M)[:, None]
+    n = torch.arange(N)[None, :]
+    r1 = torch.clamp(m0 + TILE - 1, max=S - 1)
+    s = slash.cpu().long()
+    ok = (s >= 0) & (s < S)
+    d = (m0 - TILE * n)[None, None, :, :, None] - s[:, :, None, None, :]
+    touched = ((d.abs() < TILE) & ok[:, :, None, None, :]).any(-1) & (TILE * n <= r1)
+    full = touched & (TILE * n + TILE - 1 <= m0) & (TILE * n + TILE <= S)
+    return touched, full
+
+
+def dense_lists(cnt, idx, N):
+    B, H, M, K = idx.shape
+    valid = torch.arange(K) < cnt.cpu()[..., None].long()
+    bm = torch.zeros(B, H, M, N + 1, dtype=torch.bool)
+    bm.scatter_(-1, torch.where(valid, idx.cpu().long(), N), True)
+    return bm[..., :N]
+
+
+@pytest.mark.parametrize("S,q_len", [(1, 1), (63, 63), (65, 65), (300, 300), (1000, 1000), (1000, 1), (1000, 63),
+                                     (1000, 700), (2100, 1800)])
+def test_tile_lists_match_the_offset_count(S, q_len):
+    gen = torch.Generator().manual_seed(S + q_len)
+    for nv, ns in ((0, 0), (3, 1), (4, 40)):
+        v, s = sets(2, 3, S, nv, ns, gen)
+        index = build_vertical_slash_index(v, s, S, q_len=q_len)
+        fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, q_len, S, s.shape[-1])
+        touched, full = lists_ref(s, S, q_len)
+        N = touched.shape[-1]
+        got_full, got_part = dense_lists(fcnt, fidx, N), dense_lists(mcnt, midx, N)
+        assert torch.equal(got_full, full) and torch.equal(got_part, touched & ~full), (nv, ns)
+        assert int(fcnt.sum()) == int(full.sum()) and int(mcnt.sum()) == int((touched & ~full).sum())
+        for cnt, idx in ((fcnt, fidx), (mcnt, midx)):  # ascending within the count (FA4 reads them in order)
+            for row, c in zip(idx.reshape(-1, idx.shape[-1]).cpu(), cnt.reshape(-1).cpu()):
+                assert torch.all(row[:c][1:] > row[:c][:-1])
+
+
+def test_tile_lists_fail_on_a_dropped_offset():
+    # the reference must see a change of one offset: a test that cannot fail is a defect
+    S = 700
+    s = torch.tensor([[[5, 300]]], device=DEV)
+    index = build_vertical_slash_index(torch.zeros(1, 1, 0, dtype=torch.int64, device=DEV), s, S)
+    fcnt = tile_lists(index.slash_prefix, S, S, 2)[0]
+    touched, full = lists_ref(s[..., :1], S, S)
+    assert not torch.equal(fcnt.cpu(), full.sum(-1).int())
+
+
+def tile_part(q, k, v, slash, scale):
+    """The tile part by torch: (out, lse) of attention over the touched tiles only (no columns)."""
+    S = k.shape[2]
+    none = torch.full(slash.shape[:2] + (1,), -1, dtype=slash.dtype, device=slash.device)
+    mask = naive.vertical_slash_tiled_mask(none, slash, S, q_len=q.shape[2]).to(q.device)
+    g = q.shape[1] // k.shape[1]
+    sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
+    sc = sc.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(sc, -1)
+    o = naive.masked_attention_ref(q, k, v, mask, scale)
+    return o, lse.float(), mask
+
+
+@pytest.mark.parametrize("S,q_len,D,hq,hkv", [(1, 1, 64, 2, 1), (63, 63, 64, 4, 2), (65, 65, 96, 2, 2),
+                                             (1000, 1000, 128, 4, 1), (1000, 63, 64, 2, 1), (1000, 700, 128, 4, 2),
+                                             (1000, 1, 96, 2, 1)])
+def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv):
+    gen = torch.Generator().manual_seed(3 * S + q_len + D)
+    B = 2
+    q = torch.randn(B, hq, q_len, D, generator=gen).to(DEV, DT)
+    k = torch.randn(B, hkv, S, D, generator=gen).to(DEV, DT)
+    v = torch.randn(B, hkv, S, D, generator=gen).to(DEV, DT)
+    scale = 1 / math.sqrt(D)
+    vert, slash = sets(B, hq, S, 30, 12, gen)
+    index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
+    o, lse, tiles = tile_part(q, k, v, slash, scale)
+    out = torch.full((B, q_len, hq, D), float("nan"), device=DEV, dtype=DT).transpose(1, 2)  # FA4's layout
+    out.copy_(o)
+    columns_after(q, k, v, out, lse, index, scale)
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale)
+    assert not torch.isnan(out).any()
+    assert (out.float() - want.float()).abs().max() < TOL
+    # where the columns add pairs, the tile part alone is off: the comparison can fail
+    extra = naive.vertical_slash_tiled_mask(vert, slash, S, q_len=q_len).to(DEV) & ~tiles
+    if extra.any():
+        assert (o.float() - want.float()).abs().max() > 10 * TOL
+    assert S < 1000 or extra.any()
+
+
+def test_tiled_semantics_cover_the_block_rounded_pairs():
+    gen = torch.Generator().manual_seed(5)
+    S, q_len = 900, 700
+    vert, slash = sets(2, 3, S, 10, 30, gen)
+    tiled = naive.vertical_slash_tiled_mask(vert, slash, S, q_len=q_len)
+    rounded = naive.vertical_slash_mask(vert, slash, S, q_len=q_len)
+    assert torch.all(tiled | ~rounded) and tiled.sum() > rounded.sum()
+
+
+@pytest.fixture
+def fake_fa4(monkeypatch):
+    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+    fa4._import_reason.cache_clear()
+    install_fake_fa4(monkeypatch)
+    yield
+    fa4._import_reason.cache_clear()
+
+
+@pytest.mark.skipif(CUDA, reason="the emulated FA4 runs on CPU tensors; GPU: test_vs_tiled_on_fa4_gpu")
+@pytest.mark.parametrize("S,q_len,D", [(65, 65, 64), (300, 300, 128), (1000, 700, 96), (1000, 1000, 64)])
+def test_fa4_vertical_slash_plumbing(fake_fa4, S, q_len, D):
+    gen = torch.Generator().manual_seed(S + D)
+    B, hq, hkv = 2, 4, 2
+    q = torch.randn(B, hq, q_len, D, generator=gen)
+    k = torch.randn(B, hkv, S, D, generator=gen)
+    v = torch.randn(B, hkv, S, D, generator=gen)
+    vert, slash = sets(B, hq, S, 20, 10, gen)
+    index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
+    n0 = fa4.CALLS["vertical-slash"]
+    got = fa4.vertical_slash(q, k, v, index, 0.1)
+    assert fa4.CALLS["vertical-slash"] == n0 + 1
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1)
+    assert got.shape == want.shape and got.stride(2) == hq * D  # FA4's [B,S,H,D] storage
+    assert (got - want).abs().max() < 2e-4
+
+
+def test_fake_fa4_returns_lse_of_its_pairs():
+    S, D = 200, 64
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, S, 2, D, generator=gen) for _ in range(3))
+    o, lse = fake_flash_attn_func(q, k, v, softmax_scale=0.2, causal=True, return_lse=True)
+    sc = (q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2)) * 0.2
+    sc = sc.masked_fill(torch.ones(S, S, dtype=torch.bool).triu(1), float("-inf"))
+    assert torch.allclose(lse, torch.logsumexp(sc, -1), atol=1e-5)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs FlashAttention-4 on an sm90 GPU")
+@pytest.mark.parametrize("S,q_len,D", [(1000, 1000, 128), (4096, 4096, 128), (4096, 1024, 128), (2048, 2048, 64),
+                                       (3000, 1100, 64)])
+def test_vs_tiled_on_fa4_gpu(S, q_len, D):
+    q0 = torch.zeros(1, 1, 8, D, device="cuda", dtype=torch.bfloat16)
+    why = fa4.reason(q0, q0)
+    if why is not None:
+        pytest.skip(why)
+    gen = torch.Generator().manual_seed(S + q_len)
+    B, hq, hkv = 2, 4, 2
+    q = torch.randn(B, hq, q_len, D, generator=gen).to("cuda", torch.bfloat16)
+    k = torch.randn(B, hkv, S, D, generator=gen).to("cuda", torch.bfloat16)
+    v = torch.randn(B, hkv, S, D, generator=gen).to("cuda", torch.bfloat16)
+    vert, slash = sets(B, hq, S, 40, 60, gen)
+    index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
+    got = fa4.vertical_slash(q, k, v, index, 1 / math.sqrt(D))
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 1 / math.sqrt(D))
+    assert not torch.isnan(got).any()
+    assert (got.float() - want.float()).abs().max() < 2e-2
