@@ -69,7 +69,7 @@ def vs(case, q, k, v, S, seed=0):
     index_fn()  # compiles the fused estimate, or falls back to the torch one (logged) before the note names it
     fused = use_fused_estimate(q, k, 64)
     if case.params.get("fa4"):
-        return _vs_fa4(q, k, v, S, index, index_fn, fused, seed)
+        return _vs_fa4(q, k, v, S, index, index_fn, fused, seed, case.params.get("tile_k", 128))
     kernel = lambda **kkw: vertical_slash_attention_fwd(q, k, v, index, **kkw)  # noqa: E731
     kernel_kw, variant = _kernel_variant(case, kernel, q, k, v)  # (not `kw`: index_fn reads the index keywords)
     # the public op has block-rounded semantics only: no op timing for aligned (nor for kernel variants)
@@ -81,7 +81,7 @@ def vs(case, q, k, v, S, seed=0):
                     + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
 
 
-def _vs_fa4(q, k, v, S, index, index_fn, fused, seed):
+def _vs_fa4(q, k, v, S, index, index_fn, fused, seed, tk):
     """128-tiled vertical-slash through FA4 (ops/fa4.vertical_slash): tile lists + FA4 + columns pass, timed
     together with the index prebuilt. Coverage counted from the lists (full tiles whole, diagonal tiles their causal
     pairs, uncovered columns x rows), so it is the work this path computes."""
@@ -92,13 +92,14 @@ def _vs_fa4(q, k, v, S, index, index_fn, fused, seed):
     if why is not None:
         raise RuntimeError(f"FA4 unavailable: {why}")
     scale = 1 / math.sqrt(q.shape[-1])
-    fcnt, _, mcnt, _ = tile_lists(index.slash_prefix, S, S, index.tile_offset.shape[-1])
+    fcnt, _, mcnt, _ = tile_lists(index.slash_prefix, S, S, index.tile_offset.shape[-1], tk)
     pairs = S * (S + 1) / 2
-    tiles = (fcnt.double().sum(-1) * TILE * TILE + mcnt.double().sum(-1) * TILE * (TILE + 1) / 2) / pairs
+    # a diagonal tile counted as half its area (its causal part, roughly)
+    tiles = (fcnt.double().sum(-1) * TILE * tk + mcnt.double().sum(-1) * TILE * tk / 2) / pairs
     cols = index.column_count.double().sum(-1) * 64 / pairs  # an upper bound: columns inside tiles are skipped
     c = float((tiles + cols).mean())
-    return Prepared(lambda: fa4.vertical_slash(q, k, v, index, scale), c, index_fn, None, tile_cov=c,
-                    note=f"FA4 128x128 tile lists + Triton columns pass, generated sets seed={seed}, "
+    return Prepared(lambda: fa4.vertical_slash(q, k, v, index, scale, tile_k=tk), c, index_fn, None, tile_cov=c,
+                    note=f"FA4 128x{tk} tile lists + Triton columns pass, generated sets seed={seed}, "
                     f"{float(fcnt.double().mean() + mcnt.double().mean()):.1f} tiles per 128-row block"
                     + (", fused estimate" if fused else ", torch estimate"))
 

@@ -181,7 +181,7 @@ for m in $modes; do
     vsfa4)  # issue 12 / NOTES row 25: 128-tiled VS on FA4 tile lists + Triton columns (after fa4-install fa4-env): its GPU
       # tests, then 128K kernel rows against the Triton VS kernel and cuDNN in one process per shape
       timeout ${VSF_S:-150} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_vsfa4.log" | tail -4
-      for sh in ${VSF_SHAPES:-llama3-8b qwen2.5-0.5b}; do timeout 130 python3 -m benchmarks.run --shapes $sh --lengths ${VSF_LEN:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,vs-100/800,vs-100/800+fa4 --max-minutes 1.8 --commit "$COMMIT" --out "$OUT" --tag vsfa4-$sh 2>&1 | grep -v "^USDT" | tail -12; done ;;
+      for sh in ${VSF_SHAPES:-llama3-8b qwen2.5-0.5b}; do timeout 130 python3 -m benchmarks.run --shapes $sh --lengths ${VSF_LEN:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,vs-1000/6096+fa4k64,vs-100/800,vs-100/800+fa4,vs-100/800+fa4k64 --max-minutes 1.9 --commit "$COMMIT" --out "$OUT" --tag vsfa4-$sh 2>&1 | grep -v "^USDT" | tail -12; done ;;
     vsindex)  # issue 12 / NOTES row 24: the two-launch VS index builder: its GPU tests, then the 128K index share fused vs torch
       timeout ${VSI_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_index_fused.py 2>&1 | tee "$OUT/tests_vsindex.log" | tail -4
       for f in 1 0; do MINFERENCE_FUSED_VS_INDEX=$f timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.3 --commit "$COMMIT" --out "$OUT" --tag vsindex$f 2>&1 | grep -A4 "index-build share"; done ;;

@@ -53,6 +53,8 @@ CASES = [
     # needs the [hopper] extra): same sets, a superset of the block-rounded pairs
     Case("vs-1000/6096+fa4", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "fa4": True}),
     Case("vs-100/800+fa4", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "fa4": True}),
+    Case("vs-1000/6096+fa4k64", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "fa4": True, "tile_k": 64}),
+    Case("vs-100/800+fa4k64", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "fa4": True, "tile_k": 64}),
     # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
     Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),

@@ -33,18 +33,20 @@ def sets(B, H, S, nv, ns, gen):
     return v.to(DEV), s.to(DEV)
 
 
-def lists_ref(slash, S, q_len):
-    """(touched, full) bool [B,H,M,N] by counting the offsets per tile (no prefix sums)."""
+def lists_ref(slash, S, q_len, tk=TILE):
+    """(touched, full) bool [B,H,M,N] by testing every offset against every tile (no prefix sums): the block's keys
+    on the offset's diagonal, [m0 - s, m0 - s + 128), meet the tile's [tk n, tk n + tk)."""
     off = S - q_len
-    M, N = -(-q_len // TILE), -(-S // TILE)
+    M, N = -(-q_len // TILE), -(-S // tk)
     m0 = off + TILE * torch.arange(M)[:, None]
     n = torch.arange(N)[None, :]
     r1 = torch.clamp(m0 + TILE - 1, max=S - 1)
     s = slash.cpu().long()
     ok = (s >= 0) & (s < S)
-    d = (m0 - TILE * n)[None, None, :, :, None] - s[:, :, None, None, :]
-    touched = ((d.abs() < TILE) & ok[:, :, None, None, :]).any(-1) & (TILE * n <= r1)
-    full = touched & (TILE * n + TILE - 1 <= m0) & (TILE * n + TILE <= S)
+    lo = m0[None, None, :, :, None] - s[:, :, None, None, :]  # [B,H,M,1,NS]
+    meets = (lo < (tk * n + tk)[None, None, :, :, None]) & (lo + TILE > (tk * n)[None, None, :, :, None])
+    touched = (meets & ok[:, :, None, None, :]).any(-1) & (tk * n <= r1)
+    full = touched & (tk * n + tk - 1 <= m0) & (tk * n + tk <= S)
     return touched, full
 
 
@@ -58,13 +60,14 @@ def dense_lists(cnt, idx, N):
 
 @pytest.mark.parametrize("S,q_len", [(1, 1), (63, 63), (65, 65), (300, 300), (1000, 1000), (1000, 1), (1000, 63),
                                      (1000, 700), (2100, 1800)])
-def test_tile_lists_match_the_offset_count(S, q_len):
+@pytest.mark.parametrize("tk", [128, 64])
+def test_tile_lists_match_the_offset_count(S, q_len, tk):
     gen = torch.Generator().manual_seed(S + q_len)
     for nv, ns in ((0, 0), (3, 1), (4, 40)):
         v, s = sets(2, 3, S, nv, ns, gen)
         index = build_vertical_slash_index(v, s, S, q_len=q_len)
-        fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, q_len, S, s.shape[-1])
-        touched, full = lists_ref(s, S, q_len)
+        fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, q_len, S, s.shape[-1], tk)
+        touched, full = lists_ref(s, S, q_len, tk)
         N = touched.shape[-1]
         got_full, got_part = dense_lists(fcnt, fidx, N), dense_lists(mcnt, midx, N)
         assert torch.equal(got_full, full) and torch.equal(got_part, touched & ~full), (nv, ns)
@@ -84,11 +87,11 @@ def test_tile_lists_fail_on_a_dropped_offset():
     assert not torch.equal(fcnt.cpu(), full.sum(-1).int())
 
 
-def tile_part(q, k, v, slash, scale):
-    """The tile part by torch: (out, lse) of attention over the touched tiles only (no columns)."""
+def tile_part(q, k, v, slash, scale, tk):
+    """The tile part by torch: (out, lse, mask) of attention over the touched tiles only (no columns)."""
     S = k.shape[2]
     none = torch.full(slash.shape[:2] + (1,), -1, dtype=slash.dtype, device=slash.device)
-    mask = naive.vertical_slash_tiled_mask(none, slash, S, q_len=q.shape[2]).to(q.device)
+    mask = naive.vertical_slash_tiled_mask(none, slash, S, q.shape[2], TILE, tk).to(q.device)
     g = q.shape[1] // k.shape[1]
     sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
     sc = sc.masked_fill(~mask, float("-inf"))
@@ -100,7 +103,8 @@ def tile_part(q, k, v, slash, scale):
 @pytest.mark.parametrize("S,q_len,D,hq,hkv", [(1, 1, 64, 2, 1), (63, 63, 64, 4, 2), (65, 65, 96, 2, 2),
                                              (1000, 1000, 128, 4, 1), (1000, 63, 64, 2, 1), (1000, 700, 128, 4, 2),
                                              (1000, 1, 96, 2, 1)])
-def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv):
+@pytest.mark.parametrize("tk", [128, 64])
+def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk):
     gen = torch.Generator().manual_seed(3 * S + q_len + D)
     B = 2
     q = torch.randn(B, hq, q_len, D, generator=gen).to(DEV, DT)
@@ -109,15 +113,15 @@ def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv):
     scale = 1 / math.sqrt(D)
     vert, slash = sets(B, hq, S, 30, 12, gen)
     index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
-    o, lse, tiles = tile_part(q, k, v, slash, scale)
+    o, lse, tiles = tile_part(q, k, v, slash, scale, tk)
     out = torch.full((B, q_len, hq, D), float("nan"), device=DEV, dtype=DT).transpose(1, 2)  # FA4's layout
     out.copy_(o)
-    columns_after(q, k, v, out, lse, index, scale)
-    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale)
+    columns_after(q, k, v, out, lse, index, scale, tk)
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale, TILE, tk)
     assert not torch.isnan(out).any()
     assert (out.float() - want.float()).abs().max() < TOL
     # where the columns add pairs, the tile part alone is off: the comparison can fail
-    extra = naive.vertical_slash_tiled_mask(vert, slash, S, q_len=q_len).to(DEV) & ~tiles
+    extra = naive.vertical_slash_tiled_mask(vert, slash, S, q_len, TILE, tk).to(DEV) & ~tiles
     if extra.any():
         assert (o.float() - want.float()).abs().max() > 10 * TOL
     assert S < 1000 or extra.any()
@@ -127,9 +131,10 @@ def test_tiled_semantics_cover_the_block_rounded_pairs():
     gen = torch.Generator().manual_seed(5)
     S, q_len = 900, 700
     vert, slash = sets(2, 3, S, 10, 30, gen)
-    tiled = naive.vertical_slash_tiled_mask(vert, slash, S, q_len=q_len)
     rounded = naive.vertical_slash_mask(vert, slash, S, q_len=q_len)
-    assert torch.all(tiled | ~rounded) and tiled.sum() > rounded.sum()
+    t128 = naive.vertical_slash_tiled_mask(vert, slash, S, q_len)
+    t64 = naive.vertical_slash_tiled_mask(vert, slash, S, q_len, 128, 64)
+    assert torch.all(t64 | ~rounded) and torch.all(t128 | ~t64) and t128.sum() > t64.sum() > rounded.sum()
 
 
 @pytest.fixture
@@ -142,8 +147,9 @@ def fake_fa4(monkeypatch):
 
 
 @pytest.mark.skipif(CUDA, reason="the emulated FA4 runs on CPU tensors; GPU: test_vs_tiled_on_fa4_gpu")
-@pytest.mark.parametrize("S,q_len,D", [(65, 65, 64), (300, 300, 128), (1000, 700, 96), (1000, 1000, 64)])
-def test_fa4_vertical_slash_plumbing(fake_fa4, S, q_len, D):
+@pytest.mark.parametrize("S,q_len,D,tk", [(65, 65, 64, 128), (300, 300, 128, 64), (1000, 700, 96, 128),
+                                          (1000, 1000, 64, 64), (1000, 300, 128, 64)])
+def test_fa4_vertical_slash_plumbing(fake_fa4, S, q_len, D, tk):
     gen = torch.Generator().manual_seed(S + D)
     B, hq, hkv = 2, 4, 2
     q = torch.randn(B, hq, q_len, D, generator=gen)
@@ -152,9 +158,9 @@ def test_fa4_vertical_slash_plumbing(fake_fa4, S, q_len, D):
     vert, slash = sets(B, hq, S, 20, 10, gen)
     index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
     n0 = fa4.CALLS["vertical-slash"]
-    got = fa4.vertical_slash(q, k, v, index, 0.1)
+    got = fa4.vertical_slash(q, k, v, index, 0.1, tile_k=tk)
     assert fa4.CALLS["vertical-slash"] == n0 + 1
-    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1)
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1, TILE, tk)
     assert got.shape == want.shape and got.stride(2) == hq * D  # FA4's [B,S,H,D] storage
     assert (got - want).abs().max() < 2e-4
 
@@ -171,8 +177,9 @@ def test_fake_fa4_returns_lse_of_its_pairs():
 
 @pytest.mark.skipif(not CUDA, reason="needs FlashAttention-4 on an sm90 GPU")
 @pytest.mark.parametrize("S,q_len,D", [(1000, 1000, 128), (4096, 4096, 128), (4096, 1024, 128), (2048, 2048, 64),
-                                       (3000, 1100, 64)])
-def test_vs_tiled_on_fa4_gpu(S, q_len, D):
+                                       (3000, 1100, 64), (1000, 1000, 96)])
+@pytest.mark.parametrize("tk", [128, 64])
+def test_vs_tiled_on_fa4_gpu(S, q_len, D, tk):
     q0 = torch.zeros(1, 1, 8, D, device="cuda", dtype=torch.bfloat16)
     why = fa4.reason(q0, q0)
     if why is not None:
@@ -184,7 +191,8 @@ def test_vs_tiled_on_fa4_gpu(S, q_len, D):
     v = torch.randn(B, hkv, S, D, generator=gen).to("cuda", torch.bfloat16)
     vert, slash = sets(B, hq, S, 40, 60, gen)
     index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
-    got = fa4.vertical_slash(q, k, v, index, 1 / math.sqrt(D))
-    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 1 / math.sqrt(D))
+    out = fa4.vertical_slash(q, k, v, index, 1 / math.sqrt(D), tile_k=tk)
+    got = out.clone()
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 1 / math.sqrt(D), TILE, tk)
     assert not torch.isnan(got).any()
     assert (got.float() - want.float()).abs().max() < 2e-2

@@ -105,14 +105,30 @@ def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: 
 
 
 def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len=None,
-                              tile: int = 128) -> torch.Tensor:
-    """[B,H,Sq,S] bool, 128-tiled vertical-slash (triton_kernels/vertical_slash_tiled.py, docs/DESIGN.md): 128-row
-    query blocks from the chunk's first row (block start m0 = S - Sq + 128 m), absolute key tiles [128 n, 128 n + 128);
-    a tile is attended by the whole block iff a selected offset s has |m0 - 128 n - s| < 128; row i attends j iff
-    j <= i and (j's tile is, or j is a vertical column). Entries outside [0, S) select nothing."""
-    # _vs_mask's tiles are [m0 - d, m0 - d + tile): absolute tile n is d = m0 - 128 n, so d = m0 (mod 128)
-    return _vs_mask(vertical, slash, S, q_len, tile,
-                    lambda s, m0: [d for d in range(m0 % tile - tile, S + 2 * tile, tile) if abs(d - s) < tile])
+                              tile_q: int = 128, tile_k: int = 128) -> torch.Tensor:
+    """[B,H,Sq,S] bool, tiled vertical-slash (triton_kernels/vertical_slash_tiled.py, docs/DESIGN.md): tile_q-row
+    query blocks from the chunk's first row (block start m0 = S - Sq + tile_q m), absolute key tiles
+    [tile_k n, tile_k n + tile_k); a tile is attended by the whole block iff a selected offset s has the block's range
+    [m0 - s, m0 - s + tile_q) meeting it; row i attends j iff j <= i and (j's tile is, or j is a vertical column).
+    Entries outside [0, S) select nothing."""
+    B, H = vertical.shape[:2]
+    sq = S if q_len is None else int(q_len)
+    off = S - sq
+    m = torch.zeros(B, H, sq, S, dtype=torch.bool)
+    vs, ss = vertical.cpu().tolist(), slash.cpu().tolist()
+    for b in range(B):
+        for h in range(H):
+            for c in vs[b][h]:
+                if 0 <= c < S:
+                    m[b, h, :, c] = True
+            for s in set(ss[b][h]):
+                if not 0 <= s < S:
+                    continue
+                for r0 in range(0, sq, tile_q):
+                    lo, hi = off + r0 - s, off + r0 - s + tile_q  # the block's keys on this diagonal: [lo, hi)
+                    for n in range(max(lo, 0) // tile_k, (min(hi, S) - 1) // tile_k + 1 if min(hi, S) > 0 else 0):
+                        m[b, h, r0:r0 + tile_q, n * tile_k:(n + 1) * tile_k] = True
+    return (m & _causal(S, "cpu", sq)).to(vertical.device)
 
 
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
@@ -147,8 +163,8 @@ def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK, aligne
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
-def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None):
-    mask = vertical_slash_tiled_mask(vertical, slash, k.shape[2], q_len=q.shape[2])
+def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None, tile_q=128, tile_k=128):
+    mask = vertical_slash_tiled_mask(vertical, slash, k.shape[2], q.shape[2], tile_q, tile_k)
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 

@@ -3,9 +3,9 @@ key tiles for a block-sparse kernel that takes tile lists (FlashAttention-4's sm
 vertical columns those tiles leave out, continuing that kernel's online softmax from its output and log-sum-exp.
 
 Semantics: query rows form 128-row blocks from the chunk's first row (block m starts at absolute position
-m0 = S - Sq + 128 m); key tiles are absolute, tile n = keys [128 n, 128 n + 128). Tile n is touched in block m iff a
-selected offset s has [m0 - s, m0 - s + 128) meeting it, i.e. |m0 - 128 n - s| < 128. Row i attends j iff j <= i and
-(j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded pairs (each 64-row block's
+m0 = S - Sq + 128 m); key tiles are absolute, tile n = keys [T n, T n + T) with T = 128 (default) or 64. Tile n is
+touched in block m iff a selected offset s has the block's diagonal range [m0 - s, m0 - s + 128) meeting it. Row i
+attends j iff j <= i and (j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded pairs (each 64-row block's
 range [m0' - s, m0' - s + 64) lies inside its 128-row block's [m0 - s, m0 - s + 128)). Reference:
 naive.vertical_slash_tiled_mask."""
 import torch
@@ -15,31 +15,33 @@ import triton.language as tl
 from ._common import _attn_tile, _q_tile, block_d, dot_precision, qk_scale
 
 TILE = 128  # FA4's sm90 tile (q and kv) for head dims 64-128 with block-sparse lists
+TILE_K = (128, 64)  # key tile widths FA4's sm90 forward takes with 128-row lists (it shrinks tile_n to the list's)
 # the columns pass: 64-row programs (the VS index's column_count is per 64-row block), 64 gathered keys per step
 BLOCK_M = 64
 BLOCK_N = 64
 
 
 @triton.jit
-def _touched(pref, m0, n, S, TILE: tl.constexpr):
-    # tile n (keys [TILE n, TILE n + TILE)) is touched in the block starting at m0 iff a selected offset lies in
-    # [m0 - TILE n - (TILE - 1), m0 - TILE n + (TILE - 1)]; pref[x] = number of selected offsets < x, x in [0, S]
-    lo = tl.minimum(tl.maximum(m0 - TILE * n - (TILE - 1), 0), S)
-    hi = tl.minimum(tl.maximum(m0 - TILE * n + TILE, 0), S)
+def _touched(pref, m0, n, S, TQ: tl.constexpr, TK: tl.constexpr):
+    # tile n (keys [TK n, TK n + TK)) is touched in the TQ-row block starting at m0 iff a selected offset s has
+    # [m0 - s, m0 - s + TQ) meeting it: s in [m0 - TK n - (TK - 1), m0 - TK n + TQ - 1]; pref[x] = number of
+    # selected offsets < x, x in [0, S]
+    lo = tl.minimum(tl.maximum(m0 - TK * n - (TK - 1), 0), S)
+    hi = tl.minimum(tl.maximum(m0 - TK * n + TQ, 0), S)
     return (tl.load(pref + hi) - tl.load(pref + lo)) > 0
 
 
 @triton.jit
 def _vs_tile_lists_kernel(PREF, FCNT, FIDX, MCNT, MIDX, SQ, S, NM, KF, KM,
-                          TILE: tl.constexpr, BLOCK: tl.constexpr):
-    # one program per (128-row query block m, batch * head): the touched causal tiles in ascending order, those
+                          TQ: tl.constexpr, TK: tl.constexpr, BLOCK: tl.constexpr):
+    # one program per (TQ-row query block m, batch * head): the touched causal tiles in ascending order, those
     # wholly at or below the block's first row and inside S in the full list (computed without a mask), the rest
-    # (at most the two tiles the diagonal crosses) in the mask list (computed under the causal mask)
+    # (the tiles the diagonal crosses) in the mask list (computed under the causal mask)
     m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    m0 = S - SQ + m * TILE
-    r1 = tl.minimum(m0 + TILE - 1, S - 1)
-    n_end = r1 // TILE + 1
+    m0 = S - SQ + m * TQ
+    r1 = tl.minimum(m0 + TQ - 1, S - 1)
+    n_end = r1 // TK + 1
     pref = PREF + bh * (S + 1)
     fbase = FIDX + (bh * NM + m) * KF
     mbase = MIDX + (bh * NM + m) * KM
@@ -47,8 +49,8 @@ def _vs_tile_lists_kernel(PREF, FCNT, FIDX, MCNT, MIDX, SQ, S, NM, KF, KM,
     nm = tl.full([], 0, tl.int32)
     for n0 in range(0, n_end, BLOCK):
         n = n0 + tl.arange(0, BLOCK)
-        hit = (n < n_end) & _touched(pref, m0, n, S, TILE)
-        full = hit & (TILE * n + TILE - 1 <= m0) & (TILE * n + TILE <= S)
+        hit = (n < n_end) & _touched(pref, m0, n, S, TQ, TK)
+        full = hit & (TK * n + TK - 1 <= m0) & (TK * n + TK <= S)
         part = hit & ~full
         fi = full.to(tl.int32)
         pi = part.to(tl.int32)
@@ -60,25 +62,27 @@ def _vs_tile_lists_kernel(PREF, FCNT, FIDX, MCNT, MIDX, SQ, S, NM, KF, KM,
     tl.store(MCNT + bh * NM + m, nm)
 
 
-def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots: int):
+def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots: int, tile_k: int = TILE):
     """slash_prefix [B,H,S+1] int32 (a VSIndex's: selected offsets < x) -> (full_cnt [B,H,M], full_idx [B,H,M,KF],
-    mask_cnt [B,H,M], mask_idx [B,H,M,2]) int32, M = ceil(q_len / 128): per 128-row query block the touched 128-key
-    tiles, ascending (entries past a count are not written). KF = min(tiles, 2 * slash_slots + 1): an offset touches
-    at most two tiles of a block. No host sync."""
+    mask_cnt [B,H,M], mask_idx [B,H,M,KM]) int32, M = ceil(q_len / 128): per 128-row query block the touched
+    tile_k-key tiles, ascending (entries past a count are not written). An offset touches at most
+    t = (128 + tile_k - 2) // tile_k + 1 tiles of a block, the diagonal crosses at most t: KF = min(tiles,
+    t * slash_slots + 1), KM = t. No host sync."""
     B, H, P = slash_prefix.shape
     S = kv_len
     assert P == S + 1, "slash_prefix built for another kv_len"
+    assert tile_k in TILE_K, f"tile_k must be one of {TILE_K}"
     M = triton.cdiv(q_len, TILE)
-    n_tiles = triton.cdiv(S, TILE)
-    kf = max(1, min(n_tiles, 2 * slash_slots + 1))
+    per = (TILE + tile_k - 2) // tile_k + 1
+    kf = max(1, min(triton.cdiv(S, tile_k), per * slash_slots + 1))
     dev = slash_prefix.device
     fcnt = torch.empty(B, H, M, dtype=torch.int32, device=dev)
     mcnt = torch.empty(B, H, M, dtype=torch.int32, device=dev)
     fidx = torch.empty(B, H, M, kf, dtype=torch.int32, device=dev)
-    midx = torch.empty(B, H, M, 2, dtype=torch.int32, device=dev)
+    midx = torch.empty(B, H, M, per, dtype=torch.int32, device=dev)
     if M and B * H:
-        _vs_tile_lists_kernel[(M, B * H)](slash_prefix.contiguous(), fcnt, fidx, mcnt, midx, q_len, S, M, kf, 2,
-                                          TILE=TILE, BLOCK=256, num_warps=4)
+        _vs_tile_lists_kernel[(M, B * H)](slash_prefix.contiguous(), fcnt, fidx, mcnt, midx, q_len, S, M, kf, per,
+                                          TQ=TILE, TK=tile_k, BLOCK=256, num_warps=4)
     return fcnt, fidx, mcnt, midx
 
 
@@ -86,7 +90,7 @@ def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots:
 def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
                              sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh, slm,
                              SQ, S, Hq, G, D, NV, NQB, qk_scale,
-                             TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                             TQ: tl.constexpr, TK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     # O holds the tile part's normalised output and LSE its natural-log sum of exp(scale * q.k) per row: the online
     # softmax state (m, l, acc) = (LSE log2(e), 1, O). Continue it over this 64-row block's columns that no touched
@@ -103,7 +107,7 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
     r0 = qb * BLOCK_M
     off = S - SQ
     m0 = off + r0
-    mb0 = off + (r0 // TILE) * TILE  # the 128-row block's first row: the tiles' reference
+    mb0 = off + (r0 // TQ) * TQ  # the 128-row block's first row: the tiles' reference
     rm = tl.arange(0, BLOCK_M)
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
@@ -126,7 +130,7 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
     for c0 in range(0, n_col, BLOCK_N):
         cvalid = (c0 + rn) < n_col
         col = tl.load(col_base + c0 + rn, mask=cvalid, other=0)
-        in_tile = _touched(pref, mb0, col // TILE, S, TILE)
+        in_tile = _touched(pref, mb0, col // TK, S, TQ, TK)
         kmask = cvalid & (col >= 0) & (col < S) & ~in_tile
         col64 = col.to(tl.int64)
         k = tl.load(k_base + col64[:, None] * skn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
@@ -137,9 +141,9 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=rmask[:, None] & dmask)
 
 
-def columns_after(q, k, v, out, lse, index, scale=None) -> torch.Tensor:
+def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE) -> torch.Tensor:
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D]; out [B,Hq,Sq,D] and lse [B,Hq,Sq] fp32 (natural log) of the attention over the
-    touched tiles of `index`'s slash_prefix (tile_lists); index: the VSIndex of the same sets (its sorted columns and
+    touched tile_k-key tiles of `index`'s slash_prefix (tile_lists); index: the VSIndex of the same sets (its sorted columns and
     per-64-row-block column counts). Adds the columns outside the touched tiles in place: out then holds 128-tiled
     vertical-slash attention. Returns out."""
     B, Hq, SQ, D = q.shape
@@ -156,7 +160,7 @@ def columns_after(q, k, v, out, lse, index, scale=None) -> torch.Tensor:
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, cols.shape[-1], nqb, qk_scale(scale, D),
-        TILE=TILE, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D), PREC=dot_precision(q.dtype),
+        TQ=TILE, TK=tile_k, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D), PREC=dot_precision(q.dtype),
         num_warps=4, num_stages=1)
     return out
 

@@ -167,12 +167,18 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
     return reason(q, k, chunk_ok=True)
 
 
-def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, scale: float) -> torch.Tensor:
-    """128-tiled vertical-slash (triton_kernels/vertical_slash_tiled.py) of q [B,Hq,Sq,D] over k/v [B,Hkv,S,D]: the
-    touched 128 x 128 tiles of index.slash_prefix on FA4's block-sparse forward (full tiles unmasked, the diagonal's
-    under its causal mask), then the vertical columns outside them by our Triton pass, continuing FA4's softmax from
-    its log-sum-exp. index: the VSIndex of the sets (vertical_slash_index.py). Returns [B,Hq,Sq,D] stored as FA4
-    writes it ([B,Sq,Hq,D]). Check `vs_reason` first."""
+def vs_tile_k() -> int:
+    """Key tile of the FA4 vertical-slash lists: MINFERENCE_FA4_VS_TILE_K (128 default, or 64)."""
+    return int(os.environ.get("MINFERENCE_FA4_VS_TILE_K", "128"))
+
+
+def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, scale: float,
+                   tile_k: Optional[int] = None) -> torch.Tensor:
+    """Tiled vertical-slash (triton_kernels/vertical_slash_tiled.py) of q [B,Hq,Sq,D] over k/v [B,Hkv,S,D]: the
+    touched 128 x tile_k tiles of index.slash_prefix on FA4's block-sparse forward (full tiles unmasked, the
+    diagonal's under its causal mask), then the vertical columns outside them by our Triton pass, continuing FA4's
+    softmax from its log-sum-exp. index: the VSIndex of the sets (vertical_slash_index.py); tile_k None:
+    `vs_tile_k()`. Returns [B,Hq,Sq,D] stored as FA4 writes it ([B,Sq,Hq,D]). Check `vs_reason` first."""
     from flash_attn.cute import flash_attn_func
     from ..triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
     CALLS["vertical-slash"] += 1
@@ -181,17 +187,18 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
         _log.info("minference_compile: vertical-slash attention runs on FlashAttention-4 block lists (128 x 128 "
                   "tiles) plus a Triton columns pass (MINFERENCE_FA4_VS=0 for the Triton kernel)")
     Sq, S = q.shape[2], k.shape[2]
-    fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, Sq, S, index.tile_offset.shape[-1])
+    tk = vs_tile_k() if tile_k is None else int(tile_k)
+    fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, Sq, S, index.tile_offset.shape[-1], tk)
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     bst = BlockSparseTensorsTorch(mask_block_cnt=mcnt, mask_block_idx=midx, full_block_cnt=fcnt,
-                                  full_block_idx=fidx, block_size=(TILE, TILE))
+                                  full_block_idx=fidx, block_size=(TILE, tk))
     qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))
     o, lse = flash_attn_func(qf, kf, vf, softmax_scale=scale, causal=True, block_sparse_tensors=bst,
                              return_lse=True)[:2]
     if lse.shape != (q.shape[0], q.shape[1], Sq):  # FA4 may hand it as [B,Sq,H]
         lse = lse.transpose(1, 2)
     out = o.transpose(1, 2)
-    return columns_after(q, k, v, out, lse, index, scale)
+    return columns_after(q, k, v, out, lse, index, scale, tk)
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
