@@ -119,11 +119,13 @@ def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk):
     columns_after(q, k, v, out, lse, index, scale, tk)
     want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale, TILE, tk)
     assert not torch.isnan(out).any()
-    assert (out.float() - want.float()).abs().max() < TOL
-    # where the columns add pairs, the tile part alone is off: the comparison can fail
+    err = float((out.float() - want.float()).abs().max())
+    assert err < TOL
+    # where the columns add pairs, the tile part alone is off by well over the pass's own error: the comparison can
+    # fail (on the H200 the tile part alone missed by 0.03-0.15 where the pass stayed under 2e-2)
     extra = naive.vertical_slash_tiled_mask(vert, slash, S, q_len, TILE, tk).to(DEV) & ~tiles
     if extra.any():
-        assert (o.float() - want.float()).abs().max() > 10 * TOL
+        assert float((o.float() - want.float()).abs().max()) > max(2 * err, TOL / 4)
     assert S < 1000 or extra.any()
 
 
@@ -163,6 +165,17 @@ def test_fa4_vertical_slash_plumbing(fake_fa4, S, q_len, D, tk):
     want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1, TILE, tk)
     assert got.shape == want.shape and got.stride(2) == hq * D  # FA4's [B,S,H,D] storage
     assert (got - want).abs().max() < 2e-4
+
+
+def test_vs_reason_default_is_head_dim_128_and_up(fake_fa4, monkeypatch):
+    q64, q128 = torch.zeros(1, 2, 8, 64), torch.zeros(1, 2, 8, 128)
+    monkeypatch.delenv("MINFERENCE_FA4_VS", raising=False)
+    assert fa4.vs_reason(q128, q128) is None and "head dim 64" in fa4.vs_reason(q64, q64)
+    assert fa4.vs_reason(q128[:, :, :4], q128) is None  # a pre-fill chunk
+    monkeypatch.setenv("MINFERENCE_FA4_VS", "1")
+    assert fa4.vs_reason(q64, q64) is None
+    monkeypatch.setenv("MINFERENCE_FA4_VS", "0")
+    assert fa4.vs_reason(q128, q128) == "MINFERENCE_FA4_VS=0"
 
 
 def test_fake_fa4_returns_lse_of_its_pairs():

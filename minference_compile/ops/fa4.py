@@ -1,9 +1,10 @@
 """Optional Hopper path (`pip install minference-compile[hopper]`): FlashAttention-4 (`flash-attn-4`, CuTe DSL,
-JIT-compiled, no build step) runs the A-shape heads and dense causal attention, where it measured faster than our
-Triton kernels (benchmarks/NOTES.md row 21, one H200 at 128K in one run: A-shape 128 + 4096 14.9 ms vs our 19.5 ms
-at D=128, 4.6 vs 5.1 ms at D=64; dense causal 1.15-1.19x cuDNN). Block-sparse and vertical-slash stay on Triton:
-on the same 64x64 blocks FA4 was 5% faster at D=128 and 25% slower at D=64, and its sm90 128-row tiles would
-double vertical-slash's computed work.
+JIT-compiled, no build step) runs the A-shape heads, dense causal attention and, at head dim >= 128, the
+vertical-slash heads (on 128-row tile lists plus a Triton columns pass: the tiled semantics of docs/DESIGN.md), where
+each measured faster than our Triton kernels on one H200 at 128K (benchmarks/NOTES.md rows 20, 21, 25: A-shape
+128 + 4096 14.9 vs 19.5 ms at D=128, 4.6 vs 5.1 ms at D=64; dense causal 1.15-1.19x cuDNN; vertical-slash
+(1000, 6096) 120.0 vs 142.3 ms at D=128). Block-sparse stays on Triton: on the same 64x64 blocks FA4 was 5% faster
+at D=128 and 25% slower at D=64.
 
 FA4 runs a call when flash_attn.cute imports, the tensors are CUDA fp16/bf16 on sm90, the head dim is a multiple of
 8 up to 256, q_len == kv_len for A-shape (a pre-fill chunk's query offset would be a compile-time constant of the
@@ -159,11 +160,16 @@ def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) 
 
 
 def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
-    """Why vertical-slash heads do not run on FA4 here (None: they do). Opt-in (MINFERENCE_FA4_VS=1) until measured
-    on a GPU against the Triton kernel; pre-fill chunks too (FA4's causal mask is bottom-right aligned, the tile
-    lists absolute)."""
-    if os.environ.get("MINFERENCE_FA4_VS", "0") != "1":
-        return "MINFERENCE_FA4_VS is not 1"
+    """Why vertical-slash heads do not run on FA4 here (None: they do). MINFERENCE_FA4_VS: "0" never, "1" wherever FA4
+    runs, unset / "auto": at head dim >= 128, where it measured faster (benchmarks/NOTES.md row 25, H200: 128K
+    (1000, 6096) 120.0 vs 142.3 ms for the Triton kernel, (100, 800) a tie; D=64 not measured, and FA4's
+    block-sparse lost 25% to ours there in row 20). Pre-fill chunks too (FA4's causal mask is bottom-right aligned,
+    the tile lists absolute)."""
+    env = os.environ.get("MINFERENCE_FA4_VS", "auto")
+    if env == "0":
+        return "MINFERENCE_FA4_VS=0"
+    if env != "1" and q.shape[-1] < 128:
+        return f"head dim {q.shape[-1]} < 128 (not measured faster; MINFERENCE_FA4_VS=1 forces it)"
     return reason(q, k, chunk_ok=True)
 
 
@@ -184,8 +190,9 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
     CALLS["vertical-slash"] += 1
     if "vertical-slash" not in _announced:
         _announced.add("vertical-slash")
-        _log.info("minference_compile: vertical-slash attention runs on FlashAttention-4 block lists (128 x 128 "
-                  "tiles) plus a Triton columns pass (MINFERENCE_FA4_VS=0 for the Triton kernel)")
+        _log.info("minference_compile: vertical-slash attention runs on FlashAttention-4 block lists (128-row "
+                  "tiles, a superset of the block-rounded pairs) plus a Triton columns pass (MINFERENCE_FA4_VS=0 "
+                  "for the Triton kernel)")
     Sq, S = q.shape[2], k.shape[2]
     tk = vs_tile_k() if tile_k is None else int(tile_k)
     fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, Sq, S, index.tile_offset.shape[-1], tk)

@@ -84,8 +84,9 @@ class VerticalSlash(Pattern):
 
     @classmethod
     def attend_cuda(cls, group: HeadGroup, selection: VSSelection, head_mask, out) -> torch.Tensor:
-        # the [hopper] extra, opt-in (MINFERENCE_FA4_VS=1): whole layers of vertical-slash heads on FA4's 128 x 128
-        # tile lists (a superset of the block-rounded pairs: docs/DESIGN.md "128-tiled") plus a columns pass
+        # the [hopper] extra (default at D >= 128; MINFERENCE_FA4_VS=0/1 forces): whole layers of vertical-slash heads
+        # on FA4's 128-row tile lists (a superset of the block-rounded pairs: docs/DESIGN.md "Vertical-slash,
+        # tiled") plus a columns pass
         if head_mask is None and not group.qk_dtype and fa4.vs_reason(group.q, group.k) is None:
             o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale)
             return o if out is None else out.copy_(o)
