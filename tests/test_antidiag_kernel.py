@@ -66,7 +66,7 @@ def test_fused_mass_query_block_range(r0, r1, device):
     torch.testing.assert_close(part, full[:, :, r0:r1], atol=1e-6, rtol=0)  # other tiles: other product blocking
 
 
-@pytest.mark.parametrize("tiles", [(16, 64), (64, 16), (128, 32)])
+@pytest.mark.parametrize("tiles", [(16, 64), (64, 16), (64, 64), (128, 32)])
 def test_fused_mass_tile_sizes(tiles, device):
     """Other tile shapes (benchmarks may tune them) give the same mass: tiles hold whole blocks (stride 4:
     16 strided rows per block)."""

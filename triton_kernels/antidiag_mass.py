@@ -14,7 +14,10 @@ from ._common import LOG2E, block_d, dot_precision, last_dim_contig
 # (D=64: 68 B), 8 warps fit at D=64 (172 registers) and spill 48 B at D=128 (255). The term loop (s products of
 # width D: the antidiagonal terms) is not software-pipelined by Triton 3.6 (same shared memory at 1-3 stages).
 _CFG = {16: (8, 1), 32: (8, 1), 64: (8, 1), 128: (8, 1), 256: (8, 1)}
-BLOCK_M = 64  # strided query rows per program (a multiple of the strided rows per 64-block, 64 / s)
+# strided query rows per program (a multiple of the strided rows per 64-block, 64 / s): 128 measured 27% faster
+# than 64 on the H200 (128K, Qwen2.5-0.5B layer, stride 8: 15.8 vs 21.5 ms; benchmarks/NOTES.md row 18): half
+# the K tile re-reads per product
+BLOCK_M = 128
 BLOCK_N = 64  # strided key columns per tile (likewise a multiple of 64 / s: a tile holds whole key blocks)
 
 
