@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import traceback
+from unittest import mock
 
 from .registry import parse_lengths
 
@@ -371,22 +372,6 @@ def profile_prefill(prefill, ids, top: int = 30, device: str = "cuda") -> dict:
     return {"classes": classes, "total_ms": sum(classes.values()), "top": ranked[:top]}
 
 
-@contextlib.contextmanager
-def fa4_vs_switch(on: bool):
-    """MINFERENCE_FA4_VS=1 for a "-fa4" method (read by the op per call), restored after it."""
-    prev = os.environ.get("MINFERENCE_FA4_VS")
-    if on:
-        os.environ["MINFERENCE_FA4_VS"] = "1"
-    try:
-        yield
-    finally:
-        if on:
-            if prev is None:
-                os.environ.pop("MINFERENCE_FA4_VS", None)
-            else:
-                os.environ["MINFERENCE_FA4_VS"] = prev
-
-
 def run_method(a, method, lengths, shape, dev, dtype, clock, rows, meta, base, t0):
     import torch
     from minference_compile.ops import fa4
@@ -566,7 +551,8 @@ def main(argv=None) -> int:
     for c in chunks:
         a.chunk = c
         for m in methods:
-            with fa4_vs_switch(m.endswith("-fa4")):
+            # a "-fa4" method forces the FA4 vertical-slash path (read by the op per call), restored after it
+            with mock.patch.dict(os.environ, {"MINFERENCE_FA4_VS": "1"} if m.endswith("-fa4") else {}):
                 run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
     for S in lengths:
         for c in chunks:

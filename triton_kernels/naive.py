@@ -60,10 +60,11 @@ def streaming_mask(B: int, H: int, S: int, init_num, local_window, device="cpu",
     return m.unsqueeze(0).expand(B, H, i.shape[0], S).clone()
 
 
-def _vs_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len, block: int, tiles) -> torch.Tensor:
+def _vs_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len, rows: int, ranges) -> torch.Tensor:
     """The vertical-slash masks built element by element: every row sees its head's vertical columns in [0, S);
-    ``tiles(s, m0)`` gives the key offsets d whose 64-key tile [m0 - d, m0 - d + block) offset s selects in the
-    query block starting at m0 (clipped to [0, S)); then causal."""
+    the query rows form `rows`-row blocks from the chunk's first row, and ``ranges(s, m0)`` gives the key ranges
+    [lo, hi) that offset s selects for the whole block starting at absolute position m0 (clipped to [0, S)); then
+    causal."""
     B, H = vertical.shape[:2]
     sq = S if q_len is None else int(q_len)
     off = S - sq
@@ -77,12 +78,11 @@ def _vs_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len, block: 
             for s in set(ss[b][h]):
                 if not 0 <= s < S:
                     continue
-                for r0 in range(0, sq, block):
-                    m0 = off + r0
-                    for d in tiles(s, m0):
-                        lo, hi = max(0, m0 - d), min(S, m0 - d + block)
+                for r0 in range(0, sq, rows):
+                    for lo, hi in ranges(s, off + r0):
+                        lo, hi = max(0, lo), min(S, hi)
                         if hi > lo:
-                            m[b, h, r0:r0 + block, lo:hi] = True
+                            m[b, h, r0:r0 + rows, lo:hi] = True
     return (m & _causal(S, "cpu", sq)).to(vertical.device)
 
 
@@ -92,7 +92,7 @@ def vertical_slash_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, blo
     block qb starting at absolute position m0 = S - Sq + 64 qb; its row at position i attends j iff j <= i and
     (j in vertical, or some selected slash offset s has m0 - s <= j < m0 - s + 64). vertical [B,H,NV], slash [B,H,NS];
     entries outside [0, S) select nothing."""
-    return _vs_mask(vertical, slash, S, q_len, block, lambda s, m0: (s,))
+    return _vs_mask(vertical, slash, S, q_len, block, lambda s, m0: [(m0 - s, m0 - s + block)])
 
 
 def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, block: int = BLOCK,
@@ -101,7 +101,8 @@ def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: 
     covers, in the block at m0, every whole key tile [m0 - d, m0 - d + 64) with d a multiple of 64 that meets its
     range [m0 - s, m0 - s + 64) (|d - s| < 64: d = 64 floor(s/64), and d + 64 when s % 64 != 0)."""
     return _vs_mask(vertical, slash, S, q_len, block,
-                    lambda s, m0: [d for d in range(0, S + 2 * block, block) if abs(d - s) < block])
+                    lambda s, m0: [(m0 - d, m0 - d + block) for d in range(0, S + 2 * block, block)
+                                   if abs(d - s) < block])
 
 
 def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len=None,
@@ -111,24 +112,10 @@ def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: in
     [tile_k n, tile_k n + tile_k); a tile is attended by the whole block iff a selected offset s has the block's range
     [m0 - s, m0 - s + tile_q) meeting it; row i attends j iff j <= i and (j's tile is, or j is a vertical column).
     Entries outside [0, S) select nothing."""
-    B, H = vertical.shape[:2]
-    sq = S if q_len is None else int(q_len)
-    off = S - sq
-    m = torch.zeros(B, H, sq, S, dtype=torch.bool)
-    vs, ss = vertical.cpu().tolist(), slash.cpu().tolist()
-    for b in range(B):
-        for h in range(H):
-            for c in vs[b][h]:
-                if 0 <= c < S:
-                    m[b, h, :, c] = True
-            for s in set(ss[b][h]):
-                if not 0 <= s < S:
-                    continue
-                for r0 in range(0, sq, tile_q):
-                    lo, hi = off + r0 - s, off + r0 - s + tile_q  # the block's keys on this diagonal: [lo, hi)
-                    for n in range(max(lo, 0) // tile_k, (min(hi, S) - 1) // tile_k + 1 if min(hi, S) > 0 else 0):
-                        m[b, h, r0:r0 + tile_q, n * tile_k:(n + 1) * tile_k] = True
-    return (m & _causal(S, "cpu", sq)).to(vertical.device)
+    def tiles(s, m0):  # the whole tiles the block's diagonal range [m0 - s, m0 - s + tile_q) meets, within [0, S)
+        lo, hi = max(m0 - s, 0), min(m0 - s + tile_q, S)
+        return [(n * tile_k, (n + 1) * tile_k) for n in range(lo // tile_k, (hi - 1) // tile_k + 1)] if hi > lo else []
+    return _vs_mask(vertical, slash, S, q_len, tile_q, tiles)
 
 
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:

@@ -151,7 +151,7 @@ def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE) -> t
     nqb = triton.cdiv(SQ, BLOCK_M)
     cols, ccnt, pref = (t.contiguous() for t in (index.columns, index.column_count, index.slash_prefix))
     assert ccnt.shape[-1] == nqb and pref.shape[-1] == S + 1, "index built for another q_len / kv_len"
-    assert out.stride(-1) == 1 and lse.dtype == torch.float32
+    assert out.stride(-1) == 1 and lse.dtype == torch.float32 and lse.shape == (B, Hq, SQ), "lse must be [B,Hq,Sq] fp32"
     if SQ == 0 or B * Hq == 0:
         return out
     _vs_columns_after_kernel[(nqb, B * Hq)](

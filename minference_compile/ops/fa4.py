@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .fa4_lists import ashape_blocks, to_lists
+from .fa4_lists import FA4Lists, ashape_blocks, to_lists
 
 _log = logging.getLogger("minference_compile")
 BLOCK = (128, 128)  # FA4's sm90 tile: block lists at its granularity (a 128 x 128 A-shape superset, mask_mod exact)
@@ -90,27 +90,29 @@ def block_sparse_tensors(lists):
 
 
 _announced = set()
-CALLS = collections.Counter()  # FA4 calls by kind ("dense causal", "A-shape"): benchmarks record which kernel ran
+CALLS = collections.Counter()  # FA4 calls by kind ("dense causal", "A-shape", "vertical-slash"): benchmarks record them
 
 
-def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
-    """FA4 on [B,H,S,D] tensors (GQA by head counts) -> [B,Hq,S,D] (a transposed view of FA4's output)."""
+def _call(kind: str, q, k, v, scale: float, **kw):
+    """One FA4 forward on [B,H,S,D] tensors (GQA by head counts), counted in CALLS and announced once per kind ->
+    (out [B,Hq,Sq,D], a transposed view of FA4's [B,Sq,Hq,D] output; lse or None)."""
     from flash_attn.cute import flash_attn_func
-    kind = "dense causal" if window == DENSE else "A-shape"
     CALLS[kind] += 1
     if kind not in _announced:  # once per kind: which kernel really runs (explain() records the pattern only)
         _announced.add(kind)
         _log.info("minference_compile: %s attention runs on FlashAttention-4 (the [hopper] extra; "
                   "MINFERENCE_FA4=0 for the Triton / SDPA path)", kind)
     qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # FA4's layout [B,S,H,D]
-    S = q.shape[2]
+    o, lse = flash_attn_func(qf, kf, vf, softmax_scale=scale, **kw)[:2]
+    return o.transpose(1, 2), lse
+
+
+def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
+    """FA4 dense causal or A-shape -> [B,Hq,S,D] (a transposed view of FA4's output)."""
     if window == DENSE:
-        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, causal=True)[0]
-    else:
-        bst = block_sparse_tensors(_ashape_lists(S, *window, q.device))
-        o = flash_attn_func(qf, kf, vf, softmax_scale=scale, block_sparse_tensors=bst,
-                            mask_mod=ashape_mask_mod(*window))[0]
-    return o.transpose(1, 2)
+        return _call("dense causal", q, k, v, scale, causal=True)[0]
+    bst = block_sparse_tensors(_ashape_lists(q.shape[2], *window, q.device))
+    return _call("A-shape", q, k, v, scale, block_sparse_tensors=bst, mask_mod=ashape_mask_mod(*window))[0]
 
 
 def _key(window: Window, S: int) -> Window:
@@ -185,27 +187,12 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
     diagonal's under its causal mask), then the vertical columns outside them by our Triton pass, continuing FA4's
     softmax from its log-sum-exp. index: the VSIndex of the sets (vertical_slash_index.py); tile_k None:
     `vs_tile_k()`. Returns [B,Hq,Sq,D] stored as FA4 writes it ([B,Sq,Hq,D]). Check `vs_reason` first."""
-    from flash_attn.cute import flash_attn_func
     from ..triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
-    CALLS["vertical-slash"] += 1
-    if "vertical-slash" not in _announced:
-        _announced.add("vertical-slash")
-        _log.info("minference_compile: vertical-slash attention runs on FlashAttention-4 block lists (128-row "
-                  "tiles, a superset of the block-rounded pairs) plus a Triton columns pass (MINFERENCE_FA4_VS=0 "
-                  "for the Triton kernel)")
-    Sq, S = q.shape[2], k.shape[2]
     tk = vs_tile_k() if tile_k is None else int(tile_k)
-    fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, Sq, S, index.tile_offset.shape[-1], tk)
-    from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
-    bst = BlockSparseTensorsTorch(mask_block_cnt=mcnt, mask_block_idx=midx, full_block_cnt=fcnt,
-                                  full_block_idx=fidx, block_size=(TILE, tk))
-    qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))
-    o, lse = flash_attn_func(qf, kf, vf, softmax_scale=scale, causal=True, block_sparse_tensors=bst,
-                             return_lse=True)[:2]
-    if lse.shape != (q.shape[0], q.shape[1], Sq):  # FA4 may hand it as [B,Sq,H]
-        lse = lse.transpose(1, 2)
-    out = o.transpose(1, 2)
-    return columns_after(q, k, v, out, lse, index, scale, tk)
+    fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, q.shape[2], k.shape[2], index.tile_offset.shape[-1], tk)
+    bst = block_sparse_tensors(FA4Lists(mcnt, midx, fcnt, fidx, (TILE, tk)))
+    out, lse = _call("vertical-slash", q, k, v, scale, causal=True, block_sparse_tensors=bst, return_lse=True)
+    return columns_after(q, k, v, out, lse, index, scale, tk)  # lse [B,Hq,Sq] fp32
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
