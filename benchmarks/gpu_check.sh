@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|qk8|vsindex|vsfa4|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|seed-fa4|qk8|vsindex|vsfa4|vsfa4split|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -182,6 +182,11 @@ for m in $modes; do
       # tests, then 128K kernel rows against the Triton VS kernel and cuDNN in one process per shape
       timeout ${VSF_S:-150} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_vsfa4.log" | tail -4
       for sh in ${VSF_SHAPES:-llama3-8b qwen2.5-0.5b}; do timeout 130 python3 -m benchmarks.run --shapes $sh --lengths ${VSF_LEN:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,vs-1000/6096+fa4k64,vs-100/800,vs-100/800+fa4,vs-100/800+fa4k64 --max-minutes 1.9 --commit "$COMMIT" --out "$OUT" --tag vsfa4-$sh 2>&1 | grep -v "^USDT" | tail -12; done ;;
+    vsfa4split)  # NOTES row 26: VS on FA4 tiles split into lists / FA4 / columns pass (each columns config), 128K and the
+      # last 64K chunk of 1M, llama3-8b shape (after fa4-install fa4-env)
+      timeout ${VSS_S:-240} python3 -m benchmarks.vs_fa4_split --out "$OUT/vs-fa4-split.json" 2>&1 | grep -v "^USDT" | tail -12 ;;
+    seed-fa4)  # issue 12: the seed's VS kernel vs ours on Triton and on FA4 tiles, same sets, cuDNN in the same process (after seed-build, fa4-env)
+      MINFERENCE_SEED_DIR=/tmp/seedsrc/minference-0.1.6.0 timeout ${SEED_S:-300} python3 -m benchmarks.run --shapes ${SEED_SHAPES:-llama3-8b} --lengths ${SEED_SEQ:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,seed-vs-1000/6096,vs-100/800,vs-100/800+fa4,seed-vs-100/800,flex-ashape-128+4096,ashape-128+4096 --max-minutes 4 --commit "$COMMIT" --out "$OUT" --tag seedfa4 2>&1 | grep -v "^USDT" | tail -20 ;;
     vsindex)  # issue 12 / NOTES row 24: the two-launch VS index builder: its GPU tests, then the 128K index share fused vs torch
       timeout ${VSI_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_index_fused.py 2>&1 | tee "$OUT/tests_vsindex.log" | tail -4
       for f in 1 0; do MINFERENCE_FUSED_VS_INDEX=$f timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.3 --commit "$COMMIT" --out "$OUT" --tag vsindex$f 2>&1 | grep -A4 "index-build share"; done ;;

@@ -14,6 +14,7 @@ from minference_compile.triton_kernels import naive
 def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(None, None),
                          block_sparse_tensors=None, mask_mod=None, return_lse=False):
     """q [B,Sq,Hq,D], k/v [B,S,Hkv,D] -> (out [B,Sq,Hq,D], lse [B,Hq,Sq] fp32 natural log if return_lse else None)."""
+    assert all(x.stride(-1) == 1 for x in (q, k, v)), "FA4 takes a unit last stride only"
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, Sq, _ = q.shape
     S = k.shape[2]

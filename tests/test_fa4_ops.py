@@ -180,9 +180,13 @@ needs_fa4 = pytest.mark.skipif(not (SM90 and HAS_FA4), reason="needs an sm90 GPU
 @pytest.mark.parametrize("S", [1, 63, 65, 1000])
 @pytest.mark.parametrize("Hq,Hkv,D", [(4, 2, 64), (4, 1, 96), (2, 2, 128)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype):
+@pytest.mark.parametrize("layout", ["bhsd", "model"])
+def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype, layout):
     torch.manual_seed(S + D)
     q, k, v = qkv(2, Hq, Hkv, S, D, dtype, "cuda")
+    if layout == "model":  # q a view of [B,S,H,D], k/v narrowed views of a longer cache: FA4 reads them uncopied
+        from test_vs_tiled import model_layout
+        q, k, v = model_layout(q, k, v)
     assert fa4.reason(q, k) is None, fa4.reason(q, k)
     windows = [(4, 64), fa4.DENSE, None, (0, 100)][:Hq]
     out = torch.full_like(q, float("nan"))

@@ -13,7 +13,7 @@ from fa4_fake import install_fake_fa4, fake_flash_attn_func
 from minference_compile.ops import fa4
 from minference_compile.triton_kernels import naive
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
-from minference_compile.triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
+from minference_compile.triton_kernels.vertical_slash_tiled import COLS_CONFIG, TILE, columns_after, columns_config, tile_lists
 
 DEV = "cuda" if CUDA else "cpu"
 DT = torch.bfloat16 if CUDA else torch.float32
@@ -104,7 +104,8 @@ def tile_part(q, k, v, slash, scale, tk):
                                              (1000, 1000, 128, 4, 1), (1000, 63, 64, 2, 1), (1000, 700, 128, 4, 2),
                                              (1000, 1, 96, 2, 1)])
 @pytest.mark.parametrize("tk", [128, 64])
-def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk):
+@pytest.mark.parametrize("cfg", [(64, 4, 1), (128, 8, 2)])
+def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk, cfg):
     gen = torch.Generator().manual_seed(3 * S + q_len + D)
     B = 2
     q = torch.randn(B, hq, q_len, D, generator=gen).to(DEV, DT)
@@ -116,7 +117,7 @@ def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk):
     o, lse, tiles = tile_part(q, k, v, slash, scale, tk)
     out = torch.full((B, q_len, hq, D), float("nan"), device=DEV, dtype=DT).transpose(1, 2)  # FA4's layout
     out.copy_(o)
-    columns_after(q, k, v, out, lse, index, scale, tk)
+    columns_after(q, k, v, out, lse, index, scale, tk, cfg)
     want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale, TILE, tk)
     assert not torch.isnan(out).any()
     err = float((out.float() - want.float()).abs().max())
@@ -127,6 +128,17 @@ def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk):
     if extra.any():
         assert float((o.float() - want.float()).abs().max()) > max(2 * err, TOL / 4)
     assert S < 1000 or extra.any()
+
+
+def test_columns_config_from_the_environment(monkeypatch):
+    monkeypatch.delenv("MINFERENCE_VS_COLS", raising=False)
+    assert columns_config() == COLS_CONFIG
+    monkeypatch.setenv("MINFERENCE_VS_COLS", "128,8,2")
+    assert columns_config() == (128, 8, 2)
+    for bad in ("96,4,1", "128,8", "64,3,1", "64,4,0"):
+        monkeypatch.setenv("MINFERENCE_VS_COLS", bad)
+        with pytest.raises(ValueError, match="MINFERENCE_VS_COLS"):
+            columns_config()
 
 
 def test_tiled_semantics_cover_the_block_rounded_pairs():
@@ -188,11 +200,22 @@ def test_fake_fa4_returns_lse_of_its_pairs():
     assert torch.allclose(lse, torch.logsumexp(sc, -1), atol=1e-5)
 
 
+def model_layout(q, k, v, spare=37):
+    """The strides a compiled model hands the op: q a [B,H,S,D] view of [B,S,H,D] projections, k/v narrowed views of
+    a longer preallocated cache [B,H,S+spare,D] (PrefillCache). Same values."""
+    qm = q.transpose(1, 2).contiguous().transpose(1, 2)
+    B, H, S, D = k.shape
+    kc, vc = (torch.full((B, H, S + spare, D), float("nan"), device=k.device, dtype=k.dtype) for _ in range(2))
+    kc[:, :, :S], vc[:, :, :S] = k, v
+    return qm, kc.narrow(2, 0, S), vc.narrow(2, 0, S)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs FlashAttention-4 on an sm90 GPU")
 @pytest.mark.parametrize("S,q_len,D", [(1000, 1000, 128), (4096, 4096, 128), (4096, 1024, 128), (2048, 2048, 64),
                                        (3000, 1100, 64), (1000, 1000, 96)])
 @pytest.mark.parametrize("tk", [128, 64])
-def test_vs_tiled_on_fa4_gpu(S, q_len, D, tk):
+@pytest.mark.parametrize("layout", ["bhsd", "model"])
+def test_vs_tiled_on_fa4_gpu(S, q_len, D, tk, layout):
     q0 = torch.zeros(1, 1, 8, D, device="cuda", dtype=torch.bfloat16)
     why = fa4.reason(q0, q0)
     if why is not None:
@@ -204,7 +227,8 @@ def test_vs_tiled_on_fa4_gpu(S, q_len, D, tk):
     v = torch.randn(B, hkv, S, D, generator=gen).to("cuda", torch.bfloat16)
     vert, slash = sets(B, hq, S, 40, 60, gen)
     index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
-    out = fa4.vertical_slash(q, k, v, index, 1 / math.sqrt(D), tile_k=tk)
+    qa, ka, va = model_layout(q, k, v) if layout == "model" else (q, k, v)
+    out = fa4.vertical_slash(qa, ka, va, index, 1 / math.sqrt(D), tile_k=tk)
     got = out.clone()
     want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 1 / math.sqrt(D), TILE, tk)
     assert not torch.isnan(got).any()

@@ -8,6 +8,8 @@ touched in block m iff a selected offset s has the block's diagonal range [m0 - 
 attends j iff j <= i and (j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded pairs (each 64-row block's
 range [m0' - s, m0' - s + 64) lies inside its 128-row block's [m0 - s, m0 - s + 128)). Reference:
 naive.vertical_slash_tiled_mask."""
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -16,9 +18,23 @@ from ._common import _attn_tile, _q_tile, block_d, dot_precision, qk_scale
 
 TILE = 128  # FA4's sm90 tile (q and kv) for head dims 64-128 with block-sparse lists
 TILE_K = (128, 64)  # key tile widths FA4's sm90 forward takes with 128-row lists (it shrinks tile_n to the list's)
-# the columns pass: 64-row programs (the VS index's column_count is per 64-row block), 64 gathered keys per step
-BLOCK_M = 64
+# the columns pass: 64 gathered keys per step; (rows per program, warps, stages). The VS index counts columns per
+# 64-row block; a 128-row program takes its second block's count (columns are sorted; the causal mask cuts the rest)
 BLOCK_N = 64
+COLS_CONFIG = (64, 4, 1)
+COLS_CONFIGS = ((64, 4, 1), (64, 4, 2), (128, 8, 1), (128, 8, 2), (128, 4, 2))
+
+
+def columns_config() -> tuple:
+    """The columns pass's (rows, warps, stages): MINFERENCE_VS_COLS="rows,warps,stages" (rows 64 or 128) or the
+    default COLS_CONFIG."""
+    env = os.environ.get("MINFERENCE_VS_COLS")
+    if not env:
+        return COLS_CONFIG
+    cfg = tuple(int(x) for x in env.split(","))
+    if len(cfg) != 3 or cfg[0] not in (64, 128) or cfg[1] not in (1, 2, 4, 8) or not 1 <= cfg[2] <= 4:
+        raise ValueError(f"MINFERENCE_VS_COLS={env!r}: want rows,warps,stages with rows 64 or 128")
+    return cfg
 
 
 @triton.jit
@@ -93,18 +109,20 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
                              TQ: tl.constexpr, TK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     # O holds the tile part's normalised output and LSE its natural-log sum of exp(scale * q.k) per row: the online
-    # softmax state (m, l, acc) = (LSE log2(e), 1, O). Continue it over this 64-row block's columns that no touched
-    # tile of its 128-row block holds, and store the result over O. A row with a non-finite LSE had no tile key.
-    qb = tl.program_id(0)
+    # softmax state (m, l, acc) = (LSE log2(e), 1, O). Continue it over this BLOCK_M-row block's columns that no
+    # touched tile of its 128-row block holds (BLOCK_M divides 128), and store the result over O. A row with a
+    # non-finite LSE had no tile key.
+    pid = tl.program_id(0)
     bh = tl.program_id(1)
     bh64 = bh.to(tl.int64)
-    n_col = tl.load(CCNT + bh64 * NQB + qb)
+    r0 = pid * BLOCK_M
+    # column_count is per 64-row block and grows with the block: the program's last block has them all
+    n_col = tl.load(CCNT + bh64 * NQB + tl.minimum((r0 + BLOCK_M) // 64 - 1, NQB - 1))
     if n_col == 0:
         return
     b = (bh // Hq).to(tl.int64)
     h = bh % Hq
     kvh = (h // G).to(tl.int64)
-    r0 = qb * BLOCK_M
     off = S - SQ
     m0 = off + r0
     mb0 = off + (r0 // TQ) * TQ  # the 128-row block's first row: the tiles' reference
@@ -141,26 +159,28 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=rmask[:, None] & dmask)
 
 
-def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE) -> torch.Tensor:
+def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE, config=None) -> torch.Tensor:
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D]; out [B,Hq,Sq,D] and lse [B,Hq,Sq] fp32 (natural log) of the attention over the
     touched tile_k-key tiles of `index`'s slash_prefix (tile_lists); index: the VSIndex of the same sets (its sorted columns and
     per-64-row-block column counts). Adds the columns outside the touched tiles in place: out then holds 128-tiled
-    vertical-slash attention. Returns out."""
+    vertical-slash attention. config: (rows, warps, stages), None: `columns_config()`. Returns out."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
-    nqb = triton.cdiv(SQ, BLOCK_M)
+    rows, warps, stages = columns_config() if config is None else config
+    assert rows in (64, 128), "rows per program must divide the 128-row tile block"
+    nqb = triton.cdiv(SQ, 64)
     cols, ccnt, pref = (t.contiguous() for t in (index.columns, index.column_count, index.slash_prefix))
     assert ccnt.shape[-1] == nqb and pref.shape[-1] == S + 1, "index built for another q_len / kv_len"
     assert out.stride(-1) == 1 and lse.dtype == torch.float32 and lse.shape == (B, Hq, SQ), "lse must be [B,Hq,Sq] fp32"
     if SQ == 0 or B * Hq == 0:
         return out
-    _vs_columns_after_kernel[(nqb, B * Hq)](
+    _vs_columns_after_kernel[(triton.cdiv(SQ, rows), B * Hq)](
         q, k, v, out, lse, cols, ccnt, pref,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
         SQ, S, Hq, Hq // k.shape[1], D, cols.shape[-1], nqb, qk_scale(scale, D),
-        TQ=TILE, TK=tile_k, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D), PREC=dot_precision(q.dtype),
-        num_warps=4, num_stages=1)
+        TQ=TILE, TK=tile_k, BLOCK_M=rows, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D), PREC=dot_precision(q.dtype),
+        num_warps=warps, num_stages=stages)
     return out
 

@@ -102,7 +102,9 @@ def _call(kind: str, q, k, v, scale: float, **kw):
         _announced.add(kind)
         _log.info("minference_compile: %s attention runs on FlashAttention-4 (the [hopper] extra; "
                   "MINFERENCE_FA4=0 for the Triton / SDPA path)", kind)
-    qf, kf, vf = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # FA4's layout [B,S,H,D]
+    # FA4 takes any strides with a unit last one (its layouts are dynamic; it copies only misaligned tensors), so the
+    # [B,S,H,D] views go in as they are: no copy of q, nor of a long K/V prefix per pre-fill chunk
+    qf, kf, vf = (x.transpose(1, 2) for x in (q, k, v))
     o, lse = flash_attn_func(qf, kf, vf, softmax_scale=scale, **kw)[:2]
     return o.transpose(1, 2), lse
 
