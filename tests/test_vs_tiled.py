@@ -13,7 +13,7 @@ from fa4_fake import install_fake_fa4, fake_flash_attn_func
 from minference_compile.ops import fa4
 from minference_compile.triton_kernels import naive
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
-from minference_compile.triton_kernels.vertical_slash_tiled import COLS_CONFIG, TILE, columns_after, columns_config, tile_lists
+from minference_compile.triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
 
 DEV = "cuda" if CUDA else "cpu"
 DT = torch.bfloat16 if CUDA else torch.float32
@@ -128,17 +128,6 @@ def test_columns_after_equals_the_tiled_reference(S, q_len, D, hq, hkv, tk, cfg)
     if extra.any():
         assert float((o.float() - want.float()).abs().max()) > max(2 * err, TOL / 4)
     assert S < 1000 or extra.any()
-
-
-def test_columns_config_from_the_environment(monkeypatch):
-    monkeypatch.delenv("MINFERENCE_VS_COLS", raising=False)
-    assert columns_config() == COLS_CONFIG
-    monkeypatch.setenv("MINFERENCE_VS_COLS", "128,8,2")
-    assert columns_config() == (128, 8, 2)
-    for bad in ("96,4,1", "128,8", "64,3,1", "64,4,0"):
-        monkeypatch.setenv("MINFERENCE_VS_COLS", bad)
-        with pytest.raises(ValueError, match="MINFERENCE_VS_COLS"):
-            columns_config()
 
 
 def test_tiled_semantics_cover_the_block_rounded_pairs():

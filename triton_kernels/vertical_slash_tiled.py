@@ -8,8 +8,6 @@ touched in block m iff a selected offset s has the block's diagonal range [m0 - 
 attends j iff j <= i and (j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded pairs (each 64-row block's
 range [m0' - s, m0' - s + 64) lies inside its 128-row block's [m0 - s, m0 - s + 128)). Reference:
 naive.vertical_slash_tiled_mask."""
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -19,22 +17,12 @@ from ._common import _attn_tile, _q_tile, block_d, dot_precision, qk_scale
 TILE = 128  # FA4's sm90 tile (q and kv) for head dims 64-128 with block-sparse lists
 TILE_K = (128, 64)  # key tile widths FA4's sm90 forward takes with 128-row lists (it shrinks tile_n to the list's)
 # the columns pass: 64 gathered keys per step; (rows per program, warps, stages). The VS index counts columns per
-# 64-row block; a 128-row program takes its second block's count (columns are sorted; the causal mask cuts the rest)
+# 64-row block; a 128-row program takes its second block's count (columns are sorted; the causal mask cuts the rest).
+# H200, 128K llama3-8b (benchmarks/NOTES.md row 26): 64 rows, 4 warps, 1 stage fastest of COLS_CONFIGS (2.90 ms vs
+# 3.8-5.0 ms), so the default; the others stay selectable per call for measurement
 BLOCK_N = 64
 COLS_CONFIG = (64, 4, 1)
 COLS_CONFIGS = ((64, 4, 1), (64, 4, 2), (128, 8, 1), (128, 8, 2), (128, 4, 2))
-
-
-def columns_config() -> tuple:
-    """The columns pass's (rows, warps, stages): MINFERENCE_VS_COLS="rows,warps,stages" (rows 64 or 128) or the
-    default COLS_CONFIG."""
-    env = os.environ.get("MINFERENCE_VS_COLS")
-    if not env:
-        return COLS_CONFIG
-    cfg = tuple(int(x) for x in env.split(","))
-    if len(cfg) != 3 or cfg[0] not in (64, 128) or cfg[1] not in (1, 2, 4, 8) or not 1 <= cfg[2] <= 4:
-        raise ValueError(f"MINFERENCE_VS_COLS={env!r}: want rows,warps,stages with rows 64 or 128")
-    return cfg
 
 
 @triton.jit
@@ -163,10 +151,10 @@ def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE, conf
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D]; out [B,Hq,Sq,D] and lse [B,Hq,Sq] fp32 (natural log) of the attention over the
     touched tile_k-key tiles of `index`'s slash_prefix (tile_lists); index: the VSIndex of the same sets (its sorted columns and
     per-64-row-block column counts). Adds the columns outside the touched tiles in place: out then holds 128-tiled
-    vertical-slash attention. config: (rows, warps, stages), None: `columns_config()`. Returns out."""
+    vertical-slash attention. config: (rows, warps, stages), None: COLS_CONFIG. Returns out."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
-    rows, warps, stages = columns_config() if config is None else config
+    rows, warps, stages = COLS_CONFIG if config is None else config
     assert rows in (64, 128), "rows per program must divide the 128-row tile block"
     nqb = triton.cdiv(SQ, 64)
     cols, ccnt, pref = (t.contiguous() for t in (index.columns, index.column_count, index.slash_prefix))
