@@ -177,7 +177,7 @@ for m in $modes; do
         FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4cache
       python3 -c "from minference_compile.ops import fa4; import torch; q = torch.zeros(1, 2, 8, 64, device='cuda', dtype=torch.bfloat16); print('fa4 path:', fa4.reason(q, q) or 'on')" ;;
     fa4tests)  # the [hopper] extra's GPU tests (after fa4-install fa4-env): FA4 A-shape / dense vs the naive references, op on/off
-      timeout ${FA4T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_fa4_ops.py 2>&1 | tee "$OUT/tests_fa4.log" | tail -8 ;;
+      timeout ${FA4T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_fa4_ops.py tests/test_fa4_forms.py 2>&1 | tee "$OUT/tests_fa4.log" | tail -8 ;;
     vsfa4)  # issue 12 / NOTES row 25: 128-tiled VS on FA4 tile lists + Triton columns (after fa4-install fa4-env): its GPU
       # tests, then 128K kernel rows against the Triton VS kernel and cuDNN in one process per shape
       timeout ${VSF_S:-150} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_vsfa4.log" | tail -4
