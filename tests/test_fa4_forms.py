@@ -1,6 +1,7 @@
 """Vertical-slash on FA4 tiles (the [hopper] default at head dim >= 128) through the call forms users write, on a
 tiny Llama with head dim 128: compiled forward with and without the cache, attention_mask, position_ids, batch 2,
-dynamic=True, generate, and generate's own chunked pre-fill.
+dynamic=True, generate, and generate's own chunked pre-fill; A-shape on FA4 (one-shot forms) against the Triton
+streaming kernel in the same compiled graphs.
 
 Two modes: "gpu" (bf16, an sm90 GPU with flash-attn-4; skipped elsewhere) and "emulated" (CPU, fp32: the CUDA
 dispatch of the vertical-slash pattern taken on CPU tensors, the tile lists and columns pass under the Triton
@@ -16,10 +17,11 @@ import torch
 from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
 import minference_compile
-from fa4_fake import install_fake_fa4
+from fa4_fake import install_fake_fa4, python_mask_mod
 from minference_compile import reset_runtime_stats, runtime_stats
 from minference_compile.ops import fa4
 from minference_compile.patterns import vertical_slash as vs_mod
+from minference_compile.patterns.a_shape import AShape
 
 GPU_OK = CUDA and torch.cuda.get_device_capability()[0] == 9 and importlib.util.find_spec("flash_attn") is not None
 COVER = {"default": ["vertical_and_slash", 4096, 4096], "min_sparse_len": 0, "vs_max_work": 1.0}
@@ -44,14 +46,18 @@ def mode(request, monkeypatch):
             index = vs_mod.build_index(group.q, group.k, selection.vertical, selection.slash)
             return cls.attend_cuda(group, selection._replace(index=index), head_mask, out)
         monkeypatch.setattr(vs_mod.VerticalSlash, "attend", classmethod(attend))
+        monkeypatch.setattr(AShape, "attend", classmethod(lambda cls, *a: cls.attend_cuda(*a)))
+        monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)
     else:
         monkeypatch.delenv("MINFERENCE_FA4_VS", raising=False)
     monkeypatch.delenv("MINFERENCE_FA4", raising=False)
     fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
     torch._dynamo.reset()
     reset_runtime_stats()
     yield request.param
     fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
     torch._dynamo.reset()
 
 
@@ -129,3 +135,26 @@ def test_generate_and_its_prefill_chunks_run_vs_on_fa4(mode):
     n_chunks = -(-n // chunk)
     assert vs_calls() - before == 2 * n_chunks and ran("sparse") == 2 * n_chunks, (fa4.CALLS, runtime_stats())
     assert rel(chunked.scores[0], ref.scores[0]) < tol
+
+
+ASHAPE = {"default": ["stream_llm", 64, 128], "min_sparse_len": 0}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("form", ["cache", "no_cache", "cache+mask"])
+def test_ashape_forms_run_on_fa4_and_match_the_triton_kernel(mode, form, monkeypatch):
+    model = llama(mode)
+    kw = FORMS[form](ids(mode))
+    tol = SETUP[mode][2]
+    with torch.no_grad():
+        eager = model(**kw).logits
+        minference_compile.compile(model, ASHAPE)
+        before = fa4.CALLS["A-shape"]
+        out = model(**kw).logits
+        assert fa4.CALLS["A-shape"] - before == 2, (fa4.CALLS, runtime_stats())
+        monkeypatch.setenv("MINFERENCE_FA4", "0")  # read per call: the same graphs, the op's Triton kernel
+        triton = model(**kw).logits
+    assert fa4.CALLS["A-shape"] - before == 2 and ran("sparse") == 4 and ran("dense") == 0, runtime_stats()
+    assert rel(out, triton) < tol
+    if mode == "emulated":  # fp32: the window (64 + 128 of 320 keys) visibly changes the logits, so it ran
+        assert rel(out, eager) > 20 * tol
