@@ -137,6 +137,25 @@ def test_generate_and_its_prefill_chunks_run_vs_on_fa4(mode):
     assert rel(chunked.scores[0], ref.scores[0]) < tol
 
 
+
+@pytest.mark.gpu
+def test_chunked_prefill_on_prefill_cache_runs_vs_on_fa4(mode):
+    """chunked_prefill's default PrefillCache: every chunk's K/V are narrowed views of the preallocated buffers, which
+    FA4 reads uncopied; each chunk runs sparse on FA4 tiles with its query offset."""
+    from minference_compile.chunked import chunked_prefill
+    model = llama(mode)
+    x = ids(mode)
+    n, chunk, tol = SETUP[mode]
+    with torch.no_grad():
+        ref = model(input_ids=x).logits[:, -1]
+        minference_compile.compile(model, COVER, dynamic=True)
+        before = vs_calls()
+        _, last = chunked_prefill(model, x, chunk)
+    n_chunks = -(-n // chunk)
+    assert vs_calls() - before == 2 * n_chunks and ran("sparse") == 2 * n_chunks, (fa4.CALLS, runtime_stats())
+    assert rel(last, ref) < tol
+
+
 ASHAPE = {"default": ["stream_llm", 64, 128], "min_sparse_len": 0}
 
 
