@@ -154,6 +154,15 @@ def ashape(case, q, k, v, S):
     from minference_compile.triton_kernels.streaming import streaming_attention_fwd
     init, local = case.params["init"], case.params["local"]
     Hq = q.shape[1]
+    if case.params.get("fa4"):  # the [hopper] path the op takes for A-shape layers (ops/fa4.attend: lists + mask_mod)
+        import math
+        from minference_compile.ops import fa4
+        why = fa4.reason(q, k)
+        if why is not None:
+            raise RuntimeError(f"FA4 unavailable: {why}")
+        scale = 1 / math.sqrt(q.shape[-1])
+        return Prepared(lambda: fa4.attend(q, k, v, [(init, local)] * Hq, scale), cov.streaming_coverage(S, init, local),
+                        note="FA4 128x128 block lists + A-shape mask_mod")
     it = torch.full((Hq,), init, dtype=torch.int32, device=q.device)
     lt = torch.full((Hq,), local, dtype=torch.int32, device=q.device)
     kernel = lambda **kw: streaming_attention_fwd(q, k, v, it, lt, **kw)  # noqa: E731

@@ -33,6 +33,8 @@ CASES = [
     Case("bs-top100", "bs", {"topk": TOPK}),
     Case("ashape-128+4096", "ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
     Case("flex-ashape-128+4096", "flex-ashape", {"init": ASHAPE[0], "local": ASHAPE[1]}),
+    # the [hopper] A-shape path (ops/fa4.attend; needs flash-attn-4): same pairs as ashape-128+4096
+    Case("ashape-128+4096+fa4", "ashape", {"init": ASHAPE[0], "local": ASHAPE[1], "fa4": True}),
     Case("flex-bs-top100", "flex-bs", {"topk": TOPK}),
     Case("flex-vs-1000/6096", "flex-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     # VS tile-pairing experiment (benchmarks/NOTES.md #11): forced on / off whatever the library default is

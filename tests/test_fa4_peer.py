@@ -87,3 +87,27 @@ def test_failures_stay_in_their_row(fake_fa4, monkeypatch):
     assert st["ours-ashape-64+128"] == "error" and st["fa4-window-128"] == "error"  # its reference raises
     assert st["fa4-ashape-mask_mod-128x128"] == "unchecked"  # ran, but its reference row failed
     assert "ValueError" in next(r for r in rows if r["row"] == "fa4-bs-64x64")["note"]
+
+
+@pytest.mark.skipif(CUDA, reason="the emulation patches CUDA calls: CPU only")
+def test_runner_ashape_fa4_case_computes_the_ashape_pairs(monkeypatch):
+    """benchmarks.run's `ashape-128+4096+fa4` case (the op's [hopper] A-shape path) on an emulated FA4: the same pairs
+    as the Triton case's reference."""
+    from minference_compile.ops import fa4
+    install_fake_fa4(monkeypatch)
+    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+    monkeypatch.setattr(fa4, "ashape_mask_mod", lambda init, local: lambda b, h, i, j, s, a: (j <= i) & (
+        (j < init) | (i - j < local)))
+    fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
+    case = registry.CASE_BY_NAME["ashape-128+4096+fa4"]
+    S = 4500  # past the 128 + 4096 window, not a multiple of 128
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 4, S, 64, generator=g), torch.randn(1, 2, S, 64, generator=g), torch.randn(1, 2, S, 64,
+                                                                                                      generator=g)
+    prep = cases.prepare(case, q, k, v, S)
+    want = naive.streaming_ref(q, k, v, 128, 4096, 64 ** -0.5)
+    assert (prep.fn().float() - want).abs().max() < 1e-4
+    assert prep.coverage == pytest.approx(cases.cov.streaming_coverage(S, 128, 4096))
+    fa4._import_reason.cache_clear()
+    fa4._ashape_lists.cache_clear()
