@@ -81,17 +81,21 @@ def vs(case, q, k, v, S, seed=0):
                     + (", aligned tiles" if aligned else "") + (f", {variant}" if variant else ""))
 
 
+def _fa4(q, k):
+    """(the ops.fa4 module, the softmax scale) for a "+fa4" case; RuntimeError naming why FA4 cannot run it."""
+    from minference_compile.ops import fa4
+    why = fa4.reason(q, k)
+    if why is not None:
+        raise RuntimeError(f"FA4 unavailable: {why}")
+    return fa4, q.shape[-1] ** -0.5
+
+
 def _vs_fa4(q, k, v, S, index, index_fn, fused, seed, tk):
     """128-tiled vertical-slash through FA4 (ops/fa4.vertical_slash): tile lists + FA4 + columns pass, timed
     together with the index prebuilt. Coverage counted from the lists (full tiles whole, diagonal tiles their causal
     pairs, uncovered columns x rows), so it is the work this path computes."""
-    import math
-    from minference_compile.ops import fa4
     from minference_compile.triton_kernels.vertical_slash_tiled import TILE, tile_lists
-    why = fa4.reason(q, k)
-    if why is not None:
-        raise RuntimeError(f"FA4 unavailable: {why}")
-    scale = 1 / math.sqrt(q.shape[-1])
+    fa4, scale = _fa4(q, k)
     fcnt, _, mcnt, _ = tile_lists(index.slash_prefix, S, S, index.tile_offset.shape[-1], tk)
     pairs = S * (S + 1) / 2
     # a diagonal tile counted as half its area (its causal part, roughly)
@@ -155,12 +159,7 @@ def ashape(case, q, k, v, S):
     init, local = case.params["init"], case.params["local"]
     Hq = q.shape[1]
     if case.params.get("fa4"):  # the [hopper] path the op takes for A-shape layers (ops/fa4.attend: lists + mask_mod)
-        import math
-        from minference_compile.ops import fa4
-        why = fa4.reason(q, k)
-        if why is not None:
-            raise RuntimeError(f"FA4 unavailable: {why}")
-        scale = 1 / math.sqrt(q.shape[-1])
+        fa4, scale = _fa4(q, k)
         return Prepared(lambda: fa4.attend(q, k, v, [(init, local)] * Hq, scale), cov.streaming_coverage(S, init, local),
                         note="FA4 128x128 block lists + A-shape mask_mod")
     it = torch.full((Hq,), init, dtype=torch.int32, device=q.device)

@@ -1,6 +1,7 @@
 """An emulated flash_attn.cute for CPU tests: what FA4 computes from the arguments we hand it (the pairs its block
 lists and mask_mod allow), by dense masks and the fp32 reference. Says nothing about FA4 itself; it catches wrong
 lists, layouts, head gathers and scales in our code before a GPU run."""
+import functools
 import sys
 import types
 from argparse import Namespace
@@ -36,13 +37,17 @@ def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=
             mask = mask & (i - j <= window_size[0])
     mask = mask.expand(B, H, Sq, S)
     out = naive.masked_attention_ref(q, k, v, mask, softmax_scale)
-    lse = None
-    if return_lse:
-        scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-        g = H // k.shape[1]
-        sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
-        lse = torch.logsumexp(sc.masked_fill(~mask, float("-inf")), -1)
+    lse = masked_lse(q, k, mask, softmax_scale) if return_lse else None
     return out.transpose(1, 2).contiguous().to(q.dtype), lse  # [B,S,Hq,D] contiguous, as FA4 allocates it
+
+
+def masked_lse(q, k, mask, scale=None):
+    """fp32 natural-log sum of exp(scale * q.k) over the attended keys: q [B,Hq,Sq,D], k [B,Hkv,S,D] (GQA by head
+    counts), mask [B,Hq,Sq,S]; -inf where a row attends nothing."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    g = q.shape[1] // k.shape[1]
+    sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
+    return torch.logsumexp(sc.masked_fill(~mask, float("-inf")), -1)
 
 
 def python_mask_mod(init, local):
@@ -58,3 +63,17 @@ def install_fake_fa4(monkeypatch, fn=fake_flash_attn_func):
     for name, mod in (("flash_attn", fa), ("flash_attn.cute", cute), ("flash_attn.cute.block_sparsity", bs)):
         monkeypatch.setitem(sys.modules, name, mod)
     return cute
+
+
+def emulate_fa4(monkeypatch, fn=fake_flash_attn_func):
+    """The [hopper] path on CPU tensors for one test: the emulated flash_attn.cute (fn: it, or a spy around it), FA4
+    allowed on CPU, the Python A-shape mask_mod, MINFERENCE_FA4 unset, and fresh import / list caches (swapped in
+    through monkeypatch, so the real ones come back untouched after the test)."""
+    from minference_compile.ops import fa4
+    install_fake_fa4(monkeypatch, fn)
+    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+    monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)
+    monkeypatch.delenv("MINFERENCE_FA4", raising=False)
+    for name in ("_import_reason", "_ashape_lists"):
+        cached = getattr(fa4, name)
+        monkeypatch.setattr(fa4, name, functools.lru_cache(maxsize=cached.cache_info().maxsize)(cached.__wrapped__))

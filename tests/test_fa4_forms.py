@@ -17,7 +17,7 @@ import torch
 from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
 import minference_compile
-from fa4_fake import install_fake_fa4, python_mask_mod
+from fa4_fake import emulate_fa4
 from minference_compile import reset_runtime_stats, runtime_stats
 from minference_compile.ops import fa4
 from minference_compile.patterns import vertical_slash as vs_mod
@@ -38,8 +38,7 @@ def mode(request, monkeypatch):
             pytest.skip("emulated FA4 on CPU tensors")
         import transformers  # its lazy modules probe for flash_attn once: before the emulation stands in for it
         transformers.LlamaForCausalLM, transformers.GenerationConfig  # noqa: B018
-        install_fake_fa4(monkeypatch)
-        monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
+        emulate_fa4(monkeypatch)
         monkeypatch.setenv("MINFERENCE_FA4_VS", "1")  # CPU: no sm90 check; fp32 passes the emulation
 
         def attend(cls, group, selection, head_mask, out):  # the CUDA dispatch, with the index the CUDA select builds
@@ -47,17 +46,12 @@ def mode(request, monkeypatch):
             return cls.attend_cuda(group, selection._replace(index=index), head_mask, out)
         monkeypatch.setattr(vs_mod.VerticalSlash, "attend", classmethod(attend))
         monkeypatch.setattr(AShape, "attend", classmethod(lambda cls, *a: cls.attend_cuda(*a)))
-        monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)
     else:
         monkeypatch.delenv("MINFERENCE_FA4_VS", raising=False)
-    monkeypatch.delenv("MINFERENCE_FA4", raising=False)
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()
+        monkeypatch.delenv("MINFERENCE_FA4", raising=False)
     torch._dynamo.reset()
     reset_runtime_stats()
     yield request.param
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()
     torch._dynamo.reset()
 
 

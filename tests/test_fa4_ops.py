@@ -9,7 +9,7 @@ import torch
 
 from test_kernels_triton import CUDA, nan_out  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
-from fa4_fake import fake_flash_attn_func, install_fake_fa4, python_mask_mod
+from fa4_fake import emulate_fa4, fake_flash_attn_func
 from minference_compile.ops import dense as dense_mod
 from minference_compile.ops import fa4
 from minference_compile.patterns.a_shape import AShape
@@ -29,15 +29,8 @@ def emulated(monkeypatch):
     def spy(q, k, v, **kw):
         calls.append((tuple(q.shape), tuple(k.shape), sorted(kw)))
         return fake_flash_attn_func(q, k, v, **kw)
-    install_fake_fa4(monkeypatch, spy)
-    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
-    monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)
-    monkeypatch.delenv("MINFERENCE_FA4", raising=False)
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()
-    yield calls
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()
+    emulate_fa4(monkeypatch, spy)
+    return calls
 
 
 def qkv(B, Hq, Hkv, S, D, dtype=torch.float32, device="cpu"):

@@ -13,7 +13,7 @@ import torch
 from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
 from benchmarks import cases, fa4_peer, registry, timing
-from fa4_fake import fake_flash_attn_func as _fake_flash_attn_func, install_fake_fa4
+from fa4_fake import emulate_fa4, fake_flash_attn_func as _fake_flash_attn_func, install_fake_fa4, python_mask_mod
 from minference_compile.triton_kernels import naive
 
 HAS_FA4 = importlib.util.find_spec("flash_attn") is not None
@@ -29,8 +29,7 @@ def test_dry_run_exits_zero_with_a_message(capsys, tmp_path):
 @pytest.fixture
 def fake_fa4(monkeypatch):
     install_fake_fa4(monkeypatch)
-    monkeypatch.setattr(fa4_peer, "ashape_mask_mod",
-                        lambda init, local: lambda b, h, i, j, s, a: (j <= i) & ((j < init) | (i - j < local)))
+    monkeypatch.setattr(fa4_peer, "ashape_mask_mod", python_mask_mod)
     # CPU: fp32 inputs, no CUDA events or syncs, SDPA for the cuDNN row
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda *a, **k: None)
@@ -93,13 +92,7 @@ def test_failures_stay_in_their_row(fake_fa4, monkeypatch):
 def test_runner_ashape_fa4_case_computes_the_ashape_pairs(monkeypatch):
     """benchmarks.run's `ashape-128+4096+fa4` case (the op's [hopper] A-shape path) on an emulated FA4: the same pairs
     as the Triton case's reference."""
-    from minference_compile.ops import fa4
-    install_fake_fa4(monkeypatch)
-    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
-    monkeypatch.setattr(fa4, "ashape_mask_mod", lambda init, local: lambda b, h, i, j, s, a: (j <= i) & (
-        (j < init) | (i - j < local)))
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()
+    emulate_fa4(monkeypatch)
     case = registry.CASE_BY_NAME["ashape-128+4096+fa4"]
     S = 4500  # past the 128 + 4096 window, not a multiple of 128
     g = torch.Generator().manual_seed(0)
@@ -109,5 +102,3 @@ def test_runner_ashape_fa4_case_computes_the_ashape_pairs(monkeypatch):
     want = naive.streaming_ref(q, k, v, 128, 4096, 64 ** -0.5)
     assert (prep.fn().float() - want).abs().max() < 1e-4
     assert prep.coverage == pytest.approx(cases.cov.streaming_coverage(S, 128, 4096))
-    fa4._import_reason.cache_clear()
-    fa4._ashape_lists.cache_clear()

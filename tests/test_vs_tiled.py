@@ -9,7 +9,7 @@ import torch
 
 from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
 
-from fa4_fake import install_fake_fa4, fake_flash_attn_func
+from fa4_fake import emulate_fa4, fake_flash_attn_func, masked_lse
 from minference_compile.ops import fa4
 from minference_compile.triton_kernels import naive
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
@@ -92,12 +92,8 @@ def tile_part(q, k, v, slash, scale, tk):
     S = k.shape[2]
     none = torch.full(slash.shape[:2] + (1,), -1, dtype=slash.dtype, device=slash.device)
     mask = naive.vertical_slash_tiled_mask(none, slash, S, q.shape[2], TILE, tk).to(q.device)
-    g = q.shape[1] // k.shape[1]
-    sc = (q.float() @ k.float().repeat_interleave(g, 1).transpose(-1, -2)) * scale
-    sc = sc.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(sc, -1)
     o = naive.masked_attention_ref(q, k, v, mask, scale)
-    return o, lse.float(), mask
+    return o, masked_lse(q, k, mask, scale), mask
 
 
 @pytest.mark.parametrize("S,q_len,D,hq,hkv", [(1, 1, 64, 2, 1), (63, 63, 64, 4, 2), (65, 65, 96, 2, 2),
@@ -142,11 +138,7 @@ def test_tiled_semantics_cover_the_block_rounded_pairs():
 
 @pytest.fixture
 def fake_fa4(monkeypatch):
-    monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
-    fa4._import_reason.cache_clear()
-    install_fake_fa4(monkeypatch)
-    yield
-    fa4._import_reason.cache_clear()
+    emulate_fa4(monkeypatch)
 
 
 @pytest.mark.skipif(CUDA, reason="the emulated FA4 runs on CPU tensors; GPU: test_vs_tiled_on_fa4_gpu")

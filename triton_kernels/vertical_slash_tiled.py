@@ -1,13 +1,13 @@
-"""Vertical-slash on 128 x 128 tiles (docs/DESIGN.md "Vertical-slash, 128-tiled"): the slash part as lists of whole
+"""Vertical-slash on 128 x 128 tiles (docs/DESIGN.md "Vertical-slash, tiled"): the slash part as lists of whole
 key tiles for a block-sparse kernel that takes tile lists (FlashAttention-4's sm90 forward, ops/fa4.py), then the
 vertical columns those tiles leave out, continuing that kernel's online softmax from its output and log-sum-exp.
 
 Semantics: query rows form 128-row blocks from the chunk's first row (block m starts at absolute position
 m0 = S - Sq + 128 m); key tiles are absolute, tile n = keys [T n, T n + T) with T = 128 (default) or 64. Tile n is
 touched in block m iff a selected offset s has the block's diagonal range [m0 - s, m0 - s + 128) meeting it. Row i
-attends j iff j <= i and (j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded pairs (each 64-row block's
-range [m0' - s, m0' - s + 64) lies inside its 128-row block's [m0 - s, m0 - s + 128)). Reference:
-naive.vertical_slash_tiled_mask."""
+attends j iff j <= i and (j's tile is touched, or j is a vertical column). A superset of the 64-row block-rounded
+pairs (each 64-row block's range [m0' - s, m0' - s + 64) lies inside its 128-row block's [m0 - s, m0 - s + 128)).
+Reference: naive.vertical_slash_tiled_mask."""
 import torch
 import triton
 import triton.language as tl
