@@ -39,7 +39,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from minference_compile.ops import head_dim_supported  # also registers minference::sparse_prefill
+from minference_compile.ops import fa4, head_dim_supported  # also registers minference::sparse_prefill
 import minference_compile.ops.padded  # noqa: F401  (registers minference::sparse_prefill_masked)
 import minference_compile.ops.local  # noqa: F401  (registers minference::local_attention)
 from minference_compile.patterns import AShape, Dense, from_head_entry, pack_layer
@@ -88,6 +88,7 @@ class SDPAMatch:
     window: int = 0  # sliding window (local_attention) or 0
     tp: str = ""  # tensor parallel: "rank r/w: q heads a-b of H" or ""
     qk_dtype: str = ""  # "fp8" / "int8": the VS heads' Q.K^T operands (config.qk_dtype), "" the input dtype
+    head_dim: int = 0  # 0: unknown
 
     @property
     def specs(self) -> tuple:
@@ -109,8 +110,10 @@ class SDPAMatch:
                                           dev)
             return f"sparse: A-shape 0 + {self.window} (exact sliding window)" if sparse else "dense: " + why
         sparse, why = length_decision(*pack_layer(self.specs), length, length, self.min_sparse_len, dev)
+        # the [hopper] path, where this machine has it and would take it (ops/fa4.kernel_note)
+        fa4_note = fa4.kernel_note(self.patterns, self.head_dim, sparse, self.qk_dtype) if dev == "cuda" else ""
         if not sparse:
-            return "dense: " + why
+            return "dense: " + why + fa4_note
         checks = []
         if dev == "cuda" and any(s.estimates_work for s in self.specs):
             checks.append("vs_max_work on the estimate")
@@ -119,7 +122,7 @@ class SDPAMatch:
         if "position" in self.reason:
             checks.append("one sequence per row")
         qk = f", Q.K^T in {self.qk_dtype} (CUDA)" if self.qk_dtype and any(s.estimates_work for s in self.specs) else ""
-        return "sparse: " + why + qk + (f" (run-time check: {', '.join(checks)})" if checks else "")
+        return "sparse: " + why + qk + fa4_note + (f" (run-time check: {', '.join(checks)})" if checks else "")
 
 
 _PATH_PREFIX = re.compile(r"^L(\[[^\]]*\])+")  # L['self'] / L['args'][0]
@@ -280,6 +283,7 @@ class MInferenceSDPAPass(_Base):
             layer=layer, layer_source=layer_source, module=module, q_heads=hq, kv_heads=hkv,
             patterns=tuple(s.name for s in specs), vertical_size=tuple(vs), slash_size=tuple(ss),
             config_source=self.config.source, node=node.name, device=device, tp=tp,
+            head_dim=d if isinstance(d, int) else 0,
         )
 
         def dense(reason: str) -> SDPAMatch:

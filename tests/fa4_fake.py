@@ -69,7 +69,11 @@ def emulate_fa4(monkeypatch, fn=fake_flash_attn_func):
     """The [hopper] path on CPU tensors for one test: the emulated flash_attn.cute (fn: it, or a spy around it), FA4
     allowed on CPU, the Python A-shape mask_mod, MINFERENCE_FA4 unset, and fresh import / list caches (swapped in
     through monkeypatch, so the real ones come back untouched after the test)."""
+    import transformers
+
     from minference_compile.ops import fa4
+    # transformers' lazy modules probe for flash_attn once (find_spec fails on the stand-in): load them first
+    transformers.LlamaForCausalLM, transformers.GenerationConfig  # noqa: B018
     install_fake_fa4(monkeypatch, fn)
     monkeypatch.setattr(fa4, "_ALLOW_CPU", True)
     monkeypatch.setattr(fa4, "ashape_mask_mod", python_mask_mod)

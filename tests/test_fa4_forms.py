@@ -36,8 +36,6 @@ def mode(request, monkeypatch):
     if request.param == "emulated":
         if CUDA:
             pytest.skip("emulated FA4 on CPU tensors")
-        import transformers  # its lazy modules probe for flash_attn once: before the emulation stands in for it
-        transformers.LlamaForCausalLM, transformers.GenerationConfig  # noqa: B018
         emulate_fa4(monkeypatch)
         monkeypatch.setenv("MINFERENCE_FA4_VS", "1")  # CPU: no sm90 check; fp32 passes the emulation
 
@@ -171,3 +169,20 @@ def test_ashape_forms_run_on_fa4_and_match_the_triton_kernel(mode, form, monkeyp
     assert rel(out, triton) < tol
     if mode == "emulated":  # fp32: the window (64 + 128 of 320 keys) visibly changes the logits, so it ran
         assert rel(out, eager) > 20 * tol
+
+
+@pytest.mark.gpu
+def test_pipeline_runs_vs_on_fa4(mode):
+    import transformers
+
+    from test_call_forms import _tokenizer
+    model = llama(mode)
+    prompt = " ".join(f"w{(7 * i) % 120 + 2}" for i in range(SETUP[mode][0]))
+    gen = transformers.pipeline("text-generation", model=model, tokenizer=_tokenizer())
+    ref = gen(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"]
+    minference_compile.compile(model, COVER)
+    before = vs_calls()
+    out = gen(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"]
+    assert vs_calls() - before == 2 and ran("sparse") == 2, (fa4.CALLS, runtime_stats())
+    if mode == "emulated":  # fp32, every pair computed: the same tokens (bf16 on the GPU may break a near tie)
+        assert out == ref

@@ -231,3 +231,34 @@ def test_runtime_record_names_fa4_when_it_ran(emulated, monkeypatch):
     assert ran2 == "sparse" and "FlashAttention-4" not in why2
     assert len(emulated) == 2
     RECORD.reset()
+
+
+@pytest.mark.skipif(CUDA, reason="the sm90 / FA4 presence is faked: CPU only")
+def test_explain_names_what_runs_on_fa4(emulated, monkeypatch):
+    """explain(length=, device="cuda") on a machine with the [hopper] path names the heads FA4 runs, by the ops'
+    rules: vertical-slash only as whole layers at D >= 128 (MINFERENCE_FA4_VS), A-shape and dense heads, the dense
+    fallback; nothing when FA4 is off."""
+    import transformers
+
+    import minference_compile
+    monkeypatch.setattr(fa4, "_sm90_here", lambda: True)
+    monkeypatch.delenv("MINFERENCE_FA4_VS", raising=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=256, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, attn_implementation="sdpa")).eval()  # head dim 128
+
+    def at(cfg, length=4096, device="cuda"):
+        rep = minference_compile.explain(model, config={**cfg, "min_sparse_len": 1024}, length=length, device=device)
+        return rep.at(rep.rows[0])
+    vs = {"default": ["vertical_and_slash", 100, 800]}
+    assert "[FlashAttention-4: vertical-slash on 128-row tiles" in at(vs)
+    assert at(vs, 512).startswith("dense: ") and "[FlashAttention-4: dense causal]" in at(vs, 512)
+    mixed = {"layers": [{"0": ["vertical_and_slash", 100, 800], "1": ["dense", 0, 0]}]}
+    assert "[FlashAttention-4: dense heads]" in at(mixed)  # VS heads with a head mask stay on Triton
+    assert "FlashAttention-4" not in at(vs, device="cpu")
+    assert "[FlashAttention-4: A-shape]" in at({"default": ["stream_llm", 64, 512]})
+    monkeypatch.setenv("MINFERENCE_FA4_VS", "0")
+    assert "FlashAttention-4" not in at(vs)
+    monkeypatch.setenv("MINFERENCE_FA4", "0")
+    assert "FlashAttention-4" not in at({"default": ["stream_llm", 64, 512]})

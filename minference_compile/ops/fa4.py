@@ -177,6 +177,34 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
     return reason(q, k, chunk_ok=True)
 
 
+def _sm90_here() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dtype: str = "") -> str:
+    """For explain(): which heads of a layer the [hopper] path runs on FA4 in a one-shot CUDA pre-fill on this
+    machine, by the rules the ops apply (ops/dense.py, patterns/*.attend_cuda; "" when none: FA4 absent, off, not an
+    sm90 device, or an unsupported head dim). sparse: the layer runs its patterns (else the dense fallback). The
+    dtype is checked at run time (fp16 / bf16 only)."""
+    if os.environ.get("MINFERENCE_FA4", "auto") == "0" or _import_reason() is not None:
+        return ""
+    if not _sm90_here() or head_dim % 8 or head_dim > 256:
+        return ""
+    if not sparse:
+        return " [FlashAttention-4: dense causal]"
+    present = set(pattern_names)
+    parts = []
+    if "vertical_and_slash" in present and len(present) == 1 and not qk_dtype:  # whole layers only (no head mask)
+        env = os.environ.get("MINFERENCE_FA4_VS", "auto")
+        if env == "1" or (env != "0" and head_dim >= 128):
+            parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
+    if "stream_llm" in present:
+        parts.append("A-shape")
+    if "dense" in present:
+        parts.append("dense heads")
+    return f" [FlashAttention-4: {', '.join(parts)}]" if parts else ""
+
+
 def vs_tile_k() -> int:
     """Key tile of the FA4 vertical-slash lists: MINFERENCE_FA4_VS_TILE_K (128 default, or 64)."""
     return int(os.environ.get("MINFERENCE_FA4_VS_TILE_K", "128"))
