@@ -52,9 +52,8 @@ def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional
             return "not an sm90 GPU (measured on the H200 only)"
         if q.dtype not in (torch.float16, torch.bfloat16):
             return f"dtype {q.dtype}"
-    D = q.shape[-1]
-    if D % 8 or D > 256:
-        return f"head dim {D}"
+    if not _head_dim_ok(q.shape[-1]):
+        return f"head dim {q.shape[-1]}"
     if q.shape[2] != k.shape[2] and not (chunk_ok and 1 < q.shape[2] < k.shape[2]):
         return "a pre-fill chunk (q_len < kv_len)"
     if q.shape[1] % k.shape[1]:
@@ -169,12 +168,20 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
     (1000, 6096) 120.0 vs 142.3 ms for the Triton kernel, (100, 800) a tie; D=64 not measured, and FA4's
     block-sparse lost 25% to ours there in row 20). Pre-fill chunks too (FA4's causal mask is bottom-right aligned,
     the tile lists absolute)."""
+    return _vs_rule(q.shape[-1]) or reason(q, k, chunk_ok=True)
+
+
+def _vs_rule(head_dim: int) -> Optional[str]:
     env = os.environ.get("MINFERENCE_FA4_VS", "auto")
     if env == "0":
         return "MINFERENCE_FA4_VS=0"
-    if env != "1" and q.shape[-1] < 128:
-        return f"head dim {q.shape[-1]} < 128 (not measured faster; MINFERENCE_FA4_VS=1 forces it)"
-    return reason(q, k, chunk_ok=True)
+    if env != "1" and head_dim < 128:
+        return f"head dim {head_dim} < 128 (not measured faster; MINFERENCE_FA4_VS=1 forces it)"
+    return None
+
+
+def _head_dim_ok(D: int) -> bool:
+    return D % 8 == 0 and D <= 256
 
 
 def _sm90_here() -> bool:
@@ -188,16 +195,15 @@ def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dt
     dtype is checked at run time (fp16 / bf16 only)."""
     if os.environ.get("MINFERENCE_FA4", "auto") == "0" or _import_reason() is not None:
         return ""
-    if not _sm90_here() or head_dim % 8 or head_dim > 256:
+    if not _sm90_here() or not _head_dim_ok(head_dim):
         return ""
     if not sparse:
         return " [FlashAttention-4: dense causal]"
     present = set(pattern_names)
     parts = []
-    if "vertical_and_slash" in present and len(present) == 1 and not qk_dtype:  # whole layers only (no head mask)
-        env = os.environ.get("MINFERENCE_FA4_VS", "auto")
-        if env == "1" or (env != "0" and head_dim >= 128):
-            parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
+    # vertical-slash: whole layers only (no head mask), no qk_dtype, the head-dim rule of vs_reason
+    if "vertical_and_slash" in present and len(present) == 1 and not qk_dtype and _vs_rule(head_dim) is None:
+        parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
     if "stream_llm" in present:
         parts.append("A-shape")
     if "dense" in present:
