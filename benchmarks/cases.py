@@ -25,6 +25,9 @@ class Prepared:
 
 def dense(case, q, k, v, S):
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    if case.params["backend"] == "FA4":  # the dense path of the [hopper] extra (ops/fa4.dense_causal), native GQA
+        fa4, scale = _fa4(q, k)
+        return Prepared(lambda: fa4.dense_causal(q, k, v, scale), 1.0)
     backend = getattr(SDPBackend, case.params["backend"])
     note = ""
 

@@ -2,7 +2,7 @@
 # One device call: install (offline), GPU correctness tests, peak memory, then a benchmark mode.
 #   bash benchmarks/gpu_check.sh [tests|alltests|forms|callforms|gpuops|memory|quick|full|long|variants|pairab|regress|ashape|guard|tune|crossover|
 #                                 tma|tmavs|tmatests|vsest|vsest-time|chunktests|e2e-dense|e2e-sparse|e2e-1m|e2e-1m-prealloc|e2e-cache-128k|
-#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|seed-fa4|qk8|vsindex|vsfa4|vsfa4split|
+#                                 e2e-1m-vs|e2e-1m-dense|fa4-env|fa4tests|s7tests|e2e-128k-full|e2e-long4|e2e-long-prof|seed-build|seed-peer|seed-fa4|qk8|vsindex|vsfa4|vsfa4split|h200table|h200table-long|
 #                                 fa4-gather|fa4-install|fa4 ...]   (default: tests memory quick)
 # Logs go to $OUT (device tool) or benchmarks/results/.
 set -uo pipefail
@@ -20,6 +20,7 @@ COMMIT=$(cat .commit 2>/dev/null || echo unknown)
 modes=${*:-tests memory quick}
 # the seed's per-head config for the e2e seed-config rows (never committed: shared/ on the device, ../shared here)
 SEEDCFG=$(ls .seed/Qwen2.5_7B_Instruct_1M.json shared/minference_configs/Qwen2.5_7B_Instruct_1M.json ../shared/minference_configs/Qwen2.5_7B_Instruct_1M.json 2>/dev/null | head -1)
+H200_CASES=dense-cudnn,dense-fa4,vs-1000/6096+fa4,vs-1000/6096,vs-100/800+fa4,vs-100/800,bs-top100,ashape-128+4096+fa4,ashape-128+4096,flex-ashape-128+4096
 TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096,flex-bs-top100,flex-vs-1000/6096
 for m in $modes; do
   echo "=== $m ==="
@@ -192,6 +193,12 @@ for m in $modes; do
       for f in 1 0; do MINFERENCE_FUSED_VS_INDEX=$f timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.3 --commit "$COMMIT" --out "$OUT" --tag vsindex$f 2>&1 | grep -A4 "index-build share"; done ;;
     vsest-time)  # the fused VS estimate vs the torch one: VS rows at 128K (index share), one process each (the switch is read per call)
       for f in 1 0; do MINFERENCE_FUSED_ESTIMATE=$f timeout 90 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-fused$f 2>&1 | tail -14; done ;;
+    h200table)  # issue 12: the README kernel table from one process per shape (after fa4-install fa4-env): every default
+      # path (FA4 tiles / A-shape with [hopper], Triton) next to cuDNN, flash, FA4 dense and FlexAttention, 16K-128K
+      timeout ${TAB_S:-300} python3 -m benchmarks.run --shapes llama3-8b --lengths ${TAB_LEN:-16k,64k,128k} --cases $H200_CASES,dense-flash,flex-bs-top100,vs-1000/6096+fp8 --max-minutes ${TAB_MIN:-4.3} --commit "$COMMIT" --out "$OUT" --tag h200table 2>&1 | grep -v "^USDT" | tail -48
+      timeout 90 python3 -m benchmarks.run --shapes qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,dense-fa4,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096+fa4,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag h200table-qwen05 2>&1 | grep -v "^USDT" | tail -14 ;;
+    h200table-long)  # the same table at 512K and 1M (one process; no index / op timing: the dense rows alone take ~150 s at 1M)
+      timeout ${TABL_S:-330} python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases ${H200_CASES#dense-cudnn,dense-fa4,},dense-cudnn,dense-fa4 --no-index --max-minutes ${TABL_MIN:-4.8} --commit "$COMMIT" --out "$OUT" --tag h200table-long 2>&1 | grep -v "^USDT" | tail -40 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

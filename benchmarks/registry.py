@@ -28,6 +28,7 @@ class Case:
 CASES = [
     Case("dense-cudnn", "dense", {"backend": "CUDNN_ATTENTION"}, dense_ref=True),
     Case("dense-flash", "dense", {"backend": "FLASH_ATTENTION"}),
+    Case("dense-fa4", "dense", {"backend": "FA4"}),  # needs the [hopper] extra
     Case("vs-1000/6096", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("vs-100/800", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),
     Case("bs-top100", "bs", {"topk": TOPK}),
