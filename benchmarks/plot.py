@@ -29,12 +29,13 @@ def main(argv=None) -> int:
     if not shapes:
         print(f"no '{a.metric}' values in {', '.join(a.csv)}", file=sys.stderr)
         return 1
+    colors = plt.get_cmap("tab20")  # more than 10 cases: tab10 would repeat colours
     fig, axes = plt.subplots(1, len(shapes), figsize=(6 * len(shapes), 4.5), squeeze=False)
     for ax, shape in zip(axes[0], shapes):
         rs = [r for r in rows if r["shape"] == shape]
-        for case in dict.fromkeys(r["case"] for r in rs):
+        for i, case in enumerate(dict.fromkeys(r["case"] for r in rs)):
             pts = sorted((int(r["S"]), _f(r[a.metric])) for r in rs if r["case"] == case)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=case,
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=case, color=colors(i % 20),
                     linestyle="--" if case.startswith(("dense", "flex")) else "-")
         ax.set_xscale("log", base=2)
         if a.metric in ("speedup", "ms"):

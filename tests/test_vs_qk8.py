@@ -16,6 +16,18 @@ from minference_compile.triton_kernels.vertical_slash import vertical_slash_atte
 from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
 
 FMTS = ["fp8", "int8"]
+# Hopper's fp8 MMA accumulates Q.K^T in fewer than 32 bits (Triton's default on sm90: no promotion to fp32 within
+# the D-long dot), the reference sums exact products in fp32; measured on the H200 (session 11): at most 0.029 off
+# on 1-5 of 0.5-2M outputs at the bf16 tolerance 0.02. int8 sums exactly in int32 and keeps the bf16 tolerance.
+FP8_CUDA_TOL = 0.04
+
+
+def check_q8(out, ref, dtype, fmt):
+    if fmt == "fp8" and CUDA:
+        assert not out.isnan().any(), "computed heads left NaN"
+        torch.testing.assert_close(out.float(), ref.float(), atol=FP8_CUDA_TOL, rtol=FP8_CUDA_TOL)
+    else:
+        check(out, ref, dtype)
 
 
 def reference(q, k, v, vert, slash, fmt, smooth, q_len=None):
@@ -34,7 +46,7 @@ def test_vertical_slash_qk8(S, Hq, Hkv, D, fmt, device):
     for pair, smooth in ((False, True), (True, False)):
         idx = build_vertical_slash_index(vert, slash, S, pair=pair)
         out = vertical_slash_attention_fwd(q, k, v, idx, None, None, nan_out(q), qk_format=fmt, smooth_k=smooth)
-        check(out, reference(q, k, v, vert, slash, fmt, smooth), dtype)
+        check_q8(out, reference(q, k, v, vert, slash, fmt, smooth), dtype, fmt)
 
 
 @pytest.mark.parametrize("fmt", FMTS)
@@ -49,7 +61,7 @@ def test_vertical_slash_qk8_offset_and_tma(Sq, S, Hq, Hkv, D, fmt, device):
     ref = reference(q, k, v, vert, slash, fmt, True, q_len=Sq)
     for tma in (False, True):
         out = vertical_slash_attention_fwd(q, k, v, idx, None, None, nan_out(q), tma=tma, qk_format=fmt)
-        check(out, ref, dtype)
+        check_q8(out, ref, dtype, fmt)
 
 
 def test_qk8_differs_from_full_precision_and_is_close(device):

@@ -40,7 +40,9 @@ def quantize_blocks(x: torch.Tensor, block: int = BLOCK, fmt: torch.dtype = torc
     top = {torch.float8_e4m3fn: E4M3_MAX, torch.int8: INT8_MAX}[fmt]
     xf = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * block - N)).view(B, H, nb, block, D)
     amax = xf.abs().amax(dim=(-1, -2))
-    scale = torch.where(amax > 0, amax / top, torch.ones_like(amax))
+    # a tensor divisor: on CUDA torch turns `tensor / python number` into a multiply by the reciprocal, one ulp off
+    # the IEEE division the Triton quantiser does (div_rn); that ulp flipped 1 of 512 int8 roundings on the H200
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, float(top)), torch.ones_like(amax))
     xs = (xf / scale[..., None, None]).clamp(-top, top)
     x8 = (xs.round() if fmt == torch.int8 else xs).to(fmt)
     return x8.view(B, H, nb * block, D)[:, :, :N], scale
