@@ -34,3 +34,37 @@ def test_auto_on_cpu_is_dense_attention():
 def test_default_config_is_auto():
     assert MInferenceConfig().min_sparse_len is None
     assert MInferenceConfig.from_dict({"layers": [], "min_sparse_len": None}).min_sparse_len is None
+
+
+def test_vertical_slash_on_fa4_tiles_has_its_own_crossover():
+    from minference_compile.ops.decide import length_decision
+    # (1000, 6096) on FA4 tiles: 40.1 ms with its index vs FA4 dense 52.6 ms at 64K (H200, NOTES row 27)
+    assert pattern_min_len(1, 1000, 6096, fa4=True) == 65536
+    assert pattern_min_len(1, 100, 800, fa4=True) == 32768
+    assert pattern_min_len(2, 128, 4096, fa4=True) == 17408  # the other patterns keep their rule
+    layer = ([1, 1], [1000, 1000], [6096, 6096])
+    assert auto_min_sparse_len(*layer, "cuda", fa4=True) == 65536
+    assert auto_min_sparse_len(*layer, "cpu", fa4=True) == sys.maxsize
+    sparse, why = length_decision(*layer, 65536, 65536, -1, "cuda", fa4=True)
+    assert sparse, why
+    sparse, why = length_decision(*layer, 65536, 65536, -1, "cuda")
+    assert not sparse and "131072" in why
+    sparse, why = length_decision(*layer, 32768, 32768, -1, "cuda", fa4=True)
+    assert not sparse and "65536" in why and "FlashAttention-4" in why
+
+
+def test_vs_layer_on_fa4_follows_the_routing_rule(monkeypatch):
+    from fa4_fake import emulate_fa4
+
+    from minference_compile.ops import fa4
+    from minference_compile.patterns import Dense, VerticalSlash
+    q, k = torch.randn(1, 4, 256, 128, dtype=torch.bfloat16), torch.randn(1, 2, 256, 128, dtype=torch.bfloat16)
+    vs = [VerticalSlash(1000, 6096)] * 4
+    assert not fa4.vs_layer_on_fa4(vs, q, k)  # no FA4 on this machine: CPU tensors never run there
+    emulate_fa4(monkeypatch)
+    assert fa4.vs_layer_on_fa4(vs, q, k)
+    assert not fa4.vs_layer_on_fa4(vs[:3] + [Dense()], q, k)  # a head mask: the Triton kernel
+    assert not fa4.vs_layer_on_fa4(vs, q, k, qk_dtype="fp8")
+    assert not fa4.vs_layer_on_fa4(vs, q[..., :64], k[..., :64])  # D < 128: Triton by default
+    monkeypatch.setenv("MINFERENCE_FA4_VS", "0")
+    assert not fa4.vs_layer_on_fa4(vs, q, k)

@@ -10,7 +10,9 @@ Each pattern's rule lives with its spec (``min_sparse_len()`` in minference_comp
 * block-sparse top-100: 0.93x at 16K (index build included), 1.88x at 32K. Coverage 2 * 64 * topk / S
   and ~0.65 efficiency with a 3-10% index share: S > 320 * topk.
 * vertical-slash: coverage depends on the prompt, so a table by slash budget: (1000, 6096) is 0.9-0.96x at
-  64K and 1.52-1.57x at 128K; (100, 800) is 0.75x at 16K and 1.48-1.55x at 32K (generated index sets). On
+  64K and 1.52-1.57x at 128K; (100, 800) is 0.75x at 16K and 1.48-1.55x at 32K (generated index sets). A layer
+  of vertical-slash heads on FlashAttention-4's tiles (the ``[hopper]`` path at D >= 128; H200, NOTES row 27):
+  (1000, 6096) with its index 40.1 ms vs FA4 dense 52.6 ms at 64K (1.31x), 0.54x at 16K: from 64K there. On
   CUDA, `sparse_prefill` also checks the estimated index itself (`vs_max_work`, config.py) and runs a VS layer
   dense when its work share exceeds the kernel's efficiency.
 
@@ -43,19 +45,20 @@ def round_up(x: int, to: int = 1024) -> int:
     return -(-x // to) * to
 
 
-def pattern_min_len(pattern: int, vertical_size: int, slash_size: int) -> int:
+def pattern_min_len(pattern: int, vertical_size: int, slash_size: int, fa4: bool = False) -> int:
     """One head's crossover from its op slots: the pattern's own rule (``min_sparse_len`` of its spec in
-    minference_compile/patterns/, where the measurements above are applied)."""
+    minference_compile/patterns/, where the measurements above are applied); fa4: the layer runs on
+    FlashAttention-4 (ops/fa4.vs_layer_on_fa4)."""
     from ..patterns import unpack  # the registry imports this module
-    return unpack(pattern, vertical_size, slash_size).min_sparse_len()
+    return unpack(pattern, vertical_size, slash_size).min_sparse_len(fa4=fa4)
 
 
 def auto_min_sparse_len(patterns: Sequence[int], vertical_size: Sequence[int], slash_size: Sequence[int],
-                        device_type: str) -> int:
+                        device_type: str, fa4: bool = False) -> int:
     """Length from which the layer runs sparse (dense below it); `sys.maxsize` on CPU."""
     if device_type != "cuda":
         return sys.maxsize
-    return max((pattern_min_len(p, v, s) for p, v, s in zip(patterns, vertical_size, slash_size)), default=0)
+    return max((pattern_min_len(p, v, s, fa4) for p, v, s in zip(patterns, vertical_size, slash_size)), default=0)
 
 
 def runs_sparse(q_len: int, kv_len: int, min_sparse_len: int, auto_len: int) -> bool:

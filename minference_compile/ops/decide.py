@@ -16,16 +16,18 @@ def pattern_summary(patterns: Sequence[int]) -> str:
     return ", ".join(f"{n} x{c}" for n, c in counts.items())
 
 
-def resolve_min_sparse_len(min_sparse_len: int, patterns, vertical_size, slash_size, device_type: str) -> Tuple[int, str]:
-    """-> (threshold, how it was set). ``min_sparse_len < 0`` is auto: the measured crossover (ops/crossover.py)."""
+def resolve_min_sparse_len(min_sparse_len: int, patterns, vertical_size, slash_size, device_type: str,
+                           fa4: bool = False) -> Tuple[int, str]:
+    """-> (threshold, how it was set). ``min_sparse_len < 0`` is auto: the measured crossover (ops/crossover.py);
+    fa4: the layer runs on FlashAttention-4 (ops/fa4.vs_layer_on_fa4), whose crossover applies."""
     if min_sparse_len >= 0:
         return min_sparse_len, "min_sparse_len"
-    t = auto_min_sparse_len(patterns, vertical_size, slash_size, device_type)
-    return t, "auto min_sparse_len"
+    t = auto_min_sparse_len(patterns, vertical_size, slash_size, device_type, fa4)
+    return t, "auto min_sparse_len" + (" (FlashAttention-4 tiles)" if fa4 and device_type == "cuda" else "")
 
 
 def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int, min_sparse_len: int,
-                    device_type: str) -> Tuple[bool, str]:
+                    device_type: str, fa4: bool = False) -> Tuple[bool, str]:
     """(runs sparse, reason) for a layer at these lengths, before any data-dependent check.
 
     The rule is ``crossover.runs_sparse`` (q_len < kv_len: a pre-fill chunk over a cached prefix); this adds why.
@@ -42,7 +44,7 @@ def length_decision(patterns, vertical_size, slash_size, q_len: int, kv_len: int
                            f"{kv_len})")
     if q_len < kv_len and q_len < MIN_CHUNK_ROWS:
         return False, f"q_len {q_len} < {MIN_CHUNK_ROWS} rows against kv_len {kv_len} (decode / short chunk tail run dense)"
-    t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type)
+    t, how = resolve_min_sparse_len(min_sparse_len, patterns, vertical_size, slash_size, device_type, fa4)
     if t == sys.maxsize:
         return False, f"{how}: dense on {device_type} (set min_sparse_len to run the {device_type} sparse path)"
     chunk = f" (chunk of {q_len} rows after {kv_len - q_len} cached)" if q_len < kv_len else ""

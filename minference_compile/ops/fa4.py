@@ -171,6 +171,20 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
     return _vs_rule(q.shape[-1]) or reason(q, k, chunk_ok=True)
 
 
+def vs_layer_on_fa4(specs: Sequence, q: torch.Tensor, k: torch.Tensor, qk_dtype: str = "") -> bool:
+    """Whether a layer of these pattern specs runs on FA4 tiles (the rule of patterns/vertical_slash.attend_cuda:
+    every head vertical-slash, so no head mask; no qk_dtype; `vs_reason`); its crossover then applies."""
+    return (bool(specs) and all(s.name == "vertical_and_slash" for s in specs) and not qk_dtype
+            and vs_reason(q, k) is None)
+
+
+def vs_layer_here(pattern_names: Sequence[str], head_dim: int, qk_dtype: str = "") -> bool:
+    """`vs_layer_on_fa4` predicted on the host for this machine (explain(); the dtype is checked at run time)."""
+    return (os.environ.get("MINFERENCE_FA4", "auto") != "0" and _import_reason() is None and _sm90_here()
+            and _head_dim_ok(head_dim) and bool(pattern_names) and set(pattern_names) == {"vertical_and_slash"}
+            and not qk_dtype and _vs_rule(head_dim) is None)
+
+
 def _vs_rule(head_dim: int) -> Optional[str]:
     env = os.environ.get("MINFERENCE_FA4_VS", "auto")
     if env == "0":
@@ -202,7 +216,7 @@ def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dt
     present = set(pattern_names)
     parts = []
     # vertical-slash: whole layers only (no head mask), no qk_dtype, the head-dim rule of vs_reason
-    if "vertical_and_slash" in present and len(present) == 1 and not qk_dtype and _vs_rule(head_dim) is None:
+    if vs_layer_here(pattern_names, head_dim, qk_dtype):
         parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
     if "stream_llm" in present:
         parts.append("A-shape")

@@ -96,7 +96,8 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
     # per head its spec (minference_compile/patterns/): an unknown id or a bad budget is a clear error here
     specs = [registry.unpack(p, vs, ss) for p, vs, ss in zip(patterns, vertical_size, slash_size)]
-    sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type)
+    sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type,
+                                     fa4=fa4.vs_layer_on_fa4(specs, q, k, qk_dtype))
     if not sparse:
         n0 = _fa4_calls()
         out = as_layer_out(q, dense_attention(q, k, v, scale, contiguous=False))

@@ -43,7 +43,7 @@ class AShape(Pattern):
     short = "ashape"
     SLOTS = (Slot("init_num", "init_num", 0), Slot("local_window_num", "local_window_num", 1))  # init 0: a window
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         # the kernel runs at ~0.7 of cuDNN's rate on the pairs it keeps: it wins once S > 4 * (init + local)
         return round_up(4 * (self.init_num + self.local_window_num))
 

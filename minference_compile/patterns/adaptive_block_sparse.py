@@ -34,7 +34,7 @@ class BlockSparseAdaptive(BlockAttention, Pattern):
     THRESHOLD = "tau"
     chunked = False  # query blocks are scored from the unchunked prompt's block means
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
 
     @classmethod
@@ -63,7 +63,7 @@ class BlockSparseAntidiag(BlockAttention, Pattern):
         except ValueError as e:
             raise PatternError(f"{self.name}: {e}") from None
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
 
     @classmethod

@@ -29,7 +29,7 @@ class VerticalSlashAdaptive(Pattern):
     THRESHOLD = "gamma"
     chunked = False  # the estimate's mass rule is defined on an unchunked pre-fill
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         return VerticalSlash(self.v_cap, self.s_cap).min_sparse_len()  # unmeasured: the fixed one at the caps
 
     @classmethod

@@ -157,8 +157,10 @@ class Pattern:
         return f"{self.short}({args})" if args else self.short
 
     # ---- the length rule ----
-    def min_sparse_len(self) -> int:
-        """Auto ``min_sparse_len`` of this head on CUDA: the prompt length from which it beats dense attention."""
+    def min_sparse_len(self, fa4: bool = False) -> int:
+        """Auto ``min_sparse_len`` of this head on CUDA: the prompt length from which it beats dense attention.
+        fa4: the layer runs on FlashAttention-4 (the ``[hopper]`` path, dense fallback included); a pattern whose
+        crossover was measured there says so, the others keep their rule."""
         raise NotImplementedError
 
     # ---- running the pattern's heads of one layer (head_mask / out: the kernel-level conventions) ----

@@ -53,7 +53,7 @@ class BlockSparse(BlockAttention, Pattern):
     short = "bs"
     SLOTS = (Slot("topk", "topk", 1), None)
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         # coverage 2 * 64 * topk / S at ~0.65 of cuDNN's rate with a 3-10% index share: S > 320 * topk
         return round_up(320 * self.topk)
 

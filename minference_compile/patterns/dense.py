@@ -18,7 +18,7 @@ class Dense(Pattern):
     id = 0
     short = "dense"
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         return 0  # a dense head never holds its layer back
 
     @classmethod

@@ -60,9 +60,13 @@ class VerticalSlash(Pattern):
     estimates_work = True
     SLOTS = (Slot("vertical_size", "vertical_size", 1), Slot("slash_size", "slash_size", 1))
 
-    def min_sparse_len(self) -> int:
+    def min_sparse_len(self, fa4: bool = False) -> int:
         # coverage depends on the prompt: measured by slash budget, (100, 800) wins from 32K, (1000, 6096) from 128K
-        return 32768 if self.slash_size <= 1024 else 131072
+        # on the Triton kernel; on FA4 tiles (fa4: the layer runs there) (1000, 6096) from 64K: 40.1 ms with its
+        # index vs FA4 dense 52.6 ms at 64K, 0.54x at 16K (H200, benchmarks/NOTES.md row 27)
+        if self.slash_size <= 1024:
+            return 32768
+        return 65536 if fa4 else 131072
 
     @classmethod
     def select(cls, group: HeadGroup) -> VSSelection:
