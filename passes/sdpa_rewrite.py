@@ -109,10 +109,12 @@ class SDPAMatch:
             sparse, why = length_decision(*pack_layer([AShape(0, self.window)]), length, length, self.min_sparse_len,
                                           dev)
             return f"sparse: A-shape 0 + {self.window} (exact sliding window)" if sparse else "dense: " + why
-        on_fa4 = dev == "cuda" and fa4.vs_layer_here(self.patterns, self.head_dim, self.qk_dtype)
+        on_fa4 = dev == "cuda" and fa4.vs_layer_here(self.patterns, self.head_dim, self.qk_dtype, self.slash_size,
+                                                     length)
         sparse, why = length_decision(*pack_layer(self.specs), length, length, self.min_sparse_len, dev, fa4=on_fa4)
         # the [hopper] path, where this machine has it and would take it (ops/fa4.kernel_note)
-        fa4_note = fa4.kernel_note(self.patterns, self.head_dim, sparse, self.qk_dtype) if dev == "cuda" else ""
+        fa4_note = (fa4.kernel_note(self.patterns, self.head_dim, sparse, self.qk_dtype, self.slash_size, length)
+                    if dev == "cuda" else "")
         if not sparse:
             return "dense: " + why + fa4_note
         checks = []

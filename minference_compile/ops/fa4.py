@@ -162,35 +162,53 @@ def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) 
     return attend(group.q, group.k, group.v, windows, group.scale, out)
 
 
-def vs_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
+def vs_reason(q: torch.Tensor, k: torch.Tensor, slash_sizes: Sequence[int] = ()) -> Optional[str]:
     """Why vertical-slash heads do not run on FA4 here (None: they do). MINFERENCE_FA4_VS: "0" never, "1" wherever FA4
     runs, unset / "auto": at head dim >= 128, where it measured faster (benchmarks/NOTES.md row 25, H200: 128K
     (1000, 6096) 120.0 vs 142.3 ms for the Triton kernel, (100, 800) a tie; D=64 not measured, and FA4's
-    block-sparse lost 25% to ours there in row 20). Pre-fill chunks too (FA4's causal mask is bottom-right aligned,
-    the tile lists absolute)."""
-    return _vs_rule(q.shape[-1]) or reason(q, k, chunk_ok=True)
+    block-sparse lost 25% to ours there in row 20), and where the slash budget (slash_sizes: the heads') is dense
+    enough in the keys for 128-row tiles to pay (`VS_MIN_BAND_DENSITY`). Pre-fill chunks too (FA4's causal mask is
+    bottom-right aligned, the tile lists absolute)."""
+    return _vs_rule(q.shape[-1], slash_sizes, k.shape[2]) or reason(q, k, chunk_ok=True)
 
 
 def vs_layer_on_fa4(specs: Sequence, q: torch.Tensor, k: torch.Tensor, qk_dtype: str = "") -> bool:
     """Whether a layer of these pattern specs runs on FA4 tiles (the rule of patterns/vertical_slash.attend_cuda:
     every head vertical-slash, so no head mask; no qk_dtype; `vs_reason`); its crossover then applies."""
     return (bool(specs) and all(s.name == "vertical_and_slash" for s in specs) and not qk_dtype
-            and vs_reason(q, k) is None)
+            and vs_reason(q, k, [s.slash_size for s in specs]) is None)
 
 
-def vs_layer_here(pattern_names: Sequence[str], head_dim: int, qk_dtype: str = "") -> bool:
+def vs_layer_here(pattern_names: Sequence[str], head_dim: int, qk_dtype: str = "", slash_sizes: Sequence[int] = (),
+                  kv_len: int = 0) -> bool:
     """`vs_layer_on_fa4` predicted on the host for this machine (explain(); the dtype is checked at run time)."""
     return (os.environ.get("MINFERENCE_FA4", "auto") != "0" and _import_reason() is None and _sm90_here()
             and _head_dim_ok(head_dim) and bool(pattern_names) and set(pattern_names) == {"vertical_and_slash"}
-            and not qk_dtype and _vs_rule(head_dim) is None)
+            and not qk_dtype and _vs_rule(head_dim, slash_sizes, kv_len) is None)
 
 
-def _vs_rule(head_dim: int) -> Optional[str]:
+# Mean slash budget per 128-key diagonal band under which the Triton kernel wins: sparse diagonals cost FA4's
+# 128-row tiles ~2x the Triton kernel's 64-row area, more than FA4's ~1.7x rate makes up (H200, NOTES row 27,
+# generated sets: (100, 800) at 512K = 0.20 per band, Triton 147.5 vs FA4 153.7 ms; at 1M 0.10, 273.8 vs 287.6;
+# FA4 won at 0.74 ((1000, 6096) at 1M: 2924 vs 3307 ms), 0.78 ((100, 800) at 128K: 21.8 vs 24.4) and above)
+VS_MIN_BAND_DENSITY = 0.4
+
+
+def _vs_rule(head_dim: int, slash_sizes: Sequence[int] = (), kv_len: int = 0) -> Optional[str]:
     env = os.environ.get("MINFERENCE_FA4_VS", "auto")
     if env == "0":
         return "MINFERENCE_FA4_VS=0"
-    if env != "1" and head_dim < 128:
+    if env == "1":
+        return None
+    if head_dim < 128:
         return f"head dim {head_dim} < 128 (not measured faster; MINFERENCE_FA4_VS=1 forces it)"
+    if slash_sizes and kv_len > 0:
+        mean = sum(slash_sizes) / len(slash_sizes)
+        density = mean * 128 / kv_len
+        if density < VS_MIN_BAND_DENSITY:
+            return (f"{mean:.0f} slashes per head over {kv_len} keys = {density:.2f} per 128-key band < "
+                    f"{VS_MIN_BAND_DENSITY}: the Triton kernel's 64-row tiles cost about half (MINFERENCE_FA4_VS=1 "
+                    f"forces FA4)")
     return None
 
 
@@ -202,7 +220,8 @@ def _sm90_here() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dtype: str = "") -> str:
+def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dtype: str = "",
+                slash_sizes: Sequence[int] = (), kv_len: int = 0) -> str:
     """For explain(): which heads of a layer the [hopper] path runs on FA4 in a one-shot CUDA pre-fill on this
     machine, by the rules the ops apply (ops/dense.py, patterns/*.attend_cuda; "" when none: FA4 absent, off, not an
     sm90 device, or an unsupported head dim). sparse: the layer runs its patterns (else the dense fallback). The
@@ -216,7 +235,7 @@ def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dt
     present = set(pattern_names)
     parts = []
     # vertical-slash: whole layers only (no head mask), no qk_dtype, the head-dim rule of vs_reason
-    if vs_layer_here(pattern_names, head_dim, qk_dtype):
+    if vs_layer_here(pattern_names, head_dim, qk_dtype, slash_sizes, kv_len):
         parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
     if "stream_llm" in present:
         parts.append("A-shape")
