@@ -183,6 +183,9 @@ def test_vs_on_fa4_needs_dense_enough_diagonals(fake_fa4, monkeypatch):
     assert why is not None and "0.20 per 128-key band" in why
     assert fa4.vs_reason(q, at(1 << 19), [6096, 6096]) is None
     assert fa4._vs_rule(128, [800, 800], 1 << 19) == why  # explain's host-side form: the same rule
+    # budget-weighted: 4 heads at 6096 among 24 at 800 over 1M keys carry most of the tile work: FA4 (0.46)
+    assert fa4._vs_rule(128, [6096] * 4 + [800] * 24, 1 << 20) is None
+    assert fa4._vs_rule(128, [6096] * 1 + [800] * 27, 1 << 20) is not None  # (0.24)
     monkeypatch.setenv("MINFERENCE_FA4_VS", "1")
     assert fa4.vs_reason(q, at(1 << 19), [800, 800]) is None
 

@@ -187,7 +187,7 @@ def vs_layer_here(pattern_names: Sequence[str], head_dim: int, qk_dtype: str = "
             and not qk_dtype and _vs_rule(head_dim, slash_sizes, kv_len) is None)
 
 
-# Mean slash budget per 128-key diagonal band under which the Triton kernel wins: sparse diagonals cost FA4's
+# Slash budget per 128-key diagonal band (the heads' budget-weighted mean) under which the Triton kernel wins: sparse diagonals cost FA4's
 # 128-row tiles ~2x the Triton kernel's 64-row area, more than FA4's ~1.7x rate makes up (H200, NOTES row 27,
 # generated sets: (100, 800) at 512K = 0.20 per band, Triton 147.5 vs FA4 153.7 ms; at 1M 0.10, 273.8 vs 287.6;
 # FA4 won at 0.74 ((1000, 6096) at 1M: 2924 vs 3307 ms), 0.78 ((100, 800) at 128K: 21.8 vs 24.4) and above)
@@ -202,8 +202,9 @@ def _vs_rule(head_dim: int, slash_sizes: Sequence[int] = (), kv_len: int = 0) ->
         return None
     if head_dim < 128:
         return f"head dim {head_dim} < 128 (not measured faster; MINFERENCE_FA4_VS=1 forces it)"
-    if slash_sizes and kv_len > 0:
-        mean = sum(slash_sizes) / len(slash_sizes)
+    if slash_sizes and kv_len > 0 and sum(slash_sizes) > 0:
+        # weighted by budget (a head's tile work grows with it): a few dense heads among many sparse ones keep FA4
+        mean = sum(s * s for s in slash_sizes) / sum(slash_sizes)
         density = mean * 128 / kv_len
         if density < VS_MIN_BAND_DENSITY:
             return (f"{mean:.0f} slashes per head over {kv_len} keys = {density:.2f} per 128-key band < "
