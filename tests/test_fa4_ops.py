@@ -253,6 +253,8 @@ def test_explain_names_what_runs_on_fa4(emulated, monkeypatch):
         return rep.at(rep.rows[0])
     vs = {"default": ["vertical_and_slash", 100, 800]}
     assert "[FlashAttention-4: vertical-slash on 128-row tiles" in at(vs)
+    # (100, 800) over 512K keys: 0.20 slashes per 128-key band, the Triton kernel's (fa4.VS_MIN_BAND_DENSITY)
+    assert at(vs, 1 << 19).startswith("sparse: ") and "FlashAttention-4" not in at(vs, 1 << 19)
     assert at(vs, 512).startswith("dense: ") and "[FlashAttention-4: dense causal]" in at(vs, 512)
     mixed = {"layers": [{"0": ["vertical_and_slash", 100, 800], "1": ["dense", 0, 0]}]}
     assert "[FlashAttention-4: dense heads]" in at(mixed)  # VS heads with a head mask stay on Triton
