@@ -36,12 +36,18 @@ def sets(B, H, S, nv, ns, gen, clustered=True):
 BUDGETS = ((0, 0), (1, 1), (5, 37), (37, 200)) + (((37, 700), (130, 1200), (1000, 6096)) if CUDA else ())
 
 
-def test_fused_index_large_budget():
+# The fused builder is opt-in (MINFERENCE_FUSED_VS_INDEX=1) and its interpreted tests took ~5 of CI's minutes:
+# CI keeps one case per behaviour (both pairings, a query offset, odd lengths); the rest run with -m slow and on
+# the GPU (pytest -m "" runs everything)
+SLOW_ON_CPU = [] if CUDA else [pytest.mark.slow]
+
+
+@pytest.mark.parametrize("pair", [pytest.param(False, marks=SLOW_ON_CPU), True])
+def test_fused_index_large_budget(pair):
     gen = torch.Generator().manual_seed(11)
     v, s = sets(1, 2, 3000, 130, 1200, gen)
-    for pair in (False, True):
-        assert_same(build_vertical_slash_index_fused(v, s, 3000, pair=pair, q_len=2900),
-                    build_vertical_slash_index(v, s, 3000, pair=pair, q_len=2900))
+    assert_same(build_vertical_slash_index_fused(v, s, 3000, pair=pair, q_len=2900),
+                build_vertical_slash_index(v, s, 3000, pair=pair, q_len=2900))
 
 
 def assert_same(a: VSIndex, b: VSIndex):
@@ -50,9 +56,15 @@ def assert_same(a: VSIndex, b: VSIndex):
         assert torch.equal(x.cpu(), y.cpu()), name
 
 
-@pytest.mark.parametrize("S,q_len", [(1, None), (63, None), (65, None), (1000, None), (1000, 1), (1000, 63),
-                                     (1000, 700), (4096, None)] + ([(131072, None), (131072, 65536)] if CUDA else []))
-@pytest.mark.parametrize("pair", [False, True])
+def _cases():
+    # (S, q_len, pair): on the CPU one case per behaviour stays in the default run, the others are slow
+    keep = {(1, None, False), (65, None, True), (1000, 63, False), (1000, 700, True), (4096, None, False)}
+    shapes = [(1, None), (63, None), (65, None), (1000, None), (1000, 1), (1000, 63), (1000, 700), (4096, None)]
+    shapes += [(131072, None), (131072, 65536)] if CUDA else []
+    return [pytest.param(S, q, p, marks=[] if (S, q, p) in keep else SLOW_ON_CPU) for S, q in shapes for p in (False, True)]
+
+
+@pytest.mark.parametrize("S,q_len,pair", _cases())
 def test_fused_index_equals_torch_builder(S, q_len, pair):
     gen = torch.Generator().manual_seed(S * 7 + (q_len or 0) + pair)
     for nv, ns in BUDGETS:
@@ -62,13 +74,13 @@ def test_fused_index_equals_torch_builder(S, q_len, pair):
         assert_same(got, want)
 
 
-def test_fused_index_dense_offsets_and_int64_extremes():
+@pytest.mark.parametrize("pair", [False, pytest.param(True, marks=SLOW_ON_CPU)])
+def test_fused_index_dense_offsets_and_int64_extremes(pair):
     # every offset selected (one component spanning the whole diagonal band), and int64 values beyond int32
     S = 777
     s = torch.arange(S, device=DEV).flip(0)[None, None].expand(2, 2, -1).contiguous()
     v = torch.tensor([[[2**40, -2**40, 5, 5, 776]]], device=DEV).expand(2, 2, -1).contiguous()
-    for pair in (False, True):
-        assert_same(build_vertical_slash_index_fused(v, s, S, pair=pair), build_vertical_slash_index(v, s, S, pair=pair))
+    assert_same(build_vertical_slash_index_fused(v, s, S, pair=pair), build_vertical_slash_index(v, s, S, pair=pair))
     s2 = torch.tensor([[[2**33, 5, -2**35]]], device=DEV)
     assert_same(build_vertical_slash_index_fused(v[:1, :1], s2, S), build_vertical_slash_index(v[:1, :1], s2, S))
 
