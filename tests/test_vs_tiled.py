@@ -233,3 +233,39 @@ def test_vs_tiled_on_fa4_gpu(S, q_len, D, tk, layout):
     want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 1 / math.sqrt(D), TILE, tk)
     assert not torch.isnan(got).any()
     assert (got.float() - want.float()).abs().max() < 2e-2
+
+
+@pytest.mark.skipif(CUDA, reason="the emulated FA4 runs on CPU tensors")
+def test_the_layer_route_is_decided_once_and_followed(fake_fa4, monkeypatch):
+    """sparse_prefill decides the vertical-slash route once (fa4.vs_layer_on_fa4, which also picks the crossover) and
+    hands it to the kernel call on the HeadGroup: the call follows it without a second vs_reason, and a group built
+    without it (tests, eval) still decides by itself."""
+    from minference_compile.patterns.base import HeadGroup
+    from minference_compile.patterns.vertical_slash import VerticalSlash, VSSelection, build_index
+    monkeypatch.setenv("MINFERENCE_FA4_VS", "1")
+    gen = torch.Generator().manual_seed(3)
+    B, hq, hkv, S, D = 1, 2, 1, 200, 128
+    q, k, v = torch.randn(B, hq, S, D, generator=gen), torch.randn(B, hkv, S, D, generator=gen), \
+        torch.randn(B, hkv, S, D, generator=gen)
+    vert, slash = sets(B, hq, S, 8, 6, gen)
+    vert, slash = vert.int(), slash.int()
+    sel = VSSelection(vert, slash, build_index(q, k, vert, slash))
+    specs = (VerticalSlash(8, 6),) * hq
+    calls = []
+    real = fa4.vs_reason
+    monkeypatch.setattr(fa4, "vs_reason", lambda *a: calls.append(1) or real(*a))
+    for route, fa4_runs in ((True, 1), (False, 0), (None, 1)):
+        n0, c0 = fa4.CALLS["vertical-slash"], len(calls)
+        out = VerticalSlash.attend_cuda(HeadGroup(q, k, v, 0.1, 64, specs, vs_on_fa4=route), sel, None, None)
+        assert fa4.CALLS["vertical-slash"] - n0 == fa4_runs, route
+        assert len(calls) - c0 == (1 if route is None else 0), route  # decided here only when not handed in
+        want = (naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1, TILE, fa4.vs_tile_k()) if fa4_runs
+                else naive.vertical_slash_ref(q, k, v, vert, slash, 0.1))
+        assert (out - want).abs().max() < 2e-4, route
+    # the op: one decision per call (vs_layer_on_fa4's own vs_reason), none in the kernel call
+    monkeypatch.setattr(VerticalSlash, "attend", classmethod(
+        lambda cls, g, s, m, o: cls.attend_cuda(g, s._replace(index=build_index(g.q, g.k, s.vertical, s.slash)),
+                                                m, o)))
+    c0, n0 = len(calls), fa4.CALLS["vertical-slash"]
+    torch.ops.minference.sparse_prefill(q, k, v, [1] * hq, [8] * hq, [6] * hq, 0.1, 0, 64)
+    assert len(calls) - c0 == 1 and fa4.CALLS["vertical-slash"] - n0 == 1

@@ -96,8 +96,9 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
                          f"{len(patterns)}/{len(vertical_size)}/{len(slash_size)}")
     # per head its spec (minference_compile/patterns/): an unknown id or a bad budget is a clear error here
     specs = [registry.unpack(p, vs, ss) for p, vs, ss in zip(patterns, vertical_size, slash_size)]
+    vs_on_fa4 = fa4.vs_layer_on_fa4(specs, q, k, qk_dtype)  # the route decides the crossover and the kernel
     sparse, reason = length_decision(patterns, vertical_size, slash_size, Sq, S, min_sparse_len, q.device.type,
-                                     fa4=fa4.vs_layer_on_fa4(specs, q, k, qk_dtype))
+                                     fa4=vs_on_fa4)
     if not sparse:
         n0 = _fa4_calls()
         out = as_layer_out(q, dense_attention(q, k, v, scale, contiguous=False))
@@ -116,7 +117,8 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
         return masks[p]
 
     groups = {p: registry.HeadGroup(q, k, v, scale, last_q, tuple(sp if x == p else None
-                                                                   for x, sp in zip(patterns, specs)), qk_dtype)
+                                                                   for x, sp in zip(patterns, specs)), qk_dtype,
+                                    vs_on_fa4)
               for p in present}
     # patterns with a work estimate (vertical-slash) select first: a too-dense estimate can send the whole layer
     # to cuDNN (CUDA; CPU runs the masked reference path: no speed to protect there)

@@ -56,6 +56,9 @@ class HeadGroup:
     last_q: int
     specs: Tuple[Optional["Pattern"], ...]
     qk_dtype: str = ""  # "fp8" / "int8": the vertical-slash kernel's Q.K^T operands (config.qk_dtype)
+    # the layer's vertical-slash route, decided once per call by sparse_prefill (ops/fa4.vs_layer_on_fa4, which also
+    # picked the crossover): True FA4 tiles, False Triton; None (a group built elsewhere): the kernel call decides
+    vs_on_fa4: Optional[bool] = None
 
     def values(self, field: str, fill: Any) -> list:
         """Per q head: this pattern's ``field``, ``fill`` for heads of other patterns (they select nothing)."""

@@ -91,8 +91,11 @@ class VerticalSlash(Pattern):
         # the [hopper] extra (default at D >= 128; MINFERENCE_FA4_VS=0/1 forces): whole layers of vertical-slash heads
         # on FA4's 128-row tile lists (a superset of the block-rounded pairs: docs/DESIGN.md "Vertical-slash,
         # tiled") plus a columns pass
-        if head_mask is None and not group.qk_dtype and fa4.vs_reason(group.q, group.k,
-                                                                      group.values("slash_size", 0)) is None:
+        on_fa4 = group.vs_on_fa4
+        if on_fa4 is None:
+            on_fa4 = (head_mask is None and not group.qk_dtype
+                      and fa4.vs_reason(group.q, group.k, group.values("slash_size", 0)) is None)
+        if on_fa4:
             o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale)
             return o if out is None else out.copy_(o)
         return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
