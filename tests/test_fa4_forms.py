@@ -14,7 +14,7 @@ import importlib.util
 import pytest
 import torch
 
-from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
+from test_kernels_triton import CUDA, SLOW_ON_CPU  # (sets TRITON_INTERPRET on CPU before triton is used)
 
 import minference_compile
 from fa4_fake import emulate_fa4
@@ -93,7 +93,6 @@ FORMS = {
 # CI time: on a CPU machine the default run keeps the forms whose op calls differ most (cache, batch 2 with a mask,
 # A-shape with the cache); the others are -m slow there (all of them are in test_call_forms on the Triton path, and
 # the GPU machine runs every one in both modes)
-SLOW_ON_CPU = [] if torch.cuda.is_available() else [pytest.mark.slow]
 
 
 def _vs_forms():

@@ -14,6 +14,8 @@ import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+# CI time: cases beyond one per behaviour are -m slow on a CPU machine (interpreted / emulated), always run on a GPU
+SLOW_ON_CPU = [] if CUDA else [pytest.mark.slow]
 if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # must precede the first `import triton`
 

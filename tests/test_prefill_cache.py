@@ -9,6 +9,8 @@ import torch
 import transformers
 from torch._dynamo.utils import counters
 
+from test_kernels_triton import SLOW_ON_CPU  # (sets TRITON_INTERPRET on CPU before triton is used)
+
 import minference_compile
 from minference_compile import reset_runtime_stats, runtime_stats
 from minference_compile.chunked import cache_kwarg, chunked_prefill, greedy_continue
@@ -89,8 +91,7 @@ def test_prefix_continues():
 
 
 # CI time: the 40 s llama case runs with -m slow on a CPU machine (always on a GPU one)
-@pytest.mark.parametrize("arch,batch", [pytest.param("llama", 2, marks=[] if torch.cuda.is_available() else
-                                                     [pytest.mark.slow]), ("qwen2", 1)])
+@pytest.mark.parametrize("arch,batch", [pytest.param("llama", 2, marks=SLOW_ON_CPU), ("qwen2", 1)])
 def test_compiled_equals_dynamic_sparse_every_chunk_two_graphs(fresh, arch, batch):
     """Our backend (passes + Inductor), dynamic=True, 7 chunks: <= 2 compilations, the sparse op in every layer of
     every chunk, logits and tokens equal to the DynamicCache's (covering budgets: sparse == dense)."""

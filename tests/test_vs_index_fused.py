@@ -4,7 +4,7 @@ odd lengths, query offsets, pairs on and off, batch 2. Interpreted on CPU; compi
 import pytest
 import torch
 
-from test_kernels_triton import CUDA  # noqa: F401 (sets TRITON_INTERPRET on CPU before triton is used)
+from test_kernels_triton import CUDA, SLOW_ON_CPU  # (sets TRITON_INTERPRET on CPU before triton is used)
 
 from minference_compile.triton_kernels.vertical_slash_index import VSIndex, build_vertical_slash_index
 from minference_compile.triton_kernels.vertical_slash_index_fused import (build_vertical_slash_index_fused,
@@ -39,7 +39,6 @@ BUDGETS = ((0, 0), (1, 1), (5, 37), (37, 200)) + (((37, 700), (130, 1200), (1000
 # The fused builder is opt-in (MINFERENCE_FUSED_VS_INDEX=1) and its interpreted tests took ~5 of CI's minutes:
 # CI keeps one case per behaviour (both pairings, a query offset, odd lengths); the rest run with -m slow and on
 # the GPU (pytest -m "" runs everything)
-SLOW_ON_CPU = [] if CUDA else [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("pair", [pytest.param(False, marks=SLOW_ON_CPU), True])

@@ -174,8 +174,9 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor, slash_sizes: Sequence[int] = ())
 
 def vs_layer_on_fa4(specs: Sequence, q: torch.Tensor, k: torch.Tensor, qk_dtype: str = "") -> bool:
     """Whether a layer of these pattern specs runs on FA4 tiles (the rule of patterns/vertical_slash.attend_cuda:
-    every head vertical-slash, so no head mask; no qk_dtype; `vs_reason`); its crossover then applies."""
-    return (bool(specs) and all(s.name == "vertical_and_slash" for s in specs) and not qk_dtype
+    every head vertical-slash, so no head mask; no qk_dtype; `vs_reason`); its crossover then applies. specs[h] None:
+    head h has another pattern (a HeadGroup's specs), so not this route."""
+    return (bool(specs) and all(s is not None and s.name == "vertical_and_slash" for s in specs) and not qk_dtype
             and vs_reason(q, k, [s.slash_size for s in specs]) is None)
 
 

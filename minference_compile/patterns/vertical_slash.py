@@ -92,9 +92,8 @@ class VerticalSlash(Pattern):
         # on FA4's 128-row tile lists (a superset of the block-rounded pairs: docs/DESIGN.md "Vertical-slash,
         # tiled") plus a columns pass
         on_fa4 = group.vs_on_fa4
-        if on_fa4 is None:
-            on_fa4 = (head_mask is None and not group.qk_dtype
-                      and fa4.vs_reason(group.q, group.k, group.values("slash_size", 0)) is None)
+        if on_fa4 is None:  # a group built outside sparse_prefill: the same rule
+            on_fa4 = fa4.vs_layer_on_fa4(group.specs, group.q, group.k, group.qk_dtype)
         if on_fa4:
             o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale)
             return o if out is None else out.copy_(o)
