@@ -19,10 +19,12 @@ def fake_flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     B, H, Sq, _ = q.shape
     S = k.shape[2]
-    assert Sq == S or (causal and mask_mod is None), "chunks: causal only (dense, or block lists)"
+    assert Sq == S or causal or mask_mod is not None, "chunks: a causal mask or a mask_mod"
     i, j = torch.arange(S - Sq, S)[:, None], torch.arange(S)[None, :]  # bottom-right aligned, as FA4's causal
     if mask_mod is not None:
-        allowed = lambda i, j: mask_mod(0, 0, i, j, None, None)  # noqa: E731
+        # FA4 (flash_attn/cute/mask.py) hands a mask_mod the row within q and its run-time lengths in seqlen_info
+        info = Namespace(seqlen_q=Sq, seqlen_k=S)
+        allowed = lambda i, j: mask_mod(0, 0, i - (S - Sq), j, info, None)  # noqa: E731
     elif causal:
         allowed = None
     else:
@@ -50,8 +52,12 @@ def masked_lse(q, k, mask, scale=None):
     return torch.logsumexp(sc.masked_fill(~mask, float("-inf")), -1)
 
 
-def python_mask_mod(init, local):
-    return lambda b, h, i, j, s, a: (j <= i) & ((j < init) | (i - j < local))
+def python_mask_mod(init, local, chunk=False):
+    """ops/fa4.ashape_mask_mod in Python: rows chunk-relative, the offset from seqlen_info (chunks only, as there)."""
+    def mask(b, h, i, j, info, aux):
+        i = i + (info.seqlen_k - info.seqlen_q) if chunk else i
+        return (j <= i) & ((j < init) | (i - j < local))
+    return mask
 
 
 def install_fake_fa4(monkeypatch, fn=fake_flash_attn_func):

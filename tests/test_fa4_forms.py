@@ -1,7 +1,7 @@
 """Vertical-slash on FA4 tiles (the [hopper] default at head dim >= 128) through the call forms users write, on a
 tiny Llama with head dim 128: compiled forward with and without the cache, attention_mask, position_ids, batch 2,
-dynamic=True, generate, and generate's own chunked pre-fill; A-shape on FA4 (one-shot forms) against the Triton
-streaming kernel in the same compiled graphs.
+dynamic=True, generate, and generate's own chunked pre-fill; A-shape on FA4 (one-shot forms and pre-fill chunks)
+against the Triton streaming kernel in the same compiled graphs.
 
 Two modes: "gpu" (bf16, an sm90 GPU with flash-attn-4; skipped elsewhere) and "emulated" (CPU, fp32: the CUDA
 dispatch of the vertical-slash pattern taken on CPU tensors, the tile lists and columns pass under the Triton
@@ -179,6 +179,32 @@ def test_ashape_forms_run_on_fa4_and_match_the_triton_kernel(mode, form, monkeyp
     assert rel(out, triton) < tol
     if mode == "emulated":  # fp32: the window (64 + 128 of 320 keys) visibly changes the logits, so it ran
         assert rel(out, eager) > 20 * tol
+
+
+@pytest.mark.gpu
+def test_ashape_prefill_chunks_run_on_fa4_and_match_the_triton_kernel(mode, monkeypatch):
+    """chunked_prefill on the PrefillCache with A-shape: the first chunk one shot, the later ones over the cached
+    prefix with the chunk mask_mod (query offset from FA4's run-time lengths); every chunk of both layers on FA4,
+    and the same graphs with MINFERENCE_FA4=0 (the Triton streaming kernel's chunk path) agree."""
+    from minference_compile.chunked import chunked_prefill
+    model = llama(mode)
+    x = ids(mode)
+    n, chunk, tol = SETUP[mode]
+    calls = lambda: fa4.CALLS["A-shape"] + fa4.CALLS["dense causal"]  # noqa: E731
+    with torch.no_grad():
+        minference_compile.compile(model, ASHAPE)
+        before, before_a = calls(), fa4.CALLS["A-shape"]
+        _, last = chunked_prefill(model, x, chunk)
+        n_chunks = -(-n // chunk)
+        # a first chunk inside the local window (128 >= chunk: emulated) runs FA4 dense causal; the rest A-shape
+        assert calls() - before == 2 * n_chunks, (fa4.CALLS, runtime_stats())
+        assert fa4.CALLS["A-shape"] - before_a == 2 * (n_chunks - (chunk <= 128)), fa4.CALLS
+        monkeypatch.setenv("MINFERENCE_FA4", "0")
+        _, triton = chunked_prefill(model, x, chunk)
+        one_shot = model(x).logits[:, -1]
+    assert calls() - before == 2 * n_chunks and ran("dense") == 0, runtime_stats()
+    assert rel(last, triton) < tol
+    assert rel(last, one_shot) < tol  # chunked and one-shot A-shape: the same absolute pattern
 
 
 @pytest.mark.gpu

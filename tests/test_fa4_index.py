@@ -80,3 +80,17 @@ def test_ashape_lists_with_mask_mod_are_exact(S, qb, kb, init, local):
     got = pair_mask(coarse, S)
     assert bool((got | ~want).all())
     assert torch.equal(naive.block_sparse_mask(to_our_index(coarse, S), S), got)
+
+
+@pytest.mark.parametrize("S,q_len", [(300, 1), (300, 63), (300, 65), (300, 299), (1000, 333), (640, 256)])
+@pytest.mark.parametrize("init,local", [(64, 128), (10, 100), (128, 200)])
+def test_ashape_chunk_lists_are_exact(S, q_len, init, local):
+    """A pre-fill chunk (the last q_len of S positions): 128-row blocks from the chunk's first row, absolute key
+    tiles; with the mask_mod on the masked tiles FA4 computes exactly the chunk's A-shape pairs."""
+    touched, full = ashape_blocks(S, init, local, 128, 128, q_len=q_len)
+    assert touched.shape == (-(-q_len // 128), -(-S // 128))
+    lists = to_lists(touched, full, S, 128, 128)
+    ashape = lambda i, j: (j <= i) & ((j < init) | (i - j < local))  # noqa: E731 (i absolute)
+    want = naive.streaming_mask(1, 1, S, init, local, q_len=q_len)
+    assert want.shape[-2:] == (q_len, S)
+    assert torch.equal(pair_mask(lists, S, ashape, q_len=q_len), want)

@@ -56,15 +56,29 @@ def reference(q, k, v, windows, scale):
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
 @pytest.mark.parametrize("S", [1, 63, 65, 300])
 @pytest.mark.parametrize("Hq,Hkv,D", [(4, 2, 64), (4, 1, 96), (2, 2, 128)])
-def test_attend_matches_reference(S, Hq, Hkv, D, emulated):
+@pytest.mark.parametrize("chunk", [False, True])
+def test_attend_matches_reference(S, Hq, Hkv, D, chunk, emulated):
+    """One shot, and a pre-fill chunk (the last S // 3 + 2 positions; its A-shape mask takes the query offset from
+    the emulated FA4's run-time lengths, as the real one)."""
     torch.manual_seed(S * 7 + Hq)
     q, k, v = qkv(2, Hq, Hkv, S, D)
+    if chunk:
+        if S < 8:
+            pytest.skip("no chunk of a length this short")
+        q = q[:, :, S - (S // 3 + 2):]
     windows = [(4, 64), fa4.DENSE, None, (0, 100)][:Hq]  # two windows, a dense head, a head left alone
     out = nan_out(q)
     fa4.attend(q, k, v, windows, 0.3, out)
     ref = reference(q, k, v, windows, 0.3)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4, equal_nan=True)
     assert len(emulated) == len({fa4._key(w, S) for w in windows if w is not None})  # one call per window
+
+
+@pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
+def test_chunk_window_is_dense_only_when_it_covers_the_cache():
+    """A window wider than the chunk but not the cache stays A-shape (the keys decide, not the queries)."""
+    assert fa4._key((4, 200), 300) == (4, 200)
+    assert fa4._key((4, 300), 300) == fa4.DENSE
 
 
 @pytest.mark.skipif(CUDA, reason="emulated FA4 on CPU tensors")
@@ -103,9 +117,11 @@ def test_patterns_route_through_fa4_and_back(emulated, monkeypatch):
     torch.testing.assert_close(out, reference(q, k, v, [(4, 32), fa4.DENSE, (4, 32), fa4.DENSE], 0.2),
                                rtol=1e-4, atol=1e-4)
     assert len(emulated) == 2
-    chunk = HeadGroup(q[:, :, 100:], k, v, 0.2, 64, specs)  # an A-shape chunk: Triton (mask_mod has no offset)
-    AShape.attend_cuda(chunk, AShape.select(chunk), hm, nan_out(chunk.q))
-    assert len(emulated) == 2
+    chunk = HeadGroup(q[:, :, 100:], k, v, 0.2, 64, specs)  # an A-shape chunk: FA4, the offset from its lengths
+    oc = AShape.attend_cuda(chunk, AShape.select(chunk), hm, nan_out(chunk.q))
+    assert len(emulated) == 3
+    torch.testing.assert_close(oc, reference(chunk.q, k, v, windows, 0.2), rtol=1e-4, atol=1e-4, equal_nan=True)
+    emulated.pop()
     dchunk = HeadGroup(q[:, :, 100:], k, v, 0.2, 64, (None, Dense(), None, Dense()))
     o = Dense.attend_cuda(dchunk, None, ~hm, nan_out(dchunk.q))  # a dense chunk: FA4
     assert len(emulated) == 3
@@ -193,6 +209,11 @@ def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype, layout):
         d = fa4.dense_causal(qc, k, v, D ** -0.5)
         ref_d = naive.dense_causal_ref(qc.float(), k.float(), v.float(), D ** -0.5)
         torch.testing.assert_close(d.float(), ref_d, rtol=2e-2, atol=2e-2)
+        if q_len < S:  # A-shape on a chunk: one compiled chunk mask, its offset read at run time
+            oc = torch.full_like(qc, float("nan"))
+            fa4.attend(qc, k, v, windows, D ** -0.5, oc)
+            ref_c = reference(qc.cpu(), k.cpu(), v.cpu(), windows, D ** -0.5)
+            torch.testing.assert_close(oc.float().cpu(), ref_c, rtol=2e-2, atol=2e-2, equal_nan=True)
 
 
 @pytest.mark.gpu

@@ -7,10 +7,11 @@ each measured faster than our Triton kernels on one H200 at 128K (benchmarks/NOT
 at D=128 and 25% slower at D=64.
 
 FA4 runs a call when flash_attn.cute imports, the tensors are CUDA fp16/bf16 on sm90, the head dim is a multiple of
-8 up to 256, q_len == kv_len for A-shape (a pre-fill chunk's query offset would be a compile-time constant of the
-mask_mod: one compilation per chunk; dense causal runs chunks too, FA4's causal mask being bottom-right aligned),
-and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels (and the flash prefix path for dense chunks) run. The first
-call of each (dtype, head dim, A-shape window) JIT-compiles (2-6 s on the H200)."""
+8 up to 256, and MINFERENCE_FA4 is not "0"; otherwise the Triton kernels (and the flash prefix path for dense chunks)
+run. Pre-fill chunks (q_len < kv_len: the last q_len positions) run too: FA4's causal mask is bottom-right aligned,
+and the A-shape chunk mask reads its query offset kv_len - q_len from FA4's run-time sequence lengths (its mask_mod
+gets chunk-relative rows), so one compiled kernel serves every chunk. The first call of each (dtype, head dim, A-shape
+window, one shot or chunk) JIT-compiles (2-6 s on the H200)."""
 from __future__ import annotations
 
 import collections
@@ -21,6 +22,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..triton_kernels._torch_util import device_tensor
 from .fa4_lists import FA4Lists, ashape_blocks, to_lists
 
 _log = logging.getLogger("minference_compile")
@@ -41,8 +43,9 @@ def _import_reason() -> Optional[str]:
 
 
 def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional[str]:
-    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can). chunk_ok: dense
-    causal only, where a pre-fill chunk (Sq < S, the last Sq positions) is FA4's own bottom-right causal mask."""
+    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can). chunk_ok: the caller
+    takes a pre-fill chunk (1 < Sq < S, the last Sq positions: FA4's bottom-right causal mask, the A-shape chunk
+    mask_mod, the vertical-slash tile lists); a decode step (Sq = 1) stays on SDPA."""
     if os.environ.get("MINFERENCE_FA4", "auto") == "0":
         return "MINFERENCE_FA4=0"
     if not _ALLOW_CPU:
@@ -62,21 +65,33 @@ def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional
 
 
 @functools.lru_cache(maxsize=64)
-def ashape_mask_mod(init: int, local: int):
+def ashape_mask_mod(init: int, local: int, chunk: bool = False):
     """The A-shape element mask as a CuTe DSL mask_mod: j <= i and (j < init or i - j < local). One function per
-    window: FA4 compiles its closure constants in."""
+    window: FA4 compiles its closure constants in. FA4 hands the mask the row within q; chunk=True: a pre-fill chunk,
+    i = that row + kv_len - q_len, the offset read from FA4's run-time lengths (one kernel for every chunk; the
+    one-shot mask keeps no offset arithmetic)."""
+    import cutlass
     import cutlass.cute as cute
+    from flash_attn.cute.utils import scalar_to_ssa
+
+    if not chunk:
+        @cute.jit
+        def ashape_mask(batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+            return (kv_idx <= q_idx) & ((kv_idx < init) | (q_idx - kv_idx < local))
+        return ashape_mask
 
     @cute.jit
-    def ashape_mask(batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
-        return (kv_idx <= q_idx) & ((kv_idx < init) | (q_idx - kv_idx < local))
-    return ashape_mask
+    def ashape_chunk_mask(batch_idx, head_idx, q_idx, kv_idx, seqlen_info, aux_tensors):
+        i = q_idx + scalar_to_ssa(seqlen_info.seqlen_k - seqlen_info.seqlen_q, cutlass.Int32)
+        return (kv_idx <= i) & ((kv_idx < init) | (i - kv_idx < local))
+    return ashape_chunk_mask
 
 
 @functools.lru_cache(maxsize=16)
-def _ashape_lists(S: int, init: int, local: int, device: torch.device):
-    # O((S / 128)^2) bools once per (length, window); broadcast over batch and heads
-    touched, full = ashape_blocks(S, init, local, *BLOCK, device)
+def _ashape_lists(Sq: int, S: int, init: int, local: int, device: torch.device):
+    # O(Sq / 128 x S / 128) bools once per (chunk, length, window): every layer of a chunk reuses them; broadcast
+    # over batch and heads
+    touched, full = ashape_blocks(S, init, local, *BLOCK, device, q_len=Sq)
     return to_lists(touched, full, S, *BLOCK)
 
 
@@ -112,8 +127,9 @@ def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Te
     """FA4 dense causal or A-shape -> [B,Hq,S,D] (a transposed view of FA4's output)."""
     if window == DENSE:
         return _call("dense causal", q, k, v, scale, causal=True)[0]
-    bst = block_sparse_tensors(_ashape_lists(q.shape[2], *window, q.device))
-    return _call("A-shape", q, k, v, scale, block_sparse_tensors=bst, mask_mod=ashape_mask_mod(*window))[0]
+    Sq, S = q.shape[2], k.shape[2]
+    bst = block_sparse_tensors(_ashape_lists(Sq, S, *window, q.device))
+    return _call("A-shape", q, k, v, scale, block_sparse_tensors=bst, mask_mod=ashape_mask_mod(*window, Sq < S))[0]
 
 
 def _key(window: Window, S: int) -> Window:
@@ -125,13 +141,13 @@ def _key(window: Window, S: int) -> Window:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[Window], scale: float,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """q [B,Hq,S,D], k/v [B,Hkv,S,D] (check `reason` first); windows[h] per q head: None (left as in `out`),
-    DENSE (causal) or (init, local) (A-shape). Heads sharing a window run in one FA4 call: all Hq with native GQA,
-    a subset with its K/V heads gathered. Returns out [B,Hq,S,D] (written in place if given; without `out`, one
-    call covering every head returns FA4's output itself, stored [B,S,Hq,D])."""
-    B, Hq, S, D = q.shape
+    """q [B,Hq,Sq,D] (the last Sq of the S positions), k/v [B,Hkv,S,D] (check `reason` first); windows[h] per q
+    head: None (left as in `out`), DENSE (causal) or (init, local) (A-shape). Heads sharing a window run in one FA4
+    call: all Hq with native GQA, a subset with its K/V heads gathered. Returns out [B,Hq,Sq,D] (written in place if
+    given; without `out`, one call covering every head returns FA4's output itself, stored [B,Sq,Hq,D])."""
+    Hq = q.shape[1]
     g = Hq // k.shape[1]
-    keys = [_key(w, S) for w in windows]
+    keys = [_key(w, k.shape[2]) for w in windows]  # a window covering every key of the cache runs dense
     groups = {}
     for h, w in enumerate(keys):
         if w is not None:
@@ -147,7 +163,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
             o = _run(q, k, v, scale, w)
             out.copy_(o)
         else:
-            idx = torch.tensor(heads, device=q.device)
+            idx = device_tensor(heads, q.device, torch.long)  # pinned, non-blocking: no stream sync
             o = _run(q.index_select(1, idx), k.index_select(1, idx // g), v.index_select(1, idx // g), scale, w)
             out[:, heads] = o.to(out.dtype)
     return out
@@ -156,8 +172,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
 def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A pattern's heads (windows[h] None for the other patterns' heads: the group's head mask, from the host-side
     specs, so no device sync) through FA4 when it can run them; None otherwise (the caller runs Triton)."""
-    dense_only = all(w is None or w == DENSE for w in windows)
-    if reason(group.q, group.k, chunk_ok=dense_only) is not None:
+    if reason(group.q, group.k, chunk_ok=True) is not None:  # chunks too: dense and A-shape masks take the offset
         return None
     return attend(group.q, group.k, group.v, windows, group.scale, out)
 

@@ -5,7 +5,9 @@ key blocks it masks element-wise (causal=True: the causal mask; or a mask_mod) a
 unmasked; counts [B,H,M] int32 and ids [B,H,M,K] int32 (only ids[..., :count] are read; we pad with 0). Block
 sizes (q_block, kv_block) are multiples of 64 here. A 128-row FA4 query block takes the union of the key blocks of
 its two 64-row blocks (a superset of our pairs): `lists_coverage` reports what FA4 really computes.
-Only q_len == kv_len (no query offset), as in the benchmark.
+Query blocks count from the first query row: in a pre-fill chunk (q_len < kv_len, the last q_len positions) block m
+holds absolute rows kv_len - q_len + q_block * m onwards, key blocks stay absolute (FA4's convention). Our 64x64
+index lists (`touched_blocks`, `lists_coverage`) take q_len == kv_len only, as in the benchmark.
 """
 from __future__ import annotations
 
@@ -49,30 +51,36 @@ def touched_blocks(block_index: torch.Tensor, S: int, q_block: int = 64, kv_bloc
     return bm.view(B, H, M, rq, N, rk).any(5).any(3)
 
 
-def causal_full(S: int, q_block: int, kv_block: int, device=None) -> torch.Tensor:
-    """bool [M,N]: tile (m, n) is entirely causal and inside S (every key <= the block's first row): no mask."""
-    m = torch.arange(_nblocks(S, q_block), device=device)[:, None]
+def causal_full(S: int, q_block: int, kv_block: int, device=None, q_len: Optional[int] = None) -> torch.Tensor:
+    """bool [M,N]: tile (m, n) is entirely causal and inside S (every key <= the block's first row): no mask.
+    q_len: the rows are the last q_len of S (a pre-fill chunk; default S)."""
+    sq = S if q_len is None else int(q_len)
+    m = torch.arange(_nblocks(sq, q_block), device=device)[:, None]
     n = torch.arange(_nblocks(S, kv_block), device=device)[None, :]
     key_end = (n + 1) * kv_block  # exclusive
-    return (key_end - 1 <= m * q_block) & (key_end <= S)
+    return (key_end - 1 <= S - sq + m * q_block) & (key_end <= S)
 
 
-def ashape_blocks(S: int, init: int, local: int, q_block: int, kv_block: int, device=None) -> tuple:
+def ashape_blocks(S: int, init: int, local: int, q_block: int, kv_block: int, device=None,
+                  q_len: Optional[int] = None) -> tuple:
     """A-shape (j <= i and (j < init or i - j < local)) at FA4 block granularity -> (touched, full) bool [M,N]:
-    touched = the tile holds an allowed pair; full = every pair of the tile (inside S) is allowed."""
-    m = torch.arange(_nblocks(S, q_block), device=device)[:, None]
+    touched = the tile holds an allowed pair; full = every pair of the tile (inside S) is allowed. q_len: the query
+    rows are the last q_len of the S positions (a pre-fill chunk; default S), i absolute."""
+    sq = S if q_len is None else int(q_len)
+    m = torch.arange(_nblocks(sq, q_block), device=device)[:, None]
     n = torch.arange(_nblocks(S, kv_block), device=device)[None, :]
-    r0, r1 = m * q_block, torch.clamp((m + 1) * q_block, max=S) - 1  # first / last row
+    r0 = S - sq + m * q_block  # first / last absolute row of the block
+    r1 = torch.clamp(r0 + q_block, max=S) - 1
     c0, c1 = n * kv_block, torch.clamp((n + 1) * kv_block, max=S) - 1  # first / last key
     causal_any = c0 <= r1
     touched = causal_any & ((c0 < init) | (r0 - c1 < local))  # a sink pair, or the tile's closest pair in the window
     in_pattern = (c1 < init) | (r1 - c0 < local)  # every pair: all sinks, or the farthest pair in the window
-    full = causal_full(S, q_block, kv_block, device) & in_pattern
+    full = causal_full(S, q_block, kv_block, device, sq) & in_pattern
     return touched, full & touched
 
 
 def to_lists(touched: torch.Tensor, full: Optional[torch.Tensor], S: int, q_block: int, kv_block: int) -> FA4Lists:
-    """touched bool [B|1,H|1,M,N] (or [M,N]), full bool broadcastable to it (None: causal_full) -> FA4Lists.
+    """touched bool [B|1,H|1,M,N] (or [M,N]), full bool broadcastable to it (None: causal_full, q_len == S) -> FA4Lists.
     full tiles go to the unmasked list, the other touched tiles to the masked list; ids ascending (FA4 walks a list
     from its end and masks the sequence end only on the first tile it takes: the highest id must be last)."""
     if touched.dim() == 2:
