@@ -124,7 +124,8 @@ def _call(kind: str, q, k, v, scale: float, **kw):
 
 
 def _run(q, k, v, scale: float, window: Union[str, Tuple[int, int]]) -> torch.Tensor:
-    """FA4 dense causal or A-shape -> [B,Hq,S,D] (a transposed view of FA4's output)."""
+    """FA4 dense causal or A-shape of q [B,Hq,Sq,D] (the last Sq of k's S positions) -> [B,Hq,Sq,D] (a transposed
+    view of FA4's output)."""
     if window == DENSE:
         return _call("dense causal", q, k, v, scale, causal=True)[0]
     Sq, S = q.shape[2], k.shape[2]
