@@ -170,9 +170,9 @@ def test_reason_names_what_blocks_fa4(monkeypatch):
     assert fa4.reason(q, k) == "MINFERENCE_FA4=0"
     monkeypatch.delenv("MINFERENCE_FA4")
     assert fa4.reason(torch.zeros(1, 4, 8, 60), torch.zeros(1, 2, 8, 60)) == "head dim 60"
-    assert fa4.reason(q[:, :, :4], k) == "a pre-fill chunk (q_len < kv_len)"
-    assert fa4.reason(q[:, :, :4], k, chunk_ok=True) in (None, fa4._import_reason())
-    assert fa4.reason(q[:, :, :1], k, chunk_ok=True) == "a pre-fill chunk (q_len < kv_len)"  # decode: SDPA
+    assert fa4.reason(q[:, :, :4], k) in (None, fa4._import_reason())  # a pre-fill chunk runs
+    assert fa4.reason(q[:, :, :1], k) == "a decode step (q_len 1)"  # decode: SDPA
+    assert fa4.reason(q, k[:, :, :4]) == "q_len 8 > kv_len 4"
     assert fa4.reason(q, torch.zeros(1, 3, 8, 64)) == "q heads not a multiple of kv heads"
     fa4._import_reason.cache_clear()
     if not HAS_FA4:
@@ -205,7 +205,7 @@ def test_fa4_gpu_matches_reference(S, Hq, Hkv, D, dtype, layout):
     for q_len in [S] + ([S // 3] if S // 3 > 1 else []):  # one shot, and a pre-fill chunk (the last q_len positions)
         qc = q[:, :, S - q_len:]
         if q_len < S:
-            assert fa4.reason(qc, k, chunk_ok=True) is None
+            assert fa4.reason(qc, k) is None
         d = fa4.dense_causal(qc, k, v, D ** -0.5)
         ref_d = naive.dense_causal_ref(qc.float(), k.float(), v.float(), D ** -0.5)
         torch.testing.assert_close(d.float(), ref_d, rtol=2e-2, atol=2e-2)

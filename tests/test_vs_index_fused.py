@@ -34,11 +34,9 @@ def sets(B, H, S, nv, ns, gen, clustered=True):
 # the interpreter sorts slowly (a 2048-slot sort is ~30 s on the CI CPU): larger budgets on the GPU only,
 # one interpreted case of 1200 slashes below
 BUDGETS = ((0, 0), (1, 1), (5, 37), (37, 200)) + (((37, 700), (130, 1200), (1000, 6096)) if CUDA else ())
-
-
 # The fused builder is opt-in (MINFERENCE_FUSED_VS_INDEX=1) and its interpreted tests took ~5 of CI's minutes:
-# CI keeps one case per behaviour (both pairings, a query offset, odd lengths); the rest run with -m slow and on
-# the GPU (pytest -m "" runs everything)
+# CI keeps one case per behaviour (both pairings, a query offset, odd lengths); the SLOW_ON_CPU rest run with -m slow
+# and on the GPU (pytest -m "" runs everything)
 
 
 @pytest.mark.parametrize("pair", [pytest.param(False, marks=SLOW_ON_CPU), True])

@@ -26,7 +26,7 @@ def dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, keep: Optiona
     sq, skv = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     plain = keep is None and positions is None and (window <= 0 or window >= skv)
-    if plain and sq > 1 and fa4.reason(q, k, chunk_ok=True) is None:
+    if plain and sq > 1 and fa4.reason(q, k) is None:
         return fix(fa4.dense_causal(q, k, v, scale))  # the [hopper] extra: 1.15-1.19x cuDNN on the H200, chunks too
     if plain and sq == skv:
         return fix(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa))

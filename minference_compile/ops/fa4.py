@@ -42,10 +42,10 @@ def _import_reason() -> Optional[str]:
     return None
 
 
-def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional[str]:
-    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can). chunk_ok: the caller
-    takes a pre-fill chunk (1 < Sq < S, the last Sq positions: FA4's bottom-right causal mask, the A-shape chunk
-    mask_mod, the vertical-slash tile lists); a decode step (Sq = 1) stays on SDPA."""
+def reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
+    """Why FA4 cannot run attention of q [B,Hq,Sq,D] over k [B,Hkv,S,D] here (None: it can). A pre-fill chunk
+    (1 < Sq < S, the last Sq positions) runs: FA4's bottom-right causal mask, the A-shape chunk mask_mod and the
+    vertical-slash tile lists all take the offset; a decode step (Sq = 1) stays on SDPA."""
     if os.environ.get("MINFERENCE_FA4", "auto") == "0":
         return "MINFERENCE_FA4=0"
     if not _ALLOW_CPU:
@@ -57,8 +57,8 @@ def reason(q: torch.Tensor, k: torch.Tensor, chunk_ok: bool = False) -> Optional
             return f"dtype {q.dtype}"
     if not _head_dim_ok(q.shape[-1]):
         return f"head dim {q.shape[-1]}"
-    if q.shape[2] != k.shape[2] and not (chunk_ok and 1 < q.shape[2] < k.shape[2]):
-        return "a pre-fill chunk (q_len < kv_len)"
+    if q.shape[2] != k.shape[2] and not 1 < q.shape[2] < k.shape[2]:
+        return "a decode step (q_len 1)" if q.shape[2] == 1 else f"q_len {q.shape[2]} > kv_len {k.shape[2]}"
     if q.shape[1] % k.shape[1]:
         return "q heads not a multiple of kv heads"
     return _import_reason()
@@ -173,7 +173,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: Sequence[
 def attend_group(group, windows: Sequence[Window], out: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A pattern's heads (windows[h] None for the other patterns' heads: the group's head mask, from the host-side
     specs, so no device sync) through FA4 when it can run them; None otherwise (the caller runs Triton)."""
-    if reason(group.q, group.k, chunk_ok=True) is not None:  # chunks too: dense and A-shape masks take the offset
+    if reason(group.q, group.k) is not None:
         return None
     return attend(group.q, group.k, group.v, windows, group.scale, out)
 
@@ -185,7 +185,7 @@ def vs_reason(q: torch.Tensor, k: torch.Tensor, slash_sizes: Sequence[int] = ())
     block-sparse lost 25% to ours there in row 20), and where the slash budget (slash_sizes: the heads') is dense
     enough in the keys for 128-row tiles to pay (`VS_MIN_BAND_DENSITY`). Pre-fill chunks too (FA4's causal mask is
     bottom-right aligned, the tile lists absolute)."""
-    return _vs_rule(q.shape[-1], slash_sizes, k.shape[2]) or reason(q, k, chunk_ok=True)
+    return _vs_rule(q.shape[-1], slash_sizes, k.shape[2]) or reason(q, k)
 
 
 def vs_layer_on_fa4(specs: Sequence, q: torch.Tensor, k: torch.Tensor, qk_dtype: str = "") -> bool:
@@ -284,5 +284,5 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Dense causal attention [B,Hq,Sq,D] (Sq <= S: the last Sq positions) through FA4, stored as FA4 writes it
-    ([B,Sq,Hq,D], a transposed view; check `reason(q, k, chunk_ok=True)` first)."""
+    ([B,Sq,Hq,D], a transposed view; check `reason(q, k)` first)."""
     return _run(q, k, v, scale, DENSE)
