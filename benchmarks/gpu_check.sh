@@ -146,6 +146,22 @@ for m in $modes; do
         done
       fi
       wait; (cd /tmp/ev && tar cf "$OUT/eval-results.tar" .); for f in "$OUT"/eval-*.log; do echo "--- $f"; grep -A40 "^checks" "$f" | head -14; done ;;
+    qwen-wide)  # issue 10, session 14: the 32K search on both prompts over the WIDE candidate grid (bf16), four selections
+      # from one scoring (match seed: everything / no antidiagonal / fixed only; per head >= 0.97), the scores tarred back,
+      # then each match selection's kernels at 128K alone on the GPU (index builds timed apart)
+      W=/tmp/s32w; mkdir -p "$W" "$OUT/searchwide"
+      srch() { timeout ${2:-60} python3 -m minference_compile.cli search qwen05 --device cuda --dtype bfloat16 --prompts natural,kv --lengths 32768 --candidates wide --workdir /tmp/searchwide --out "$W/$1.json" "${@:3}" > "$OUT/searchwide/$1.log" 2>&1; tail -n 9 "$OUT/searchwide/$1.log"; }
+      srch qwen05-32kw ${SEARCH_S:-400}
+      srch qwen05-32kw-match 60 --match-seed
+      srch qwen05-32kw-match-adaptive 60 --match-seed --allow all
+      srch qwen05-32kw-match-fixed 60 --match-seed --allow fixed
+      cp "$W"/*.json "$OUT/searchwide/" 2>/dev/null; (cd /tmp && find searchwide -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/searchwide/scores.tar" -T -)
+      for c in ${WIDE_TIMED:-qwen05-32kw-match qwen05-32kw-match-adaptive}; do [ -f "$W/$c.json" ] && timeout 100 python3 -m benchmarks.searched --config "$W/$c.json" --seq 128k --index 2>&1 | tee "$OUT/searchwide/searched-$c-128k.log" | tail -4; done ;;
+    qwen-wide-eval)  # perplexity (16K, 32K) and recall (32K) of the wide selections vs dense in one eval process
+      timeout ${EVAL_S:-500} python3 -m minference_compile.cli eval qwen05 --device cuda --no-progress --quiet --out /tmp/evw \
+        --config $(ls /tmp/s32w/qwen05-32kw-match*.json | grep -v search.json | tr '\n' ',' | sed 's/,$//') \
+        --tasks ppl,recall --ppl-lengths 16k,32k --recall-lengths 32k > "$OUT/eval-wide.log" 2>&1
+      (cd /tmp/evw && tar cf "$OUT/eval-wide.tar" .); grep -B2 -A30 "^checks" "$OUT/eval-wide.log" | head -60 ;;
     searched32k)  # kernel time at 128K of the configs qwen-search selected (alone on the GPU)
       for c in ${SEARCHED32:-qwen05-32k-match}; do timeout 90 python3 -m benchmarks.searched --config "/tmp/s32cfg/$c.json" --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -4; done ;;
     fa4-gather)  # issue 12: FlashAttention-4 wheels carried in pieces (.fa4/c1, .fa4/c2, optional .fa4/c3; one per call,
@@ -189,7 +205,7 @@ for m in $modes; do
     seed-fa4)  # issue 12: the seed's VS kernel vs ours on Triton and on FA4 tiles, same sets, cuDNN in the same process (after seed-build, fa4-env)
       MINFERENCE_SEED_DIR=/tmp/seedsrc/minference-0.1.6.0 timeout ${SEED_S:-300} python3 -m benchmarks.run --shapes ${SEED_SHAPES:-llama3-8b} --lengths ${SEED_SEQ:-128k} --cases dense-cudnn,vs-1000/6096,vs-1000/6096+fa4,seed-vs-1000/6096,vs-100/800,vs-100/800+fa4,seed-vs-100/800,flex-ashape-128+4096,ashape-128+4096,ashape-128+4096+fa4 --max-minutes 4 --commit "$COMMIT" --out "$OUT" --tag seedfa4 2>&1 | grep -v "^USDT" | tail -20 ;;
     vsindex)  # issue 12 / NOTES row 24: the two-launch VS index builder: its GPU tests, then the 128K index share fused vs torch
-      timeout ${VSI_S:-200} python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_index_fused.py 2>&1 | tee "$OUT/tests_vsindex.log" | tail -4
+      timeout ${VSI_S:-200} python3 -m pytest -q -p no:cacheprovider -rf -n ${VSI_N:-0} tests/test_vs_index_fused.py 2>&1 | tee "$OUT/tests_vsindex.log" | tail -4
       for f in 1 0; do MINFERENCE_FUSED_VS_INDEX=$f timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.3 --commit "$COMMIT" --out "$OUT" --tag vsindex$f 2>&1 | grep -A4 "index-build share"; done ;;
     vsest-time)  # the fused VS estimate vs the torch one: VS rows at 128K (index share), one process each (the switch is read per call)
       for f in 1 0; do MINFERENCE_FUSED_ESTIMATE=$f timeout 90 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800,vs-1000/6096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-fused$f 2>&1 | tail -14; done ;;

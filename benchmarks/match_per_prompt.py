@@ -4,14 +4,18 @@
 each prompt's own mean at the seed's (1000, 6096), with one Lagrange multiplier per prompt (grid search), so the
 coverage ratios it prints are at equal recall prompt by prompt (benchmarks/NOTES.md, the 32K GPU search).
 
-    python -m benchmarks.match_per_prompt WORKDIR [--candidates experimental]
+    python -m benchmarks.match_per_prompt WORKDIR
+
+The candidates are the workdir's own (its candidates.json); the rows are the narrower kinds' meaning of `--allow`
+(fixed, all = fixed + adaptive without the antidiagonal estimate, everything scored).
 """
 import argparse
+import json
 import os
 
 import torch
 
-from minference_compile.search.candidates import SEED, default_candidates
+from minference_compile.search.candidates import SEED, allowed, parse
 from minference_compile.search.cli import stored_scores
 
 
@@ -21,7 +25,7 @@ def load(run_dir: str):
     return recall.double(), cost.double()
 
 
-def match(recalls, costs, allowed, targets, grid=torch.logspace(-1, 3.5, 60).tolist()):
+def match(recalls, costs, allowed, targets, grid=torch.logspace(-1, 3.5, 90).tolist()):
     """recalls/costs: per prompt [C, L, H]; allowed [C] bool -> (pick [L, H], coverage per prompt, recall per prompt)."""
     import itertools
     ok = allowed[:, None, None]
@@ -41,9 +45,8 @@ def match(recalls, costs, allowed, targets, grid=torch.logspace(-1, 3.5, 60).tol
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("workdir", help="a search --workdir (candidates.json + one folder of eval###.pt per prompt)")
-    ap.add_argument("--candidates", default="experimental", help="the kind the workdir was scored with")
     a = ap.parse_args(argv)
-    cands = default_candidates(a.candidates)
+    cands = [parse(n) for n in json.load(open(os.path.join(a.workdir, "candidates.json")))["candidates"]]
     runs = sorted(d for d in os.listdir(a.workdir) if os.path.isdir(os.path.join(a.workdir, d)))
     data = [load(os.path.join(a.workdir, r)) for r in runs]
     recalls, costs = [d[0] for d in data], [d[1] for d in data]
@@ -52,8 +55,7 @@ def main(argv=None) -> int:
     seed_cov = [float(c[s].mean()) for c in costs]
     print("seed (1000, 6096): " + ", ".join(f"{r} coverage {c:.3f} recall {t:.4f}" for r, c, t in zip(runs, seed_cov, targets)))
     for kind in ("fixed", "all", "experimental"):
-        names = {c.name for c in default_candidates(kind)}
-        got = match(recalls, costs, torch.tensor([c.name in names for c in cands]), targets)
+        got = match(recalls, costs, torch.tensor(allowed(cands, kind)), targets)
         if got is None:
             print(f"{kind:13s} no selection reaches the seed's recall on every prompt")
             continue

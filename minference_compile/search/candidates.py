@@ -53,14 +53,18 @@ SEED = Candidate("vertical_and_slash", 1000, 6096)
 SMALL = Candidate("vertical_and_slash", 100, 800)
 
 
-KINDS = ("fixed", "adaptive", "all", "experimental")
+KINDS = ("fixed", "adaptive", "all", "experimental", "wide")
 
 
 def default_candidates(kind: str = "all") -> list:
     """kind: "fixed" (dense, A-shape, vertical-slash grid, block-sparse top-k), "adaptive" (mass thresholds), "all"
     (both), or "experimental": all plus the antidiagonal block-sparse candidates. Those stay out of "all" because
-    their index build is unfused: 293 ms per layer at 128K for 14 heads on an H200, 4.4x cuDNN's dense attention of
-    the same layer (benchmarks/NOTES.md), and the search's cost model counts kernel work only, not index time."""
+    their index build costs 29 ms per layer at 128K for 14 heads on an H200 even fused, 44% of cuDNN's dense
+    attention of the same layer (benchmarks/NOTES.md row 18), and the search's cost model counts kernel work only,
+    not index time. "wide": experimental on a finer grid with higher caps and thresholds (~3x the candidates:
+    for GPU searches; the selection then has more points between the heads' needs)."""
+    if kind == "wide":
+        return _wide()
     fixed = [Candidate("dense")]
     fixed += [Candidate("stream_llm", 128, w) for w in (1024, 2048, 4096)]
     fixed += [Candidate("vertical_and_slash", v, s) for v in (100, 300, 1000) for s in (200, 800, 2048, 6096)]
@@ -71,3 +75,33 @@ def default_candidates(kind: str = "all") -> list:
     antidiag = [Candidate("block_sparse_antidiag", 128, 8, t) for t in (0.8, 0.9, 0.95, 0.98)]
     return {"fixed": fixed, "adaptive": [fixed[0]] + adaptive, "all": fixed + adaptive,
             "experimental": fixed + adaptive + antidiag}[kind]
+
+
+def _wide() -> list:
+    fixed = [Candidate("dense")]
+    fixed += [Candidate("stream_llm", 128, w) for w in (512, 1024, 2048, 4096, 8192)]
+    fixed += [Candidate("vertical_and_slash", v, s) for v in (30, 100, 300, 1000, 2000)
+              for s in (100, 200, 400, 800, 1500, 2048, 3000, 4096, 6096)]
+    fixed += [Candidate("block_sparse", t) for t in (4, 8, 16, 24, 32, 48, 64, 96, 128)]
+    gammas = (0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+    adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in gammas]
+    adaptive += [Candidate("vertical_and_slash_adaptive", 300, 2048, g) for g in (0.8, 0.9, 0.95, 0.98)]
+    adaptive += [Candidate("vertical_and_slash_adaptive", 2000, 8192, g) for g in (0.98, 0.99, 0.995)]
+    adaptive += [Candidate("block_sparse_adaptive", 128, 0, t) for t in (0.7, 0.8, 0.9, 0.95)]
+    adaptive += [Candidate("block_sparse_adaptive", 256, 0, t) for t in (0.95, 0.98, 0.99)]
+    antidiag = [Candidate("block_sparse_antidiag", 128, 8, t) for t in (0.8, 0.9, 0.95, 0.98, 0.99)]
+    antidiag += [Candidate("block_sparse_antidiag", 256, 8, t) for t in (0.95, 0.98, 0.99, 0.995)]
+    antidiag += [Candidate("block_sparse_antidiag", 512, 8, t) for t in (0.99, 0.995, 0.998)]
+    antidiag += [Candidate("block_sparse_antidiag", 256, 16, t) for t in (0.9, 0.95, 0.98, 0.99)]
+    return fixed + adaptive + antidiag
+
+
+def allowed(candidates: list, kind: str) -> list:
+    """Which of the scored candidates a selection restricted to ``kind`` may pick: "fixed" the non-adaptive ones,
+    "adaptive" dense and the mass-threshold ones without the antidiagonal estimate, "all" both, "experimental" /
+    "wide" every one (so a wide scoring can be selected from with the narrower kinds' meaning)."""
+    def ok(c: Candidate) -> bool:
+        anti = c.pattern == "block_sparse_antidiag"
+        return {"fixed": not c.adaptive, "adaptive": c.pattern == "dense" or (c.adaptive and not anti),
+                "all": not anti}.get(kind, True)
+    return [ok(c) for c in candidates]
