@@ -280,3 +280,17 @@ def test_match_per_prompt_holds_each_prompts_mean():
     pick, cov, rec = match([ra, rb], [cost, cost], torch.ones(3, dtype=torch.bool), [0.95, 0.95])
     assert pick.tolist() == [[1, 2]] and cov == pytest.approx([0.2, 0.2]) and rec[1] == pytest.approx(0.965)
     assert match([ra, rb], [cost, cost], torch.tensor([True, True, False]), [0.95, 0.95])[0].tolist() == [[1, 0]]
+
+
+def test_wide_grid_parses_and_allow_kinds_split_it():
+    from minference_compile.search.candidates import allowed
+    wide = default_candidates("wide")
+    assert len({c.name for c in wide}) == len(wide) and all(parse(c.name) == c for c in wide)
+    assert {c.name for c in default_candidates("experimental")} <= {c.name for c in wide} | {"vs(100,800)"}
+    fixed, adaptive, every = (allowed(wide, k) for k in ("fixed", "adaptive", "all"))
+    for c, f, a, e in zip(wide, fixed, adaptive, every):
+        anti = c.pattern == "block_sparse_antidiag"
+        assert f == (not c.adaptive)
+        assert a == (c.pattern == "dense" or (c.adaptive and not anti))
+        assert e == (not anti)
+    assert all(allowed(wide, "wide")) and any(c.pattern == "block_sparse_antidiag" for c in wide)
