@@ -286,7 +286,7 @@ def test_wide_grid_parses_and_allow_kinds_split_it():
     from minference_compile.search.candidates import allowed
     wide = default_candidates("wide")
     assert len({c.name for c in wide}) == len(wide) and all(parse(c.name) == c for c in wide)
-    assert {c.name for c in default_candidates("experimental")} <= {c.name for c in wide} | {"vs(100,800)"}
+    assert {c.name for c in default_candidates("experimental")} <= {c.name for c in wide}
     fixed, adaptive, every = (allowed(wide, k) for k in ("fixed", "adaptive", "all"))
     for c, f, a, e in zip(wide, fixed, adaptive, every):
         anti = c.pattern == "block_sparse_antidiag"
@@ -294,3 +294,12 @@ def test_wide_grid_parses_and_allow_kinds_split_it():
         assert a == (c.pattern == "dense" or (c.adaptive and not anti))
         assert e == (not anti)
     assert all(allowed(wide, "wide")) and any(c.pattern == "block_sparse_antidiag" for c in wide)
+
+
+@pytest.mark.parametrize("kind", ["fixed", "adaptive", "all", "experimental"])
+def test_allow_kinds_keep_their_meaning_on_the_default_grid(kind):
+    """On the default experimental scoring, allowed() picks what the kind's own list (plus dense) did before."""
+    from minference_compile.search.candidates import allowed
+    scored = default_candidates("experimental")
+    names = {c.name for c in default_candidates(kind)}
+    assert allowed(scored, kind) == [c.name in names or c.pattern == "dense" for c in scored]
