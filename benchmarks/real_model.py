@@ -103,7 +103,7 @@ class CountingBackend:
             if node.op != "call_function":
                 continue
             name = str(node.target)
-            if name.startswith("minference."):
+            if getattr(node.meta.get("minference"), "rewritten", False):  # (not minference::materialize)
                 sparse += 1
             elif "scaled_dot_product_attention" in name:
                 dense += 1

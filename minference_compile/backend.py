@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from typing import Any, Optional
 
@@ -22,9 +23,11 @@ log = logging.getLogger("minference_compile")
 
 def run_passes(gm: torch.fx.GraphModule, config: ConfigLike = None) -> list:
     """Rewrite ``gm`` in place; returns the per-SDPA-node matches."""
-    from minference_compile.passes import MInferenceSDPAPass  # lazy: keeps `import minference_compile` cheap
+    from minference_compile.passes import MaterializeRotaryTables, MInferenceSDPAPass  # lazy: cheap import
 
     matches = MInferenceSDPAPass(config)(gm.graph)
+    if os.environ.get("MINFERENCE_COMPILE_ROTARY_TABLES", "1") != "0":  # "0": off, for before/after timing
+        MaterializeRotaryTables()(gm.graph)  # after the SDPA pass, which reads the graph as Dynamo traced it
     gm.graph.lint()
     gm.recompile()
     return matches
@@ -56,9 +59,10 @@ def minference_backend(gm: torch.fx.GraphModule, example_inputs, options: Option
     kwargs.pop("mode", None)  # torch.compile(mode=...) is Inductor's business; not forwarded here
     t0 = time.perf_counter()
     matches = run_passes(gm, config)
-    from minference_compile.passes import MInferenceSDPAPass
+    from minference_compile.passes import MaterializeRotaryTables, MInferenceSDPAPass
 
-    opts.setdefault("post_grad_custom_pre_pass", _cache_key_pass(MInferenceSDPAPass(config).uuid()))
+    key = MInferenceSDPAPass(config).uuid() + MaterializeRotaryTables().uuid()
+    opts.setdefault("post_grad_custom_pre_pass", _cache_key_pass(key))
     n = sum(m.rewritten for m in matches)
     log.info("minference: graph with %d SDPA node(s): %d rewritten, %d dense; compiling with Inductor ...",
              len(matches), n, len(matches) - n)

@@ -5,6 +5,7 @@ import torch
 
 import minference_compile.ops  # noqa: F401  (registers the ops)
 import minference_compile.ops.local  # noqa: F401
+import minference_compile.ops.materialize  # noqa: F401
 import minference_compile.ops.padded  # noqa: F401
 
 mp = torch.ops.minference
@@ -57,6 +58,8 @@ def _cases():
     yield "sparse_prefill_chunk_aligned", mp.sparse_prefill, (*qkv(S=192, q_len=128), *pats, 0.125, 0, 64)
     yield "sparse_prefill_masked_chunk", mp.sparse_prefill_masked, (qc, kc, vc, torch.ones(1, 200, dtype=torch.long), None,
                                                                     *pats, 0.125, 64, 64)
+    yield "materialize", mp.materialize, (torch.randn(2, 70, 64, requires_grad=True),)
+    yield "materialize_bf16", mp.materialize, (torch.randn(1, 70, 128).to(torch.bfloat16).transpose(1, 2),)
 
 
 CASES = list(_cases())

@@ -167,14 +167,29 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
 
 
-def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False) -> torch.Tensor:
+def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False,
+                  impl: str = "auto") -> torch.Tensor:
     """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
     ascending then -1: the diagonal block (and with ``sink`` block 0 next) plus the fewest others (by mass) whose
-    total with them reaches tau, at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB)."""
+    total with them reaches tau, at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB).
+    impl: "torch" (topk + cumsum, below), "triton" (triton_kernels/block_mass_select.py: one program per row,
+    bisection instead of the sort; differs only on exact ties at the boundary), "auto" = triton on CUDA
+    (MINFERENCE_FUSED_SELECT=0 keeps torch)."""
     B, Hq, R, n = mass.shape
     dev = mass.device
     kmax, cb = _budget(topk_cap, Hq, dev)
     kmax = max(1, min(kmax, n))
+    if impl == "auto":
+        impl = "triton" if mass.is_cuda and os.environ.get("MINFERENCE_FUSED_SELECT", "1") != "0" else "torch"
+    if impl == "triton":
+        from ..triton_kernels.block_mass_select import block_mass_select, mass_select_supported
+
+        if mass_select_supported(n):
+            caps = (cb.to(torch.int32) if cb is not None else torch.full((Hq,), kmax, dtype=torch.int32, device=dev))
+            taus = _thresholds(tau, Hq, dev).contiguous()
+            return block_mass_select(mass.float(), r0, caps.contiguous(), taus, kmax, sink)
+    else:
+        assert impl == "torch", impl
     cap = cb.view(1, -1, 1, 1) if cb is not None else torch.tensor(kmax, device=dev)
     qb = torch.arange(r0, r0 + R, device=dev)
     kb = torch.arange(n, device=dev)

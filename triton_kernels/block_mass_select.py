@@ -1,0 +1,96 @@
+"""Mass-threshold row select for the adaptive block-sparse patterns (ids 5 and 6): one program per query block.
+
+Semantics of ops/adaptive.select_blocks (its torch form, the reference): keep the diagonal block (and with ``sink``
+block 0 next), then the fewest other causal blocks, heaviest first, whose mass with the kept ones reaches tau,
+at most ``cap`` in all; ascending ids then -1. Instead of a sort + cumsum per row, the kernel bisects the float
+bit pattern of the smallest kept mass v (masses are >= 0, so their bits order like their values): the largest v
+with mass(forced) + sum(m >= v) >= tau is exactly the k-th heaviest mass, and a second bisection lowers the count
+to the cap. Only an exact tie at the boundary differs from the sort (all tied blocks kept by the mass rule,
+all dropped by the cap rule: "at most cap").
+"""
+import torch
+import triton
+import triton.language as tl
+
+_INF_BITS = 0x7F800000
+_MAX_BLOCKS = 16384  # a whole row in registers (1M tokens at 64-blocks); longer rows use the torch select
+
+
+@triton.jit
+def _mass_select_kernel(M, CAP, TAU, OUT, smb, smh, smr, sob, soh, sor, Hq, R, N, R0, KMAX,
+                        SINK: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
+    pid = tl.program_id(0)
+    r = pid % R
+    bh = pid // R
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    qb = R0 + r
+    kb = tl.arange(0, NP)
+    m = tl.load(M + b * smb + h.to(tl.int64) * smh + r.to(tl.int64) * smr + kb, mask=kb < N, other=0.0)
+    m = tl.maximum(m, 0.0)  # -0.0 -> 0.0 (bit order = value order for the bisection)
+    cap = tl.minimum(tl.load(CAP + h), KMAX)
+    tau = tl.load(TAU + h)
+    diag = (kb == qb) & (cap >= 1)
+    if SINK:
+        sink_kept = (kb == 0) & (qb > 0) & (cap >= 2)
+        other = (kb < qb) & (kb > 0)
+    else:
+        sink_kept = kb < 0
+        other = kb < qb
+    forced = diag | sink_kept
+    m_forced = tl.sum(tl.where(forced, m, 0.0))
+    n_other = tl.maximum(cap - tl.sum(forced.to(tl.int32)), 0)
+    # v: the largest mass threshold whose kept mass still reaches tau (lo holds it, hi fails it)
+    lo = tl.zeros([], dtype=tl.int32)
+    hi = tl.full([], _INF_BITS, dtype=tl.int32)
+    reach_all = m_forced + tl.sum(tl.where(other, m, 0.0)) >= tau
+    for _ in range(31):
+        mid = lo + (hi - lo) // 2
+        v = mid.to(tl.float32, bitcast=True)
+        ok = m_forced + tl.sum(tl.where(other & (m >= v), m, 0.0)) >= tau
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    # forced mass alone reaches tau: no others (lo stayed at 0 only if even v = 0+ fails, i.e. reach_all false)
+    v_bits = tl.where(m_forced >= tau, _INF_BITS, tl.where(reach_all, lo, 0))
+    # cap: the smallest threshold >= v keeping at most n_other blocks
+    lo2 = v_bits
+    hi2 = tl.full([], _INF_BITS, dtype=tl.int32)
+    too_many = tl.sum((other & (m >= v_bits.to(tl.float32, bitcast=True))).to(tl.int32)) > n_other
+    for _ in range(31):
+        mid = lo2 + (hi2 - lo2) // 2
+        fits = tl.sum((other & (m >= mid.to(tl.float32, bitcast=True))).to(tl.int32)) <= n_other
+        hi2 = tl.where(fits, mid, hi2)
+        lo2 = tl.where(fits, lo2, mid)
+    w = tl.where(too_many, hi2, v_bits).to(tl.float32, bitcast=True)
+    keep = forced | (other & (m >= w))
+    keep = keep & (kb < N)
+    pos = tl.cumsum(keep.to(tl.int32), 0) - 1
+    o = OUT + b * sob + h.to(tl.int64) * soh + r.to(tl.int64) * sor
+    tl.store(o + pos, kb, mask=keep)
+    count = tl.sum(keep.to(tl.int32))
+    slot = tl.arange(0, KP)
+    tl.store(o + slot, tl.full([KP], -1, tl.int32), mask=(slot >= count) & (slot < KMAX))
+
+
+def mass_select_supported(n_blocks: int) -> bool:
+    return n_blocks <= _MAX_BLOCKS
+
+
+def block_mass_select(mass: torch.Tensor, r0: int, cap: torch.Tensor, tau: torch.Tensor, kmax: int,
+                      sink: bool = False, out: torch.Tensor = None) -> torch.Tensor:
+    """mass [B, Hq, R, NKB] fp32 (query blocks r0..r0+R-1), cap [Hq] int32, tau [Hq] fp32 -> [B, Hq, R, kmax]
+    int32 (written into ``out`` when given: any strides with a unit last one)."""
+    B, Hq, R, n = mass.shape
+    if mass.stride(-1) != 1:
+        mass = mass.contiguous()
+    if out is None:
+        out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=mass.device)
+    assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
+    if B * Hq * R == 0:
+        return out
+    np_ = max(16, triton.next_power_of_2(n))
+    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
+    _mass_select_kernel[(B * Hq * R,)](
+        mass, cap, tau, out, *mass.stride()[:3], *out.stride()[:3], Hq, R, n, r0, kmax,
+        SINK=bool(sink), NP=np_, KP=max(16, triton.next_power_of_2(kmax)), num_warps=warps)
+    return out
