@@ -58,6 +58,8 @@ METHODS = {
     "eager-sdpa": ("eager SDPA (causal; cuDNN/flash one-shot, flash prefix+square merge when chunked)", None, False),
     "compile-dense": ("torch.compile dense (Inductor)", None, False),
     "ashape": ("ours: A-shape 128 + 4096", {"default": ["stream_llm", 128, 4096]}, False),
+    "ashape-norope": ("ours: A-shape 128 + 4096, rotary tables recomputed per kernel (MINFERENCE_COMPILE_ROTARY_TABLES=0, "
+                      "the behaviour before passes/rotary_tables.py)", {"default": ["stream_llm", 128, 4096]}, False),
     "block-sparse": ("ours: block-sparse top-100", {"default": ["block_sparse", 100, 0]}, False),
     "vs-injected": ("ours: vertical-slash (1000, 6096), injected sets", {"default": ["vertical_and_slash", 1000, 6096]},
                     True),
@@ -552,7 +554,10 @@ def main(argv=None) -> int:
         a.chunk = c
         for m in methods:
             # a "-fa4" method forces the FA4 vertical-slash path (read by the op per call), restored after it
-            with mock.patch.dict(os.environ, {"MINFERENCE_FA4_VS": "1"} if m.endswith("-fa4") else {}):
+            env = {"MINFERENCE_FA4_VS": "1"} if m.endswith("-fa4") else {}
+            if m.endswith("-norope"):
+                env["MINFERENCE_COMPILE_ROTARY_TABLES"] = "0"
+            with mock.patch.dict(os.environ, env):
                 run_method(a, m, lengths, a.shape, dev, dtype, clock, rows, meta, base, t0)
     for S in lengths:
         for c in chunks:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 
 import torch
 
@@ -74,6 +75,16 @@ def layer_sets(budgets: list, S: int, layer: int, device) -> dict:
     return sets
 
 
+def _torch_select(fn):
+    def run():
+        os.environ["MINFERENCE_FUSED_SELECT"] = "0"  # read per call by ops/adaptive.select_blocks
+        try:
+            return fn()
+        finally:
+            os.environ.pop("MINFERENCE_FUSED_SELECT")
+    return run
+
+
 def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
     """Index build per layer (estimate / scores + conversion), as a share of cuDNN's layer time."""
     from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
@@ -100,6 +111,13 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
         "  antidiag stride 16 fused mass only (64x64 tiles)": lambda: antidiag_block_mass_fused(q, k, 16),
         "BS antidiag cap 128 stride 8 tau .9 index, torch (unfused)": lambda: antidiag_block_sparse_index(
             q, k, [128] * H, [0.9] * H, 8, impl="torch"),
+        "BS antidiag cap 128 stride 16 tau .9 index": lambda: antidiag_block_sparse_index(
+            q, k, [128] * H, [0.9] * H, 16, impl="triton"),
+        # the same builds with the torch select (topk + cumsum) instead of the fused one (block_mass_select.py)
+        "BS adaptive cap 128 tau .9 index, torch select": _torch_select(
+            lambda: adaptive_block_sparse_index(q, k, [128] * H, [0.9] * H)),
+        "BS antidiag cap 128 stride 8 tau .9 index, torch select": _torch_select(
+            lambda: antidiag_block_sparse_index(q, k, [128] * H, [0.9] * H, 8, impl="triton")),
     }
     for name, fn in builds.items():
         ms = bench_ms(fn)[0]
