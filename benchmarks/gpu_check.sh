@@ -166,13 +166,14 @@ for m in $modes; do
       for c in ${SEARCHED32:-qwen05-32k-match}; do timeout 90 python3 -m benchmarks.searched --config "/tmp/s32cfg/$c.json" --seq 128k --index 2>&1 | tee "$OUT/searched-$c-128k.log" | tail -4; done ;;
     fa4-gather)  # issue 12: FlashAttention-4 wheels carried in pieces (.fa4/c1, .fa4/c2, optional .fa4/c3; one per call,
       # benchmarks/fa4_carry.md) are gathered in /tmp/fa4pieces while the machine is warm
-      mkdir -p /tmp/fa4pieces; for d in .fa4/c1 .fa4/c2 .fa4/c3; do [ -d "$d" ] && cp "$d"/* /tmp/fa4pieces/; done
+      # (or .fa4/d1-d3: the cu13 wheel in three 40 MB parts, when the tree is too large for 51 MB pieces)
+      mkdir -p /tmp/fa4pieces; for d in .fa4/c1 .fa4/c2 .fa4/c3 .fa4/d1 .fa4/d2 .fa4/d3; do [ -d "$d" ] && cp "$d"/* /tmp/fa4pieces/; done
       ls -l /tmp/fa4pieces ;;
     fa4-install)  # join the split cu13 wheel, sha-check every wheel, install offline into /tmp/fa4 (--target, no deps)
       SUMS=$PWD/benchmarks/fa4_wheels.sha256; OPT=$PWD/benchmarks/fa4_wheels_opt.sha256
       ( cd /tmp/fa4pieces 2>/dev/null || { echo "fa4-install: no /tmp/fa4pieces (run fa4-gather with .fa4/c1, then .fa4/c2)"; exit 1; }
         [ -f cu13.whl.part0 ] && [ -f cu13.whl.part1 ] || { echo "fa4-install: missing cu13.whl.part0/part1: $(ls)"; exit 1; }
-        cat cu13.whl.part0 cu13.whl.part1 > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
+        cat $(ls cu13.whl.part* | sort) > nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl
         grep -v '^#' "$SUMS" | sha256sum -c - || { echo "fa4-install: sha256 mismatch"; exit 1; }
         python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/fa4 $(grep -v '^#' "$SUMS" | awk '{print $2}') || exit 1
         # dependencies the image normally has (the earlier H200 install needed none): from .fa4/c3 only where missing
