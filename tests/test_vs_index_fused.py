@@ -33,7 +33,10 @@ def sets(B, H, S, nv, ns, gen, clustered=True):
 
 # the interpreter sorts slowly (a 2048-slot sort is ~30 s on the CI CPU): larger budgets on the GPU only,
 # one interpreted case of 1200 slashes below
-BUDGETS = ((0, 0), (1, 1), (5, 37), (37, 200)) + (((37, 700), (130, 1200), (1000, 6096)) if CUDA else ())
+# (the budgets the CUDA default routes here: <= 1024 slashes and columns; larger ones only when forced, tested
+# in the *_large_* tests, whose compiles take minutes on the GPU)
+BUDGETS = ((0, 0), (1, 1), (5, 37), (37, 200)) + (((37, 700), (100, 800), (1000, 1024)) if CUDA else ())
+LARGE_BUDGETS = ((130, 1200), (1000, 6096))
 # The fused builder is opt-in (MINFERENCE_FUSED_VS_INDEX=1) and its interpreted tests took ~5 of CI's minutes:
 # CI keeps one case per behaviour (both pairings, a query offset, odd lengths); the SLOW_ON_CPU rest run with -m slow
 # and on the GPU (pytest -m "" runs everything)
@@ -69,6 +72,17 @@ def test_fused_index_equals_torch_builder(S, q_len, pair):
         want = build_vertical_slash_index(v, s, S, 64, pair=pair, q_len=q_len)
         got = build_vertical_slash_index_fused(v, s, S, 64, pair=pair, q_len=q_len)
         assert_same(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="compiled only: the interpreter sorts 8192 slots for minutes")
+@pytest.mark.parametrize("S,q_len,pair", [(1000, None, False), (131072, 65536, True)])
+def test_fused_index_equals_torch_builder_large_budgets(S, q_len, pair):
+    gen = torch.Generator().manual_seed(S + pair)
+    for nv, ns in LARGE_BUDGETS:
+        v, s = sets(2, 3, S, nv, ns, gen)
+        assert_same(build_vertical_slash_index_fused(v, s, S, 64, pair=pair, q_len=q_len),
+                    build_vertical_slash_index(v, s, S, 64, pair=pair, q_len=q_len))
 
 
 @pytest.mark.parametrize("pair", [False, pytest.param(True, marks=SLOW_ON_CPU)])
@@ -120,9 +134,15 @@ def test_builder_dispatch(monkeypatch):
     import minference_compile.triton_kernels.vertical_slash_index_fused as fused
     calls = []
     monkeypatch.setattr(fused, "build_vertical_slash_index_fused", lambda *a, **k: calls.append(1) or want)
-    monkeypatch.setenv("MINFERENCE_FUSED_VS_INDEX", "1")
+    monkeypatch.delenv("MINFERENCE_FUSED_VS_INDEX", raising=False)
     build_vertical_slash_index(v, s, 300)
-    assert len(calls) == (1 if CUDA else 0)  # auto: CUDA tensors only, and only when switched on
+    assert len(calls) == (1 if CUDA else 0)  # auto: CUDA tensors only, small budgets by default
+    v2, s2 = sets(1, 1, 300, 7, 1025, gen)
+    build_vertical_slash_index(v2, s2, 300)
+    assert len(calls) == (1 if CUDA else 0)  # over 1024 slashes: torch unless forced
+    monkeypatch.setenv("MINFERENCE_FUSED_VS_INDEX", "1")
+    build_vertical_slash_index(v2, s2, 300)
+    assert len(calls) == (2 if CUDA else 0)
     monkeypatch.setenv("MINFERENCE_FUSED_VS_INDEX", "0")
     build_vertical_slash_index(v, s, 300)
-    assert len(calls) == (1 if CUDA else 0)
+    assert len(calls) == (2 if CUDA else 0)

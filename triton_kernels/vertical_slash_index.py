@@ -1,5 +1,5 @@
 """Vertical-slash index builder (docs/DESIGN.md "Vertical-slash index layout"): vectorised torch, no host sync; or
-the same index in two Triton launches (vertical_slash_index_fused.py, opt-in on CUDA with MINFERENCE_FUSED_VS_INDEX=1
+the same index in two Triton launches (vertical_slash_index_fused.py, the CUDA default up to 1024 slashes / columns; MINFERENCE_FUSED_VS_INDEX=1
 until it has been timed on a GPU)."""
 import os
 from typing import NamedTuple, Optional
@@ -93,16 +93,19 @@ def build_vertical_slash_index(vertical: torch.Tensor, slash: torch.Tensor, seq_
     (a superset of the block-rounded keys; interior tiles need no mask); tile_* lists have 2 NS slots, the
     column check uses tile_prefix instead of slash_prefix (docs/DESIGN.md "Vertical-slash, aligned").
     impl: "torch" (this function's ~112 launches), "triton" (two launches, the same index bit for bit; not for
-    aligned or over 8192 slashes / 4096 columns), "auto" = triton on CUDA when MINFERENCE_FUSED_VS_INDEX=1.
+    aligned or over 8192 slashes / 4096 columns), "auto" = triton on CUDA up to 1024 slashes and 1024 columns
+    (MINFERENCE_FUSED_VS_INDEX=1: up to the triton limits, 0: never).
     """
     if impl not in ("auto", "torch", "triton"):
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     if impl != "torch":
-        from .vertical_slash_index_fused import build_vertical_slash_index_fused, fused_supported
+        from .vertical_slash_index_fused import build_vertical_slash_index_fused, fused_by_default, fused_supported
         ok = fused_supported(slash, vertical, aligned)
         if impl == "triton" and not ok:
             raise ValueError("the fused builder takes aligned=False, <= 8192 slashes and <= 4096 columns")
-        if ok and (impl == "triton" or (slash.is_cuda and os.environ.get("MINFERENCE_FUSED_VS_INDEX") == "1")):
+        env = os.environ.get("MINFERENCE_FUSED_VS_INDEX", "")
+        auto = slash.is_cuda and (env == "1" or (env != "0" and fused_by_default(slash, vertical, aligned)))
+        if ok and (impl == "triton" or auto):
             return build_vertical_slash_index_fused(vertical, slash, seq_len, block, pair, q_len)
     B, H = slash.shape[:2]
     dev = slash.device

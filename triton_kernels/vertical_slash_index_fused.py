@@ -17,6 +17,11 @@ from .vertical_slash_index import INT32_MAX, VSIndex, _TILE_PAD, index_shapes
 
 MAX_SLASH = 8192
 MAX_VERTICAL = 4096
+# the default ("auto" on CUDA) takes the fused builder up to these budgets: where the index share matters (small
+# budgets: 8.0% vs 10.6% of a (100, 800) layer at 128K on the H200, NOTES row 24) and the JIT compile of a variant
+# is seconds; beyond them the variants compile for minutes (MINFERENCE_FUSED_VS_INDEX=1 still forces them)
+AUTO_MAX_SLASH = 1024
+AUTO_MAX_VERTICAL = 1024
 _BIG_C = tl.constexpr(2**30)  # above any offset, below int32 overflow in differences
 _IMAX_C = tl.constexpr(INT32_MAX)
 _TILE_PAD_C = tl.constexpr(_TILE_PAD)
@@ -144,6 +149,10 @@ def _slash_prefix_kernel(SCR, NVALID, PREF, S, NSP: tl.constexpr, XCH: tl.conste
 
 def fused_supported(slash: torch.Tensor, vertical: torch.Tensor, aligned: bool) -> bool:
     return not aligned and slash.shape[-1] <= MAX_SLASH and vertical.shape[-1] <= MAX_VERTICAL
+
+
+def fused_by_default(slash: torch.Tensor, vertical: torch.Tensor, aligned: bool) -> bool:
+    return not aligned and slash.shape[-1] <= AUTO_MAX_SLASH and vertical.shape[-1] <= AUTO_MAX_VERTICAL
 
 
 def build_vertical_slash_index_fused(vertical: torch.Tensor, slash: torch.Tensor, seq_len: int, block: int = 64,
