@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-_INF_BITS = 0x7F800000
+_INF_BITS = tl.constexpr(0x7F800000)
 _MAX_BLOCKS = 16384  # a whole row in registers (1M tokens at 64-blocks); longer rows use the torch select
 
 

@@ -292,7 +292,14 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
         impl = "triton" if q.is_cuda and os.environ.get("MINFERENCE_FUSED_ANTIDIAG", "1") != "0" else "torch"
     if impl == "triton":
         from ..triton_kernels.antidiag_mass import antidiag_block_mass_fused  # CPU users never build the kernel
-        chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))  # mass + topk/sort temporaries
+        from ..triton_kernels.block_mass_select import mass_select_supported
+        # the fused select (CUDA default) has no temporaries: chunks of up to 4 x _SCORE_BYTES of mass (one launch
+        # at 128K for up to 32 heads; small chunks leave the heavy-first mass kernel a ragged tail per launch). The
+        # torch select: mass + topk/sort temporaries within _SCORE_BYTES
+        fused_select = (q.is_cuda and os.environ.get("MINFERENCE_FUSED_SELECT", "1") != "0"
+                        and mass_select_supported(n))
+        chunk = max(1, min(n, (4 * _SCORE_BYTES if fused_select else _SCORE_BYTES) // max(1, 4 * B * Hq * n
+                                                                                            * (1 if fused_select else 4))))
         for r0 in range(0, n, chunk):
             r1 = min(n, r0 + chunk)
             mass = antidiag_block_mass_fused(q, k, stride, r0, r1, block)
