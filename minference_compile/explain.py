@@ -28,6 +28,12 @@ class ExplainReport:
     def rewritten(self) -> int:
         return sum(r.rewritten for r in self.rows)
 
+    @property
+    def pinned(self) -> int:
+        """cos/sin values the rotary-tables pass pinned (passes/rotary_tables.py: computed once per forward)."""
+        return sum(n.op == "call_function" and n.target is torch.ops.minference.materialize.default
+                   for gm in self.graphs for n in gm.graph.nodes)
+
     def at(self, row) -> str:
         return row.at_length(self.length, self.device or None)
 
@@ -48,6 +54,9 @@ class ExplainReport:
         widths = [max(len(str(l[i])) for l in lines) for i in range(len(head) - 1)]
         out = ["  ".join(str(c).ljust(w) for c, w in zip(l[:-1], widths)) + "  " + l[-1] for l in lines]
         out.append(f"{self.rewritten}/{len(self.rows)} SDPA nodes rewritten in {len(self.graphs)} graph(s)")
+        if self.pinned:
+            out.append(f"{self.pinned} rotary cos/sin value(s) pinned: computed once per forward, not in each "
+                       "layer's RoPE kernel")
         return "\n".join(out)
 
     __repr__ = __str__

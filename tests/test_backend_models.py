@@ -109,6 +109,7 @@ def test_explain_report():
     form = "is_causal" if Version(transformers.__version__) >= Version("5.24") else "causal mask"  # 5.17: a mask
     assert report.rewritten == 2 and len(report.rows) == 2 and f"sparse: {form}" in text, text
     assert "minference.sparse_prefill" in report.graphs[0].code
+    assert report.pinned == 2 and "2 rotary cos/sin value(s) pinned" in text  # passes/rotary_tables.py
 
 
 def test_backend_registered_by_name():
