@@ -10,7 +10,7 @@ import torch
 import transformers
 from torch._inductor.utils import run_and_get_code
 
-from minference_compile import backend as backend_mod
+from minference_compile import explain
 from minference_compile.backend import make_backend
 from minference_compile.passes import MaterializeRotaryTables
 
@@ -27,27 +27,11 @@ def qwen2():
     return transformers.Qwen2ForCausalLM(cfg).eval()
 
 
-@pytest.fixture
-def graphs(monkeypatch):
-    seen = []
-    real = backend_mod.run_passes
-
-    def spy(gm, cfg=None):
-        out = real(gm, cfg)
-        seen.append(gm)
-        return out
-
-    monkeypatch.setattr(backend_mod, "run_passes", spy)
-    torch._dynamo.reset()
-    yield seen
-    torch._dynamo.reset()
-
-
-def test_pass_pins_cos_and_sin_once_with_every_layer_reading_the_pin(graphs):
+def test_pass_pins_cos_and_sin_once_with_every_layer_reading_the_pin():
     ids = torch.randint(1, 128, (1, 70), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        torch.compile(qwen2(), backend=make_backend(COVER))(ids, use_cache=False)
-    (gm,) = graphs
+    report = explain(qwen2(), ids, use_cache=False, config=COVER)  # the backend's passes on the Dynamo graph
+    (gm,) = report.graphs
+    assert report.pinned == 2
     pins = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is PIN]
     assert len(pins) == 2  # cos and sin
     for p in pins:
