@@ -167,6 +167,39 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
 
 
+class _RowSelect:
+    """select_blocks for every chunk of one index build: on the fused path the caps and thresholds reach the device
+    once (not per chunk: host time, where the chunks' GPU work is short) and the kernel writes each chunk's ids
+    straight into the output."""
+
+    def __init__(self, topk_cap, tau: Threshold, hq: int, n: int, dev, sink: bool, impl: str = "auto"):
+        if impl not in ("auto", "torch", "triton"):
+            raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
+        if impl == "auto":
+            impl = "triton" if torch.device(dev).type == "cuda" and os.environ.get("MINFERENCE_FUSED_SELECT",
+                                                                                   "1") != "0" else "torch"
+        self.fused = False
+        if impl == "triton":  # (CPU users of the torch path never import the kernel)
+            from ..triton_kernels.block_mass_select import mass_select_supported
+
+            self.fused = mass_select_supported(n)
+        self.topk_cap, self.tau, self.sink = topk_cap, tau, sink
+        if self.fused:
+            kmax, cb = _budget(topk_cap, hq, dev)
+            self.kmax = max(1, min(kmax, n))
+            self.caps = (cb.to(torch.int32).contiguous() if cb is not None
+                         else torch.full((hq,), self.kmax, dtype=torch.int32, device=dev))
+            self.taus = _thresholds(tau, hq, dev).contiguous()
+
+    def __call__(self, mass: torch.Tensor, r0: int, out: torch.Tensor = None) -> torch.Tensor:
+        if not self.fused:
+            ids = select_blocks(mass, r0, self.topk_cap, self.tau, self.sink, impl="torch")
+            return ids if out is None else out.copy_(ids)
+        from ..triton_kernels.block_mass_select import block_mass_select
+
+        return block_mass_select(mass.float(), r0, self.caps, self.taus, self.kmax, self.sink, out=out)
+
+
 def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False,
                   impl: str = "auto") -> torch.Tensor:
     """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
@@ -177,19 +210,11 @@ def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: b
     (MINFERENCE_FUSED_SELECT=0 keeps torch)."""
     B, Hq, R, n = mass.shape
     dev = mass.device
+    rows = _RowSelect(topk_cap, tau, Hq, n, dev, sink, impl)
+    if rows.fused:
+        return rows(mass, r0)
     kmax, cb = _budget(topk_cap, Hq, dev)
     kmax = max(1, min(kmax, n))
-    if impl == "auto":
-        impl = "triton" if mass.is_cuda and os.environ.get("MINFERENCE_FUSED_SELECT", "1") != "0" else "torch"
-    if impl == "triton":
-        from ..triton_kernels.block_mass_select import block_mass_select, mass_select_supported
-
-        if mass_select_supported(n):
-            caps = (cb.to(torch.int32) if cb is not None else torch.full((Hq,), kmax, dtype=torch.int32, device=dev))
-            taus = _thresholds(tau, Hq, dev).contiguous()
-            return block_mass_select(mass.float(), r0, caps.contiguous(), taus, kmax, sink)
-    else:
-        assert impl == "torch", impl
     cap = cb.view(1, -1, 1, 1) if cb is not None else torch.tensor(kmax, device=dev)
     qb = torch.arange(r0, r0 + R, device=dev)
     kb = torch.arange(n, device=dev)
@@ -217,10 +242,11 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     n = -(-S // block)
     kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
     out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
-        out[:, :, r0:r1] = select_blocks(block_mass(q, k, r0, r1, block), r0, topk_cap, tau)
+        rows(block_mass(q, k, r0, r1, block), r0, out[:, :, r0:r1])
     return out
 
 
@@ -292,26 +318,23 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
         impl = "triton" if q.is_cuda and os.environ.get("MINFERENCE_FUSED_ANTIDIAG", "1") != "0" else "torch"
     if impl == "triton":
         from ..triton_kernels.antidiag_mass import antidiag_block_mass_fused  # CPU users never build the kernel
-        from ..triton_kernels.block_mass_select import mass_select_supported
+        rows = _RowSelect(topk_cap, tau, Hq, n, q.device, sink)
         # the fused select (CUDA default) has no temporaries: chunks of up to 4 x _SCORE_BYTES of mass (one launch
         # at 128K for up to 32 heads; small chunks leave the heavy-first mass kernel a ragged tail per launch). The
         # torch select: mass + topk/sort temporaries within _SCORE_BYTES
-        fused_select = (q.is_cuda and os.environ.get("MINFERENCE_FUSED_SELECT", "1") != "0"
-                        and mass_select_supported(n))
-        chunk = max(1, min(n, (4 * _SCORE_BYTES if fused_select else _SCORE_BYTES) // max(1, 4 * B * Hq * n
-                                                                                            * (1 if fused_select else 4))))
+        row_bytes = 4 * B * Hq * n * (1 if rows.fused else 4)
+        chunk = max(1, min(n, (4 * _SCORE_BYTES if rows.fused else _SCORE_BYTES) // max(1, row_bytes)))
         for r0 in range(0, n, chunk):
             r1 = min(n, r0 + chunk)
-            mass = antidiag_block_mass_fused(q, k, stride, r0, r1, block)
-            out[:, :, r0:r1] = select_blocks(mass, r0, topk_cap, tau, sink)
+            rows(antidiag_block_mass_fused(q, k, stride, r0, r1, block), r0, out[:, :, r0:r1])
         return out
     assert impl == "torch", impl
     qs, ks = strided_queries(q, stride), strided_keys(k, stride)
     ns = ks.shape[2]
     per = block // stride
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * per * ns * 2)))  # logits + probabilities
+    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, sink)
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
-        mass = antidiag_block_mass(qs, ks, S, r0, r1, stride, block)
-        out[:, :, r0:r1] = select_blocks(mass, r0, topk_cap, tau, sink)
+        rows(antidiag_block_mass(qs, ks, S, r0, r1, stride, block), r0, out[:, :, r0:r1])
     return out
