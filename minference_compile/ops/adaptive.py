@@ -159,12 +159,14 @@ def block_mass_from_means(qm: torch.Tensor, km: torch.Tensor, S: int, r0: int = 
     """block_mass from block means: qm [B, Hq, R, D] (query blocks r0..r0+R-1), km [B, Hkv, NKB, D] fp32."""
     B, Hq, R, D = qm.shape
     Hkv, n = km.shape[1], km.shape[2]
-    logit = (qm.view(B, Hkv, Hq // Hkv, R, D) @ km.unsqueeze(2).transpose(-1, -2)).view(B, Hq, R, n) / math.sqrt(D)
+    logit = (qm.view(B, Hkv, Hq // Hkv, R, D) @ km.unsqueeze(2).transpose(-1, -2)).view(B, Hq, R, n)
     # keys per block: `block`, the last one S - (n - 1) * block (a where, not a setitem: that is a host sync on CUDA)
     size = torch.where(torch.arange(n, device=qm.device) == n - 1, float(S - (n - 1) * block), float(block))
     kb = torch.arange(n, device=qm.device)
     qb = torch.arange(r0, r0 + R, device=qm.device)[:, None]
-    return torch.softmax((logit + size.log()).masked_fill(kb > qb, float("-inf")), -1)
+    # in place on the fresh product: one [R, NKB] temporary besides the result (chunks of the index build)
+    logit.mul_(1.0 / math.sqrt(D)).add_(size.log()).masked_fill_(kb > qb, float("-inf"))
+    return torch.softmax(logit, -1)
 
 
 class _RowSelect:
