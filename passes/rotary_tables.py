@@ -62,7 +62,7 @@ class MaterializeRotaryTables:
 
     def __call__(self, graph: fx.Graph) -> int:
         target = torch.ops.minference.materialize.default
-        done = set()
+        pinned_count = 0
         for node in list(graph.nodes):
             if not _is_trig(node):
                 continue
@@ -72,8 +72,8 @@ class MaterializeRotaryTables:
                 if not _is_chain_step(user, end):
                     break
                 end = user
-            if end in done or any(u.op == "call_function" and u.target is target for u in end.users):
-                continue
+            if any(u.op == "call_function" and u.target is target for u in end.users):
+                continue  # pinned already (sin and cos of one chain, or a second run)
             if not end.users or any(u.op == "output" for u in end.users):
                 continue  # a graph output is realised anyway
             with graph.inserting_after(end):
@@ -81,8 +81,8 @@ class MaterializeRotaryTables:
             end.replace_all_uses_with(pinned, delete_user_cb=lambda u: u is not pinned)
             pinned.meta.update({k: v for k, v in end.meta.items() if k in ("val", "example_value", "stack_trace",
                                                                              "nn_module_stack", "source_fn_stack")})
-            done.add(end)
-        if done:
+            pinned_count += 1
+        if pinned_count:
             log.info("minference: rotary tables: %d cos/sin value(s) computed once per forward (were recomputed "
-                     "in every consumer kernel)", len(done))
-        return len(done)
+                     "in every consumer kernel)", pinned_count)
+        return pinned_count

@@ -186,16 +186,16 @@ class _RowSelect:
 
             self.fused = mass_select_supported(n)
         self.topk_cap, self.tau, self.sink = topk_cap, tau, sink
+        kmax, cb = _budget(topk_cap, hq, dev)
+        self.kmax = max(1, min(kmax, n))  # the id slots per row
         if self.fused:
-            kmax, cb = _budget(topk_cap, hq, dev)
-            self.kmax = max(1, min(kmax, n))
             self.caps = (cb.to(torch.int32).contiguous() if cb is not None
                          else torch.full((hq,), self.kmax, dtype=torch.int32, device=dev))
             self.taus = _thresholds(tau, hq, dev).contiguous()
 
     def __call__(self, mass: torch.Tensor, r0: int, out: torch.Tensor = None) -> torch.Tensor:
         if not self.fused:
-            ids = select_blocks(mass, r0, self.topk_cap, self.tau, self.sink, impl="torch")
+            ids = _select_blocks_torch(mass, r0, self.topk_cap, self.tau, self.sink)
             return ids if out is None else out.copy_(ids)
         from ..triton_kernels.block_mass_select import block_mass_select
 
@@ -207,14 +207,15 @@ def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: b
     """mass [B, Hq, R, NKB] (block_mass of query blocks r0..r0+R-1) -> [B, Hq, R, Kmax] int32 key-block ids,
     ascending then -1: the diagonal block (and with ``sink`` block 0 next) plus the fewest others (by mass) whose
     total with them reaches tau, at most min(cap, qb + 1). Kmax = clamp(max cap, 1, NKB).
-    impl: "torch" (topk + cumsum, below), "triton" (triton_kernels/block_mass_select.py: one program per row,
+    impl: "torch" (topk + cumsum: _select_blocks_torch), "triton" (triton_kernels/block_mass_select.py: one program per row,
     bisection instead of the sort; differs only on exact ties at the boundary), "auto" = triton on CUDA
     (MINFERENCE_FUSED_SELECT=0 keeps torch)."""
+    return _RowSelect(topk_cap, tau, mass.shape[1], mass.shape[3], mass.device, sink, impl)(mass, r0)
+
+
+def _select_blocks_torch(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool) -> torch.Tensor:
     B, Hq, R, n = mass.shape
     dev = mass.device
-    rows = _RowSelect(topk_cap, tau, Hq, n, dev, sink, impl)
-    if rows.fused:
-        return rows(mass, r0)
     kmax, cb = _budget(topk_cap, Hq, dev)
     kmax = max(1, min(kmax, n))
     cap = cb.view(1, -1, 1, 1) if cb is not None else torch.tensor(kmax, device=dev)
@@ -242,9 +243,8 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     blocks so the score matrix stays under block_sparse_index's byte budget."""
     B, Hq, S, _ = q.shape
     n = -(-S // block)
-    kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
-    out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
     rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
+    out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
@@ -314,13 +314,12 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     sink = ANTIDIAG_SINK if sink is None else sink
     B, Hq, S, _ = q.shape
     n = -(-S // block)
-    kmax = max(1, min(_budget(topk_cap, Hq, q.device)[0], n))
-    out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=q.device)
+    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, sink)
+    out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
     if impl == "auto":  # GPU-tested and 10x the torch build's speed on the H200 (NOTES row 18)
         impl = "triton" if q.is_cuda and os.environ.get("MINFERENCE_FUSED_ANTIDIAG", "1") != "0" else "torch"
     if impl == "triton":
         from ..triton_kernels.antidiag_mass import antidiag_block_mass_fused  # CPU users never build the kernel
-        rows = _RowSelect(topk_cap, tau, Hq, n, q.device, sink)
         # the fused select (CUDA default) has no temporaries: chunks of up to 4 x _SCORE_BYTES of mass (one launch
         # at 128K for up to 32 heads; small chunks leave the heavy-first mass kernel a ragged tail per launch). The
         # torch select: mass + topk/sort temporaries within _SCORE_BYTES
@@ -335,7 +334,6 @@ def antidiag_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     ns = ks.shape[2]
     per = block // stride
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * per * ns * 2)))  # logits + probabilities
-    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, sink)
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         rows(antidiag_block_mass(qs, ks, S, r0, r1, stride, block), r0, out[:, :, r0:r1])
