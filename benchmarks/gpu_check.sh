@@ -117,6 +117,13 @@ for m in $modes; do
       ( cd /tmp/seedsrc/minference-0.1.6.0 && TORCH_CUDA_ARCH_LIST=9.0 timeout 400 python3 setup.py build_ext --inplace > /tmp/seedsrc/build.log 2>&1; tail -3 /tmp/seedsrc/build.log; ls minference/*.so ) ;;
     seed-peer)  # issue 12: the seed's VS kernel vs ours on the same generated sets, cuDNN in the same process, 128K llama3-8b (after seed-build)
       MINFERENCE_SEED_DIR=/tmp/seedsrc/minference-0.1.6.0 timeout ${SEED_S:-300} python3 -m benchmarks.run --shapes ${SEED_SHAPES:-llama3-8b} --lengths ${SEED_SEQ:-128k} --cases dense-cudnn,vs-1000/6096,seed-vs-1000/6096,vs-100/800,seed-vs-100/800 --max-minutes 4 --commit "$COMMIT" --out "$OUT" --tag seed 2>&1 | tail -20 ;;
+    s16idx)  # session 16: GPU tests of the adaptive select changes, the adaptive / VS index builds timed with kernel tables
+      N=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")
+      timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider $N -rf tests/test_block_mass_select.py tests/test_antidiag_kernel.py tests/test_adaptive.py tests/test_antidiag.py tests/test_vs_index_fused.py -k "not large" 2>&1 | tee "$OUT/tests_adaptive_s16.log" | tail -6
+      timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/qwen05.json --seq 128k --index --kernels 2>&1 | tee "$OUT/searched-qwen05-index.log" | tail -45
+      timeout 90 python3 -m benchmarks.vs_index_profile --cuda 2>&1 | tee "$OUT/vs_index_stages.log" ;;
+    vsidx-large)  # the fused VS index builder at its opt-in large budgets (minutes of JIT)
+      timeout ${LARGE_S:-400} python3 -m pytest -v -m "" -p no:cacheprovider tests/test_vs_index_fused.py -k large 2>&1 | tee "$OUT/tests_vsindex_large.log" | tail -8 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
       timeout 560 python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 512k,1m --chunk 65536 --generate 16 --methods block-sparse --max-minutes 7 --commit "$COMMIT" --out "$OUT" --tag bs 2>&1 | tail -20 ;;
     e2e-512k-dense)  # dense chunked pre-fill at 512K on 2 of 28 layers (scaled by depth)

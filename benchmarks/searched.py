@@ -85,7 +85,7 @@ def _torch_select(fn):
     return run
 
 
-def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
+def index_times(q, k, S: int, D: int, dense_ms: float, kernels: bool = False) -> None:
     """Index build per layer (estimate / scores + conversion), as a share of cuDNN's layer time."""
     from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
                                                  antidiag_block_sparse_index)
@@ -122,6 +122,12 @@ def index_times(q, k, S: int, D: int, dense_ms: float) -> None:
     for name, fn in builds.items():
         ms = bench_ms(fn)[0]
         print(f"#   {name:48s} {ms:8.3f} ms = {100 * ms / dense_ms:5.2f}% of cuDNN")
+    if kernels:  # where the adaptive builds' time goes: GPU time per kernel vs wall time per call
+        from .vs_index_profile import kernel_table
+        for name in ("BS adaptive cap 128 tau .9 index", "VS adaptive caps (1000,6096) gamma .9 + index",
+                     "BS antidiag cap 128 stride 8 tau .9 index"):
+            print(f"# kernels of {name}:")
+            kernel_table(builds[name])
 
 
 def main(argv=None) -> None:
@@ -139,6 +145,7 @@ def main(argv=None) -> None:
     ap.add_argument("--layers", default=None, help="comma list (default: all layers of the config)")
     ap.add_argument("--dry", action="store_true", help="CPU: build the sets, print coverage, no timing")
     ap.add_argument("--index", action="store_true", help="also time the index builds (fixed and adaptive)")
+    ap.add_argument("--kernels", action="store_true", help="with --index: GPU time per kernel of the adaptive builds")
     a = ap.parse_args(argv)
     S = parse_length(a.seq)
     Hq, Hkv, D = SHAPES[a.shape]
@@ -160,7 +167,7 @@ def main(argv=None) -> None:
         dense_ms = dense_causal_ms(q, k, v)
         print(f"# {torch.cuda.get_device_name()} {a.shape} S={S}: cuDNN {dense_ms:.3f} ms per layer")
         if a.index:
-            index_times(q, k, S, D, dense_ms)
+            index_times(q, k, S, D, dense_ms, kernels=a.kernels)
     tot_sparse = tot_dense = 0.0
     covs = []
     print("layer  coverage  kernels_ms  speedup  heads(vs/bs/ashape/dense)")

@@ -82,7 +82,30 @@ def time_stages(a) -> int:
                                                                 a.S, **kw))[0] for f in (False, True)}
         print(f"{nv}/{ns}: top-k pair {t_topk:.3f}  builder {t_build:.3f}  index build torch {whole[False]:.3f}"
               f"  fused {whole[True]:.3f}")
+        kernel_table(lambda: build_vertical_slash_index(*estimate_vertical_slash(q, k, nv, ns, fused=True), a.S, **kw))
     return 0
+
+
+def kernel_table(fn, reps: int = 10) -> None:
+    """GPU time per kernel of `fn` (mean over `reps` calls after a warm-up) and the wall time per call: the
+    launches an index build makes, and whether the host (launch overhead) or the kernels set its time."""
+    import time
+    from torch.profiler import ProfilerActivity, profile as prof
+    fn()
+    torch.cuda.synchronize()
+    with prof(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / reps * 1e3
+    rows = [(e.key, e.count // reps, e.device_time_total / reps / 1e3) for e in p.key_averages()
+            if e.device_time_total > 0 and e.device_type.name == "CUDA"]
+    rows.sort(key=lambda r: -r[2])
+    print(f"  per call (profiled): wall {wall:.3f} ms, kernels {sum(r[2] for r in rows):.3f} ms in "
+          f"{sum(r[1] for r in rows)} launches")
+    for name, n, ms in rows[:14]:
+        print(f"    {ms:8.3f} ms  x{n:<3d} {name[:110]}")
 
 
 def main(argv=None) -> int:
