@@ -91,3 +91,33 @@ def test_chunks_written_in_place_equal_one_select():
     for r0 in range(0, n, 7):
         rows(mass[:, :, r0:r0 + 7], r0, out[:, :, r0:r0 + 7])
     assert torch.equal(out.cpu(), select_blocks(mass.cpu(), 0, caps, taus, True, impl="torch"))
+
+
+@pytest.mark.parametrize("B,hq,hkv,S,D,caps,taus", [
+    (2, 2, 1, 333, 64, [3, 6], [0.9, 0.5]),  # partial last block (13 keys), GQA 2, batch 2
+    (1, 3, 3, 1000, 96, [16, 2, 5], [0.95, 0.99, 0.7]),
+])
+def test_pooled_kernel_equals_the_torch_pooled_build(B, hq, hkv, S, D, caps, taus):
+    # pooled_mass_select applies the softmax of block_mass_from_means itself: the same ids as the torch select on
+    # the torch mass, chunk by chunk, written in place into a strided view (garbage outside the written rows shows)
+    from minference_compile.ops.adaptive import block_mass_from_means
+    from minference_compile.triton_kernels.block_mass_select import pooled_mass_select
+    from minference_compile.triton_kernels.block_sparse_index import _block_means
+    g = torch.Generator().manual_seed(S + hq)
+    q = torch.randn(B, hq, S, D, generator=g) * 2
+    k = torch.randn(B, hkv, S, D, generator=g) * 2
+    n = -(-S // 64)
+    qm, km = _block_means(q, 64), _block_means(k, 64)
+    want = select_blocks(block_mass_from_means(qm, km, S), 0, caps, taus, impl="torch")
+    kmax = want.shape[-1]
+    out = torch.full((B, hq, n, kmax), 7777, dtype=torch.int32, device=DEV)
+    cap_t = torch.tensor(caps, dtype=torch.int32, device=DEV)
+    tau_t = torch.tensor(taus, dtype=torch.float32, device=DEV)
+    G = hq // hkv
+    for r0 in range(0, n, 4):
+        r1 = min(n, r0 + 4)
+        logit = (qm[:, :, r0:r1].reshape(B, hkv, G, r1 - r0, D) @ km.unsqueeze(2).transpose(-1, -2))
+        pooled_mass_select(logit.reshape(B, hq, r1 - r0, n).to(DEV), r0, S, 64, D ** -0.5, cap_t, tau_t, kmax,
+                           out=out[:, :, r0:r1])
+    assert torch.equal(out.cpu(), want)
+    assert (want >= 0).sum() > B * hq * n  # more than the diagonals: the threshold rule took part

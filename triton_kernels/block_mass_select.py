@@ -7,7 +7,13 @@ bit pattern of the smallest kept mass v (masses are >= 0, so their bits order li
 with mass(forced) + sum(m >= v) >= tau is exactly the k-th heaviest mass, and a second bisection lowers the count
 to the cap. Only an exact tie at the boundary differs from the sort (all tied blocks kept by the mass rule,
 all dropped by the cap rule: "at most cap").
+
+`pooled_mass_select` fuses the pooled estimate's softmax into the same program: it reads the raw block-mean logits
+(one GEMM per chunk outside) and turns each row into masses in registers, so the pooled index build is the means,
+one GEMM and one launch per chunk instead of ~20 elementwise launches per chunk (host-bound on an H200: NOTES 34).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -17,19 +23,8 @@ _MAX_BLOCKS = 16384  # a whole row in registers (1M tokens at 64-blocks); longer
 
 
 @triton.jit
-def _mass_select_kernel(M, CAP, TAU, OUT, smb, smh, smr, sob, soh, sor, Hq, R, N, R0, KMAX,
-                        SINK: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
-    pid = tl.program_id(0)
-    r = pid % R
-    bh = pid // R
-    b = (bh // Hq).to(tl.int64)
-    h = bh % Hq
-    qb = R0 + r
-    kb = tl.arange(0, NP)
-    m = tl.load(M + b * smb + h.to(tl.int64) * smh + r.to(tl.int64) * smr + kb, mask=kb < N, other=0.0)
-    m = tl.maximum(m, 0.0)  # -0.0 -> 0.0 (bit order = value order for the bisection)
-    cap = tl.minimum(tl.load(CAP + h), KMAX)
-    tau = tl.load(TAU + h)
+def _select_store(m, kb, qb, cap, tau, N, KMAX, o, SINK: tl.constexpr, KP: tl.constexpr):
+    # m [NP] fp32 >= 0 (the row's masses, 0 past N): keep the forced blocks + the fewest heaviest others reaching tau
     diag = (kb == qb) & (cap >= 1)
     if SINK:
         sink_kept = (kb == 0) & (qb > 0) & (cap >= 2)
@@ -65,11 +60,49 @@ def _mass_select_kernel(M, CAP, TAU, OUT, smb, smh, smr, sob, soh, sor, Hq, R, N
     keep = forced | (other & (m >= w))
     keep = keep & (kb < N)
     pos = tl.cumsum(keep.to(tl.int32), 0) - 1
-    o = OUT + b * sob + h.to(tl.int64) * soh + r.to(tl.int64) * sor
     tl.store(o + pos, kb, mask=keep)
     count = tl.sum(keep.to(tl.int32))
     slot = tl.arange(0, KP)
     tl.store(o + slot, tl.full([KP], -1, tl.int32), mask=(slot >= count) & (slot < KMAX))
+
+
+@triton.jit
+def _mass_select_kernel(M, CAP, TAU, OUT, smb, smh, smr, sob, soh, sor, Hq, R, N, R0, KMAX,
+                        SINK: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
+    pid = tl.program_id(0)
+    r = pid % R
+    bh = pid // R
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    kb = tl.arange(0, NP)
+    m = tl.load(M + b * smb + h.to(tl.int64) * smh + r.to(tl.int64) * smr + kb, mask=kb < N, other=0.0)
+    m = tl.maximum(m, 0.0)  # -0.0 -> 0.0 (bit order = value order for the bisection)
+    cap = tl.minimum(tl.load(CAP + h), KMAX)
+    o = OUT + b * sob + h.to(tl.int64) * soh + r.to(tl.int64) * sor
+    _select_store(m, kb, R0 + r, cap, tl.load(TAU + h), N, KMAX, o, SINK, KP)
+
+
+@triton.jit
+def _pooled_select_kernel(L, CAP, TAU, OUT, slb, slh, slr, sob, soh, sor, Hq, R, N, R0, KMAX, scale, log_last,
+                          log_block, NP: tl.constexpr, KP: tl.constexpr):
+    # the pooled mass of ops/adaptive.block_mass_from_means from its raw logits mean(q) . mean(k), then the select:
+    # softmax over the causal key blocks of scale * logit + log(keys in the block) (the last block: log_last)
+    pid = tl.program_id(0)
+    r = pid % R
+    bh = pid // R
+    b = (bh // Hq).to(tl.int64)
+    h = bh % Hq
+    qb = R0 + r
+    kb = tl.arange(0, NP)
+    causal = (kb <= qb) & (kb < N)
+    x = tl.load(L + b * slb + h.to(tl.int64) * slh + r.to(tl.int64) * slr + kb, mask=causal, other=0.0)
+    x = x * scale + tl.where(kb == N - 1, log_last, log_block)
+    x = tl.where(causal, x, float("-inf"))
+    e = tl.exp(x - tl.max(x, 0))
+    m = e / tl.sum(e, 0)
+    cap = tl.minimum(tl.load(CAP + h), KMAX)
+    o = OUT + b * sob + h.to(tl.int64) * soh + r.to(tl.int64) * sor
+    _select_store(m, kb, qb, cap, tl.load(TAU + h), N, KMAX, o, False, KP)
 
 
 def mass_select_supported(n_blocks: int) -> bool:
@@ -93,4 +126,26 @@ def block_mass_select(mass: torch.Tensor, r0: int, cap: torch.Tensor, tau: torch
     _mass_select_kernel[(B * Hq * R,)](
         mass, cap, tau, out, *mass.stride()[:3], *out.stride()[:3], Hq, R, n, r0, kmax,
         SINK=bool(sink), NP=np_, KP=max(16, triton.next_power_of_2(kmax)), num_warps=warps)
+    return out
+
+
+def pooled_mass_select(logit: torch.Tensor, r0: int, S: int, block: int, scale: float, cap: torch.Tensor,
+                       tau: torch.Tensor, kmax: int, out: torch.Tensor = None) -> torch.Tensor:
+    """logit [B, Hq, R, NKB] fp32 raw mean(q) . mean(k) of query blocks r0..r0+R-1 (keys: S positions in blocks of
+    ``block``; scale = 1/sqrt(D)) -> [B, Hq, R, kmax] int32: select_blocks (no sink) of the softmax of
+    ops/adaptive.block_mass_from_means, computed per row in registers (no mass tensor, no elementwise launches)."""
+    B, Hq, R, n = logit.shape
+    if logit.stride(-1) != 1:
+        logit = logit.contiguous()
+    if out is None:
+        out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=logit.device)
+    assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
+    if B * Hq * R == 0:
+        return out
+    np_ = max(16, triton.next_power_of_2(n))
+    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
+    _pooled_select_kernel[(B * Hq * R,)](
+        logit, cap, tau, out, *logit.stride()[:3], *out.stride()[:3], Hq, R, n, r0, kmax,
+        float(scale), math.log(S - (n - 1) * block), math.log(block),
+        NP=np_, KP=max(16, triton.next_power_of_2(kmax)), num_warps=warps)
     return out

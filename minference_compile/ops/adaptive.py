@@ -240,11 +240,26 @@ def _select_blocks_torch(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, 
 def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = DEFAULT_THRESHOLD,
                                 block: int = 64) -> torch.Tensor:
     """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32 (select_blocks per query block), chunked over query
-    blocks so the score matrix stays under block_sparse_index's byte budget."""
-    B, Hq, S, _ = q.shape
+    blocks so the score matrix stays under block_sparse_index's byte budget. On the fused path (CUDA) each chunk
+    is one GEMM of the block means and one select launch that applies the softmax itself (pooled_mass_select)."""
+    B, Hq, S, D = q.shape
     n = -(-S // block)
     rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
     out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
+    if rows.fused:
+        from ..triton_kernels.block_mass_select import pooled_mass_select
+
+        Hkv = k.shape[1]
+        qm = _block_means(q, block).view(B, Hkv, Hq // Hkv, n, D)
+        kmT = _block_means(k, block).unsqueeze(2).transpose(-1, -2)  # [B, Hkv, 1, D, NKB]
+        # only the raw logits live per chunk (4 B each): 4x the torch path's chunk, as the antidiagonal build
+        chunk = max(1, min(n, 4 * _SCORE_BYTES // max(1, 4 * B * Hq * n)))
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            logit = (qm[:, :, :, r0:r1] @ kmT).view(B, Hq, r1 - r0, n)
+            pooled_mass_select(logit, r0, S, block, 1.0 / math.sqrt(D), rows.caps, rows.taus, rows.kmax,
+                               out=out[:, :, r0:r1])
+        return out
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
