@@ -122,6 +122,10 @@ for m in $modes; do
       timeout ${TEST_S:-200} python3 -m pytest -q -p no:cacheprovider $N -rf tests/test_block_mass_select.py tests/test_antidiag_kernel.py tests/test_adaptive.py tests/test_antidiag.py tests/test_vs_index_fused.py -k "not large" 2>&1 | tee "$OUT/tests_adaptive_s16.log" | tail -6
       timeout 150 python3 -m benchmarks.searched --config minference_compile/configs/qwen05.json --seq 128k --index --kernels 2>&1 | tee "$OUT/searched-qwen05-index.log" | tail -45
       timeout 90 python3 -m benchmarks.vs_index_profile --cuda 2>&1 | tee "$OUT/vs_index_stages.log" ;;
+    s16probe)  # session 16 (after fa4-env): why FA4's A-shape runs slower in the model (layout / data / GEMM before), and
+      # the pooled adaptive block-sparse build with the fused softmax + select kernel (qwen2.5-0.5b shape, 128K)
+      timeout 150 python3 -m benchmarks.fa4_ashape_probe 2>&1 | grep -v "^USDT" | tee "$OUT/fa4_ashape_probe.log"
+      timeout 120 python3 -m benchmarks.searched --config minference_compile/configs/qwen05.json --seq 128k --layers 0 --index --kernels 2>&1 | tee "$OUT/searched-qwen05-index-pooled.log" | grep -v "^USDT" | tail -40 ;;
     vsidx-large)  # the fused VS index builder at its opt-in large budgets (minutes of JIT)
       timeout ${LARGE_S:-400} python3 -m pytest -v -m "" -p no:cacheprovider tests/test_vs_index_fused.py -k large 2>&1 | tee "$OUT/tests_vsindex_large.log" | tail -8 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
