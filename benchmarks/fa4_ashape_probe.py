@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     sets = {"a contiguous BHSD": (bhsd(Hq), bhsd(Hkv), bhsd(Hkv)),
             "b model layout BSHD": (bshd(Hq), bshd(Hkv), bshd(Hkv)),
             "c BSHD, q and k x3": (bshd(Hq, 3.0), bshd(Hkv, 3.0), bshd(Hkv))}
+    sets["e q BSHD, k/v BHSD"] = (sets["b model layout BSHD"][0], *sets["a contiguous BHSD"][1:])
+    sets["f q BHSD, k/v BSHD"] = (sets["a contiguous BHSD"][0], *sets["b model layout BSHD"][1:])
+    sets["a again (GPU warm now)"] = sets["a contiguous BHSD"]
     x = torch.randn(S, 3584, device=dev, dtype=dt, generator=g)
     w = torch.randn(3584, 18944, device=dev, dtype=dt, generator=g)
     gemm = lambda: x @ w  # noqa: E731

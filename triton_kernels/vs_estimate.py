@@ -9,7 +9,8 @@ query heads of a kv head are neighbouring programs, so their K tiles meet in L2)
    sscore by offset i - j: the tile is written skewed (row r shifted right by BL-1-r) into a per-program
    [BL, W] fp32 scratch slab (L2-resident, reused every tile), read back so that each column of the slab is
    one diagonal, summed over the rows and added with one atomic per offset (a tile touches BN + BL - 1 offsets;
-   neighbouring tiles share BL - 1 of them). sscore must start at zero.
+   neighbouring tiles share BL - 1 of them: with BL <= BN those ride in registers to the next tile of the program,
+   so a program adds each offset once: BN atomics per tile instead of BN + BL - 1). sscore must start at zero.
 """
 import torch
 import triton
@@ -80,7 +81,7 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
                      sqb, sqh, sqs, sqd, skb, skh, sks, skd,
                      Hq, G, S, L, Q0, NSPLIT, TILES_PER, scale,
                      BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                     NSP: tl.constexpr, W: tl.constexpr):
+                     NSP: tl.constexpr, W: tl.constexpr, CARRY: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // Hq
@@ -103,6 +104,8 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
     c = tl.arange(0, BN)
     w = tl.arange(0, W)
     src = w[None, :] - (BL - 1) + r[:, None]  # the column c each slab entry came from
+    wl = tl.arange(0, BN)
+    carry = tl.zeros([BN], tl.float32)
     # a fixed trip count (the last split's tiles past NTILES hold no valid key: they add nothing)
     for i in range(0, TILES_PER):
         t = split * TILES_PER + i
@@ -114,9 +117,20 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
         tl.debug_barrier()  # the slab is written before other threads read it
         diag = tl.sum(tl.load(scr + r[:, None] * W + w[None, :], mask=(src >= 0) & (src < BN), other=0.0), 0)
         # column w is offset i - j = (S - L + r) - (t*BN + c) = S - L - t*BN - w + BL - 1
-        off = S - L - t * BN - w + BL - 1
-        # relaxed: only the sums matter, no ordering with other memory (the default acq_rel fences each add)
-        tl.atomic_add(s_ptr + out + off, diag, mask=(off >= 0) & (off < S) & (w < BN + BL - 1), sem="relaxed")
+        if CARRY:
+            # W = 2 BN (BL <= BN): columns BN..2BN-1 are the next tile's columns 0..BN-1 (same offsets), so they
+            # ride in registers to the next tile and each offset is added once per program, not twice
+            lo, hi = tl.split(tl.permute(tl.reshape(diag, (2, BN)), (1, 0)))
+            off = S - L - t * BN - wl + BL - 1
+            # relaxed: only the sums matter, no ordering with other memory (the default acq_rel fences each add)
+            tl.atomic_add(s_ptr + out + off, lo + carry, mask=(off >= 0) & (off < S), sem="relaxed")
+            carry = hi
+        else:
+            off = S - L - t * BN - w + BL - 1
+            tl.atomic_add(s_ptr + out + off, diag, mask=(off >= 0) & (off < S) & (w < BN + BL - 1), sem="relaxed")
+    if CARRY:  # the last tile's upper columns: offsets the next split's first tile adds to as well
+        off = S - L - (split * TILES_PER + TILES_PER - 1) * BN - (wl + BN) + BL - 1
+        tl.atomic_add(s_ptr + out + off, carry, mask=(off >= 0) & (off < S) & (wl + BN < BN + BL - 1), sem="relaxed")
 
 
 def _buffer(shape, dev) -> torch.Tensor:
@@ -163,5 +177,5 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     grid = (B * Hq, nsplit)
     _vs_stats_kernel[grid](q, k, m_part, l_part, *args, **meta)
     _vs_accum_kernel[grid](q, k, m_part, l_part, vscore, sscore, scratch, *args, **meta,
-                           NSP=triton.next_power_of_2(nsplit), W=W)
+                           NSP=triton.next_power_of_2(nsplit), W=W, CARRY=W == 2 * BN)
     return vscore, sscore
