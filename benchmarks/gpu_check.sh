@@ -126,6 +126,10 @@ for m in $modes; do
       # the pooled adaptive block-sparse build with the fused softmax + select kernel (qwen2.5-0.5b shape, 128K)
       timeout 150 python3 -m benchmarks.fa4_ashape_probe 2>&1 | grep -v "^USDT" | tee "$OUT/fa4_ashape_probe.log"
       timeout 120 python3 -m benchmarks.searched --config minference_compile/configs/qwen05.json --seq 128k --layers 0 --index --kernels 2>&1 | tee "$OUT/searched-qwen05-index-pooled.log" | grep -v "^USDT" | tail -40 ;;
+    s16vsest)  # session 16: the VS estimate with the diagonal carry (half the atomics): its GPU tests, stage times, 128K share
+      timeout 70 python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_estimate_fused.py 2>&1 | tee "$OUT/tests_vsest_s16.log" | tail -3
+      timeout 60 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_stages_carry.log" | head -12
+      timeout 110 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-carry 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -12 ;;
     vsidx-large)  # the fused VS index builder at its opt-in large budgets (minutes of JIT)
       timeout ${LARGE_S:-400} python3 -m pytest -v -m "" -p no:cacheprovider tests/test_vs_index_fused.py -k large 2>&1 | tee "$OUT/tests_vsindex_large.log" | tail -8 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth

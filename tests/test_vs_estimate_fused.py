@@ -76,6 +76,23 @@ def test_scores_match_torch(case, dtype):
     torch.testing.assert_close(s.sum(-1), torch.full_like(s[..., 0], L), atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.parametrize("programs", [2, 4, 6])
+@pytest.mark.parametrize("case", [CASES[3], CASES[6], CASES[7], (1, 2, 2, 70, 333, 64, 20)])
+def test_scores_match_torch_with_many_tiles_per_program(case, programs, monkeypatch):
+    # few programs: each walks a run of tiles, so the diagonals shared by neighbouring tiles travel from tile to tile
+    # (the carry at BL <= 64) and across split boundaries (one split per head at 2 programs, 2-3 at 4 / 6)
+    from minference_compile.triton_kernels import vs_estimate
+    monkeypatch.setattr(vs_estimate, "_PROGRAMS", programs)
+    B, Hq, Hkv, Sq, S, D, last_q = case
+    q, k = _inputs(*case[:6], torch.float32, seed=sum(case) + programs)
+    L = min(last_q, Sq)
+    ref_v, ref_s = _torch_scores(q, k, L, D ** -0.5)
+    v, s = vs_estimate_scores(q, k, last_q, D ** -0.5)
+    atol, rtol = TOL[torch.float32]
+    torch.testing.assert_close(v, ref_v, atol=atol, rtol=rtol)
+    torch.testing.assert_close(s, ref_s, atol=atol, rtol=rtol)
+
+
 def _assert_topk_equal(idx, ref_idx, score, atol, rtol):
     """Index sets equal per head, except near-ties: an entry in one set only must score within the tolerance of
     the k-th largest (inf-forced entries are exact)."""
