@@ -72,6 +72,12 @@ def time_stages(a) -> int:
     rv, rs = _torch_scores(q, k, 64, None)
     err = max(float((vs - rv).abs().max()), float((ss - rs).abs().max()))
     print(f"scores: torch {t_torch:.3f}  fused {t_fused:.3f}  (max abs diff {err:.2e})")
+    if a.programs:  # the fused scores' launch size: programs per launch (splits per head = programs / heads)
+        for n in (int(x) for x in a.programs.split(",")):
+            t = bench_ms(lambda: vs_estimate_scores(q, k, 64, a.d ** -0.5, programs=n))[0]
+            pv, ps = vs_estimate_scores(q, k, 64, a.d ** -0.5, programs=n)
+            e = max(float((pv - rv).abs().max()), float((ps - rs).abs().max()))
+            print(f"  fused scores, {n:5d} programs per launch: {t:.3f} ms (max abs diff {e:.2e})")
     for b in a.budgets.split(","):
         nv, ns = (int(x) for x in b.split("/"))
         t_topk = bench_ms(lambda: (vs.topk(nv, dim=-1), ss.topk(ns, dim=-1)))[0]
@@ -116,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--budgets", default="100/800,1000/6096")
     ap.add_argument("--cuda", action="store_true", help="time the stages on the GPU instead (bf16 inputs)")
+    ap.add_argument("--programs", default="", help="with --cuda: sweep the fused estimate's programs per launch, "
+                    "e.g. 512,1024,2048,4096")
     a = ap.parse_args(argv)
     if a.cuda:
         return time_stages(a)

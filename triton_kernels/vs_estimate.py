@@ -12,12 +12,15 @@ query heads of a kv head are neighbouring programs, so their K tiles meet in L2)
    neighbouring tiles share BL - 1 of them: with BL <= BN those ride in registers to the next tile of the program,
    so a program adds each offset once: BN atomics per tile instead of BN + BL - 1). sscore must start at zero.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 BLOCK_N = 64       # keys per tile
 _PROGRAMS = 512    # target programs per launch (B * Hq * NSPLIT): ~4 per SM on an H100/H200
+_MAX_SPLITS = 128  # splits per head (the merge of their statistics loads [NSPLIT, BL] per program)
 MAX_LAST_Q = 128   # rows per program (BL = next power of 2 >= L, >= 16): larger last_q use the torch path
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": empty splits merge to weight 0 instead of NaN
 
@@ -148,12 +151,13 @@ def fused_applies(q: torch.Tensor, k: torch.Tensor, last_q: int) -> bool:
             and q.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
-def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float):
+def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float, programs: int = None):
     """q [B, Hq, Sq, D], k [B, Hkv, S, D] (same dtype; Sq <= S, the queries are the last Sq positions) ->
     (vscore, sscore), each fp32 [B, Hq, S]: the column sums and the diagonal sums (by offset i - j of absolute
     positions) of softmax(scale * q_last k^T) over the causal keys, q_last = the last L = min(last_q, Sq) rows.
     No sink / local forcing (the caller adds it). Two launches, no host sync; extra memory O(B Hq (NSPLIT BL W)):
-    8 KiB (L <= 16) to 128 KiB (L > 64) of scratch per program, no [L, S] tensor."""
+    8 KiB (L <= 16) to 128 KiB (L > 64) of scratch per program, no [L, S] tensor. ``programs``: the target
+    program count per launch (default: MINFERENCE_VS_EST_PROGRAMS, else 512; benchmarks.vs_index_profile sweeps it)."""
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     assert k.shape[0] == B and k.shape[3] == D and Hq % Hkv == 0 and k.dtype == q.dtype, "q/k shapes or dtypes"
@@ -162,7 +166,9 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     BL, BD, BN = _pow2(L), _pow2(D), BLOCK_N
     W = triton.next_power_of_2(BN + BL - 1)
     ntiles = triton.cdiv(S, BN)
-    nsplit = max(1, min(ntiles, 64, _PROGRAMS // (B * Hq)))
+    if programs is None:
+        programs = int(os.environ.get("MINFERENCE_VS_EST_PROGRAMS", _PROGRAMS))
+    nsplit = max(1, min(ntiles, _MAX_SPLITS, programs // (B * Hq)))
     tiles_per = triton.cdiv(ntiles, nsplit)
     nsplit = triton.cdiv(ntiles, tiles_per)  # no empty split
     dev = q.device
