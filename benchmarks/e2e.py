@@ -276,6 +276,19 @@ def prefill_fn(model, fwd, chunk: int, cache: str = "prealloc", max_new_tokens: 
     return lambda ids: chunked_prefill(model, ids, ids.shape[1], "dynamic", forward=fwd)
 
 
+def _heat(fn, dev, seconds: float = 1.0) -> None:
+    """Run fn for about `seconds` before it is timed: a GPU that has just idled runs a short kernel ~15% faster than
+    one under sustained load, as inside a pre-fill (NOTES E24: FA4's A-shape 12.1 ms first, 14.2 ms after other
+    work), so the split would understate the attention in the model."""
+    import torch
+    if torch.device(dev).type != "cuda":
+        return
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        fn()
+        torch.cuda.synchronize()
+
+
 def attention_split_ms(a, method: str, cfg, model, S: int, clock: Clock, injector) -> float:
     """Attention time of one pre-fill: each distinct layer's op (sparse_prefill, or causal SDPA for the dense
     methods) timed on random q/k/v of the model's shape, summed over the layers."""
@@ -304,6 +317,7 @@ def attention_split_ms(a, method: str, cfg, model, S: int, clock: Clock, injecto
             ctx = injector.active() if injector is not None else contextlib.nullcontext()
             with ctx:
                 fn()  # warm-up (Triton JIT)
+                _heat(fn, dev)
                 times = [clock.ms(fn)[1] for _ in range(3)]
             per[args] = sorted(times)[1]
         total += per[args]
