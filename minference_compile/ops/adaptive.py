@@ -243,6 +243,8 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     blocks so the score matrix stays under block_sparse_index's byte budget. On the fused path (CUDA) each chunk
     is one GEMM of the block means and one select launch that applies the softmax itself (pooled_mass_select)."""
     B, Hq, S, D = q.shape
+    if k.shape[2] != S:  # the pattern is not chunked (BlockSparseAdaptive.chunked = False): no query offset here
+        raise ValueError(f"adaptive block-sparse index needs q and k of one length, got {S} and {k.shape[2]}")
     n = -(-S // block)
     rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
     out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
