@@ -109,23 +109,28 @@ def mass_select_supported(n_blocks: int) -> bool:
     return n_blocks <= _MAX_BLOCKS
 
 
+def _launch_args(rows: torch.Tensor, kmax: int, out):
+    """(rows with a unit last stride, out [B, Hq, R, kmax] int32, grid, NP, KP, warps) for one row per program."""
+    B, Hq, R, n = rows.shape
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    if out is None:
+        out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=rows.device)
+    assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
+    np_ = max(16, triton.next_power_of_2(n))
+    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
+    return rows, out, (B * Hq * R,), np_, max(16, triton.next_power_of_2(kmax)), warps
+
+
 def block_mass_select(mass: torch.Tensor, r0: int, cap: torch.Tensor, tau: torch.Tensor, kmax: int,
                       sink: bool = False, out: torch.Tensor = None) -> torch.Tensor:
     """mass [B, Hq, R, NKB] fp32 (query blocks r0..r0+R-1), cap [Hq] int32, tau [Hq] fp32 -> [B, Hq, R, kmax]
     int32 (written into ``out`` when given: any strides with a unit last one)."""
-    B, Hq, R, n = mass.shape
-    if mass.stride(-1) != 1:
-        mass = mass.contiguous()
-    if out is None:
-        out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=mass.device)
-    assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
-    if B * Hq * R == 0:
-        return out
-    np_ = max(16, triton.next_power_of_2(n))
-    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
-    _mass_select_kernel[(B * Hq * R,)](
-        mass, cap, tau, out, *mass.stride()[:3], *out.stride()[:3], Hq, R, n, r0, kmax,
-        SINK=bool(sink), NP=np_, KP=max(16, triton.next_power_of_2(kmax)), num_warps=warps)
+    mass, out, grid, np_, kp, warps = _launch_args(mass, kmax, out)
+    if grid[0]:
+        _mass_select_kernel[grid](mass, cap, tau, out, *mass.stride()[:3], *out.stride()[:3], mass.shape[1],
+                                  mass.shape[2], mass.shape[3], r0, kmax, SINK=bool(sink), NP=np_, KP=kp,
+                                  num_warps=warps)
     return out
 
 
@@ -134,18 +139,10 @@ def pooled_mass_select(logit: torch.Tensor, r0: int, S: int, block: int, scale: 
     """logit [B, Hq, R, NKB] fp32 raw mean(q) . mean(k) of query blocks r0..r0+R-1 (keys: S positions in blocks of
     ``block``; scale = 1/sqrt(D)) -> [B, Hq, R, kmax] int32: select_blocks (no sink) of the softmax of
     ops/adaptive.block_mass_from_means, computed per row in registers (no mass tensor, no elementwise launches)."""
-    B, Hq, R, n = logit.shape
-    if logit.stride(-1) != 1:
-        logit = logit.contiguous()
-    if out is None:
-        out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=logit.device)
-    assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
-    if B * Hq * R == 0:
-        return out
-    np_ = max(16, triton.next_power_of_2(n))
-    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
-    _pooled_select_kernel[(B * Hq * R,)](
-        logit, cap, tau, out, *logit.stride()[:3], *out.stride()[:3], Hq, R, n, r0, kmax,
-        float(scale), math.log(S - (n - 1) * block), math.log(block),
-        NP=np_, KP=max(16, triton.next_power_of_2(kmax)), num_warps=warps)
+    logit, out, grid, np_, kp, warps = _launch_args(logit, kmax, out)
+    n = logit.shape[3]
+    if grid[0]:
+        _pooled_select_kernel[grid](logit, cap, tau, out, *logit.stride()[:3], *out.stride()[:3], logit.shape[1],
+                                    logit.shape[2], n, r0, kmax, float(scale), math.log(S - (n - 1) * block),
+                                    math.log(block), NP=np_, KP=kp, num_warps=warps)
     return out
