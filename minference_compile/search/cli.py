@@ -36,7 +36,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lengths", default="8192", help="prompt lengths in tokens (comma list)")
     p.add_argument("--candidates", default="all", choices=list(KINDS),
                    help="candidates scored (experimental: also the antidiagonal block-sparse ones, whose index "
-                        "build costs ~50%% of dense attention at 128K; wide: experimental on a finer grid)")
+                        "build costs ~27%% of dense attention at 128K; wide: experimental on a finer grid)")
     p.add_argument("--allow", default=None, choices=list(KINDS),
                    help="candidates the selection may pick (default: those scored); reuses stored scores")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET)
