@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="100/800,1000/6096")
     ap.add_argument("--cuda", action="store_true", help="time the stages on the GPU instead (bf16 inputs)")
     ap.add_argument("--programs", default="", help="with --cuda: sweep the fused estimate's programs per launch, "
-                    "e.g. 512,1024,2048,4096")
+                    "e.g. 512,1024,2048 (at most 64 splits per head)")
     a = ap.parse_args(argv)
     if a.cuda:
         return time_stages(a)

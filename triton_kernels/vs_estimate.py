@@ -20,7 +20,7 @@ import triton.language as tl
 
 BLOCK_N = 64       # keys per tile
 _PROGRAMS = 512    # target programs per launch (B * Hq * NSPLIT): ~4 per SM on an H100/H200
-_MAX_SPLITS = 128  # splits per head (the merge of their statistics loads [NSPLIT, BL] per program)
+_MAX_SPLITS = 64   # splits per head (the merge of their statistics loads [NSPLIT, BL] per program)
 MAX_LAST_Q = 128   # rows per program (BL = next power of 2 >= L, >= 16): larger last_q use the torch path
 _NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": empty splits merge to weight 0 instead of NaN
 
