@@ -127,6 +127,32 @@ def test_search_cli_tiny_model_writes_config_sidecar_and_resumes(tiny_model_dir,
     assert main(args + ["--allow", "fixed", "--out", str(tmp_path / "fixed.json"), "--workdir", str(work)]) == 0
     fixed = MInferenceConfig.from_json(tmp_path / "fixed.json")
     assert not any(e[0].endswith("_adaptive") for layer in fixed.layers for _, e in layer)
+    # the same scores picked by predicted time: each head's pick is no slower than the work pick's, by the model
+    assert main(args + ["--cost", "time", "--out", str(tmp_path / "timed.json"), "--workdir", str(work)]) == 0
+    timed = json.load(open(tmp_path / "timed.search.json"))
+    assert timed["calibration"]["cost"] == "time"
+    assert all("time" in s for s in timed["summary"]["searched"].values())
+    for lw, lt in zip(side["heads"], timed["heads"]):
+        for hw, ht in zip(lw, lt):
+            tw = parse(hw["pick"]).spec.relative_time(hw["cost"], 32)
+            tt = parse(ht["pick"]).spec.relative_time(ht["cost"], 32)
+            assert ht["recall"] >= 0.9 and tt <= tw + 1e-6, (hw, ht)
+
+
+def test_time_cost_model_and_choice():
+    from minference_compile.search.select import time_cost
+    cands = [Candidate("dense"), Candidate("vertical_and_slash", 100, 800), Candidate("block_sparse", 16),
+             Candidate("block_sparse_antidiag", 128, 8, 0.9), Candidate("block_sparse_antidiag", 128, 16, 0.9)]
+    work = torch.tensor([1.0, 0.3, 0.3, 0.3, 0.3])[:, None, None].expand(5, 1, 2)
+    t64 = time_cost(work, cands, 64)[:, 0, 0]
+    # dense is the unit; VS 0.3 / 0.65 + 0.034; BS 0.3 / 0.80 + 0.014; antidiag pays its estimate by stride
+    torch.testing.assert_close(t64, torch.tensor([1.0, 0.3 / 0.65 + 0.034, 0.3 / 0.80 + 0.014,
+                                                  0.3 / 0.80 + 0.266, 0.3 / 0.80 + 0.173]), atol=1e-6, rtol=0)
+    assert time_cost(work, cands, 128)[1, 0, 0] == pytest.approx(0.3 / 0.62 + 0.012)
+    # equal work and recall: by work the first (VS) wins the tie, by time the faster kernel (BS)
+    recall = torch.tensor([1.0, 0.95, 0.95, 0.95, 0.95])[:, None, None].expand(5, 1, 2)
+    assert choose(recall, work, cands, 0.9)[0, 0] == 1
+    assert choose(recall, time_cost(work, cands, 64), cands, 0.9)[0, 0] == 2
 
 
 @pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
@@ -280,6 +306,12 @@ def test_match_per_prompt_holds_each_prompts_mean():
     pick, cov, rec = match([ra, rb], [cost, cost], torch.ones(3, dtype=torch.bool), [0.95, 0.95])
     assert pick.tolist() == [[1, 2]] and cov == pytest.approx([0.2, 0.2]) and rec[1] == pytest.approx(0.965)
     assert match([ra, rb], [cost, cost], torch.tensor([True, True, False]), [0.95, 0.95])[0].tolist() == [[1, 0]]
+    # minimising another cost (the predicted time: "mid" on a faster kernel than "cheap") moves head 0 too; the
+    # coverage reported stays the work of the pick
+    slow_cheap = torch.tensor([[1.0, 1.0], [0.5, 0.5], [0.35, 0.35]])[:, None]
+    pick, cov, _ = match([ra, rb], [cost, cost], torch.ones(3, dtype=torch.bool), [0.95, 0.95],
+                         minimise=[slow_cheap, slow_cheap])
+    assert pick.tolist() == [[2, 2]] and cov == pytest.approx([0.3, 0.3])
 
 
 def test_wide_grid_parses_and_allow_kinds_split_it():

@@ -41,6 +41,7 @@ class AShape(Pattern):
     name = "stream_llm"
     id = 2
     short = "ashape"
+    RATE = (0.82, 0.80)  # Triton, TMA, 3 stages (NOTES rows 17, 27); FlashAttention-4 runs it at 1.05-1.18
     SLOTS = (Slot("init_num", "init_num", 0), Slot("local_window_num", "local_window_num", 1))  # init 0: a window
 
     def min_sparse_len(self, fa4: bool = False) -> int:

@@ -30,6 +30,9 @@ class BlockSparseAdaptive(BlockAttention, Pattern):
     name = "block_sparse_adaptive"
     id = 5
     short = "bsa"
+    RATE = BlockSparse.RATE  # the same kernel
+    INDEX = (0.031, 0.016)  # fused pooled build 2.09 ms of 67.3 (NOTES row 34); D=128 not measured: its cost does
+    # not grow with D, the dense head's does: half the share
     SLOTS = (Slot("topk_cap", "topk cap", 1), None)
     THRESHOLD = "tau"
     chunked = False  # query blocks are scored from the unchunked prompt's block means
@@ -52,6 +55,7 @@ class BlockSparseAntidiag(BlockAttention, Pattern):
     name = "block_sparse_antidiag"
     id = 6
     short = "bsx"
+    RATE = BlockSparse.RATE
     SLOTS = (Slot("topk_cap", "topk cap", 1), Slot("stride", "stride", 1))
     THRESHOLD = "tau"
     chunked = False  # the estimate reads every row of the unchunked prompt
@@ -65,6 +69,11 @@ class BlockSparseAntidiag(BlockAttention, Pattern):
 
     def min_sparse_len(self, fa4: bool = False) -> int:
         return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
+
+    def relative_time(self, work, head_dim: int):
+        # the strided estimate is 1/stride of the dense Q.K^T (twice: max, then mass) plus a fixed select: 26.6% of
+        # the dense layer at stride 8, 17.3% at 16 (H200, 128K, D=64, NOTES row 34); the same share at D=128
+        return work / self.RATE[0 if head_dim <= 64 else 1] + 0.080 + 0.186 * 8 / self.stride
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:

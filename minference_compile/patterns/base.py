@@ -80,6 +80,11 @@ class Pattern:
     THRESHOLD: ClassVar[Optional[str]] = None  # key of the optional 5th element {key: x} (a spec field, x in (0, 1])
     chunked: ClassVar[bool] = True  # runs a pre-fill chunk (q_len < kv_len); False: such a call runs dense
     estimates_work: ClassVar[bool] = False  # True: work_share() gives the vs_max_work check its estimate
+    # the search's time model (`minference-compile search --cost time`), per head_dim (<= 64, >= 96): the kernel's
+    # rate on the work it computes as a share of cuDNN's dense rate, and the index build as a share of the head's
+    # dense attention time; measured at 128K on an H200, Triton kernels (benchmarks/NOTES.md rows cited per pattern)
+    RATE: ClassVar[Tuple[float, float]] = (1.0, 1.0)
+    INDEX: ClassVar[Tuple[float, float]] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         for slot in self.SLOTS:
@@ -165,6 +170,12 @@ class Pattern:
         fa4: the layer runs on FlashAttention-4 (the ``[hopper]`` path, dense fallback included); a pattern whose
         crossover was measured there says so, the others keep their rule."""
         raise NotImplementedError
+
+    def relative_time(self, work, head_dim: int):
+        """Predicted time of one head with this spec over its dense attention (cuDNN, same length) from the share
+        of the causal pairs its kernel computes (``work``: float or tensor): work / RATE + INDEX."""
+        i = 0 if head_dim <= 64 else 1
+        return work / self.RATE[i] + self.INDEX[i]
 
     # ---- running the pattern's heads of one layer (head_mask / out: the kernel-level conventions) ----
     @classmethod

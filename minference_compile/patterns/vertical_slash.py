@@ -57,6 +57,8 @@ class VerticalSlash(Pattern):
     name = "vertical_and_slash"
     id = 1
     short = "vs"
+    RATE = (0.65, 0.62)  # on its computed tiles, pointer loads at D=64, TMA at D=128 (NOTES rows 17, 27)
+    INDEX = (0.034, 0.012)  # estimate + index: 2.30 ms of 67.3 (NOTES row 34) / 2.1-3.4 ms of ~245 (rows 33, 35)
     estimates_work = True
     SLOTS = (Slot("vertical_size", "vertical_size", 1), Slot("slash_size", "slash_size", 1))
 

@@ -43,6 +43,10 @@ def add_arguments(p) -> None:
     p.add_argument("--max-work", type=float, default=None, help="instead: best recall within this work share")
     p.add_argument("--match-seed", action="store_true",
                    help="instead: least mean work at the seed's (1000, 6096) mean recall and no head below its worst")
+    p.add_argument("--cost", default="work", choices=["work", "time"],
+                   help="what a pick minimises: the kernel's computed work (coverage), or its predicted time over "
+                        "dense attention (work / the kernel's measured rate + index build, per pattern: "
+                        "patterns/*.py RATE / INDEX, H200); --max-work then bounds that cost")
     p.add_argument("--rows", type=int, default=256, help="sampled query rows per head (the last 64 included)")
     p.add_argument("--last-q", type=int, default=64)
     p.add_argument("--workdir", default=None, help="captures and per-layer results (default OUT.work)")
@@ -116,7 +120,7 @@ def run(args) -> int:
     from ..config import MInferenceConfig
     from .candidates import SEED, SMALL, Candidate, allowed, default_candidates
     from .prompts import encoder
-    from .select import choose, choose_mean, config_list, picks_of_config, summary
+    from .select import choose, choose_mean, config_list, picks_of_config, summary, time_cost
 
     t_start = time.perf_counter()
     if args.threads:
@@ -126,6 +130,7 @@ def run(args) -> int:
 
     mcfg = AutoConfig.from_pretrained(model_dir)
     n_layers, n_heads = mcfg.num_hidden_layers, mcfg.num_attention_heads
+    head_dim = getattr(mcfg, "head_dim", None) or mcfg.hidden_size // n_heads
     candidates = default_candidates(args.candidates)
     for c in (SEED, SMALL):  # the baselines of the summary are always scored
         if c not in candidates:
@@ -160,6 +165,8 @@ def run(args) -> int:
     lines = torch.stack([n["lines"] for n in counts]).mean(0) if counts else None
     blocks = torch.stack([n["blocks"] for n in counts]).mean(0) if counts else None
 
+    timed = args.cost == "time"
+    sel_cost = time_cost(cost, candidates, head_dim) if timed else cost
     idx = {c: i for i, c in enumerate(candidates)}
     fixed = {name: torch.full((n_layers, n_heads), idx[c]) for name, c in (("seed (1000,6096)", SEED),
                                                                             ("small (100,800)", SMALL))}
@@ -170,15 +177,18 @@ def run(args) -> int:
         ok = torch.tensor(allowed(candidates, args.allow or args.candidates))
         if args.match_seed:  # per head: the worst run's recall; the seed's mean / min over heads of that
             seed_r = recall[idx[SEED]]
-            pick = choose_mean(recall, cost, ok, float(seed_r.mean()), float(seed_r.min()))
+            pick = choose_mean(recall, sel_cost, ok, float(seed_r.mean()), float(seed_r.min()))
         else:
-            pick = choose(recall.where(ok[:, None, None], -1.0), cost, candidates, args.target_recall, args.max_work)
+            pick = choose(recall.where(ok[:, None, None], -1.0), sel_cost, candidates, args.target_recall,
+                          args.max_work)
         fixed["searched"] = pick
-    table = {name: {run: summary(p, r, c) for run, (r, c, _) in runs.items()} for name, p in fixed.items()}
+    table = {name: {run: summary(p, r, c, time_cost(c, candidates, head_dim) if timed else None)
+                    for run, (r, c, _) in runs.items()} for name, p in fixed.items()}
     for name, per in table.items():
         for run_name, s in per.items():
+            extra = f"  time {s['time']:.3f} ({1 / s['time']:.2f}x dense)" if timed else ""
             print(f"{name:24s} {run_name:18s} coverage {s['coverage']:.3f}  recall mean {s['recall_mean']:.4f} "
-                  f"min {s['recall_min']:.4f} p10 {s['recall_p10']:.4f}")
+                  f"min {s['recall_min']:.4f} p10 {s['recall_p10']:.4f}{extra}")
     if args.evaluate:
         return 0
 
@@ -197,7 +207,7 @@ def run(args) -> int:
                         "rows": args.rows, "last_q": args.last_q, "candidates": args.candidates,
                         "allow": args.allow or args.candidates,
                         "target_recall": None if args.max_work is not None or args.match_seed else args.target_recall,
-                        "match_seed": args.match_seed,
+                        "match_seed": args.match_seed, "cost": args.cost,
                         "max_work": args.max_work, "dtype": args.dtype, "device": args.device},
         "heads": [[_head_info(chosen[li][h], int(pick[li, h]), li, h, recall, cost, lines, blocks)
                    for h in range(n_heads)] for li in range(n_layers)],

@@ -50,12 +50,23 @@ def picks_of_config(cfg, candidates: list, L: int, H: int) -> torch.Tensor:
     return pick
 
 
-def summary(pick: torch.Tensor, recall: torch.Tensor, cost: torch.Tensor) -> dict:
-    """Mean cost (coverage), mean / min / 10th-percentile head recall of a per-head pick [L, H]."""
+def summary(pick: torch.Tensor, recall: torch.Tensor, cost: torch.Tensor, time: torch.Tensor = None) -> dict:
+    """Mean cost (coverage), mean / min / 10th-percentile head recall of a per-head pick [L, H]; with ``time``
+    (time_cost of the same run) also the predicted time over dense attention."""
     r = recall.gather(0, pick[None])[0].flatten()
     c = cost.gather(0, pick[None])[0].flatten()
-    return {"coverage": float(c.mean()), "recall_mean": float(r.mean()), "recall_min": float(r.min()),
-            "recall_p10": float(r.quantile(0.1))}
+    out = {"coverage": float(c.mean()), "recall_mean": float(r.mean()), "recall_min": float(r.min()),
+           "recall_p10": float(r.quantile(0.1))}
+    if time is not None:
+        out["time"] = float(time.gather(0, pick[None]).mean())
+    return out
+
+
+def time_cost(cost: torch.Tensor, candidates: list, head_dim: int) -> torch.Tensor:
+    """Work share [C, L, H] -> predicted time of each head over its dense attention: each pattern's
+    ``relative_time`` (kernel rate on its work + index build, measured on an H200: patterns/*.py RATE / INDEX).
+    What ``search --cost time`` minimises: at equal recall it prefers the faster kernel over the smaller work."""
+    return torch.stack([c.spec.relative_time(cost[i], head_dim) for i, c in enumerate(candidates)])
 
 
 def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor, mean_target: float,
