@@ -17,6 +17,9 @@ class Dense(Pattern):
     name = "dense"
     id = 0
     short = "dense"
+    # in a layer with sparse heads the dense ones run on the streaming kernel (A-shape's rate; FA4 with [hopper]);
+    # a layer of dense heads only runs SDPA at rate 1, which this per-head model does not see: conservative
+    RATE = (0.82, 0.80)
 
     def min_sparse_len(self, fa4: bool = False) -> int:
         return 0  # a dense head never holds its layer back
