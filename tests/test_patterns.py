@@ -90,6 +90,12 @@ def test_every_pattern_owns_its_paths(cls):
         assert pattern_min_len(spec.id, *spec.pack()) == t  # the length rule reads the spec's crossover
     assert auto_min_sparse_len(*pack_layer(SPECS[cls.name]), "cuda") == max(s.min_sparse_len() for s in SPECS[cls.name])
     assert cls.label and cls.short
+    # the search's time model (--cost time): every pattern states its own measured rate; the time grows with the work
+    assert any("RATE" in c.__dict__ for c in cls.__mro__ if c is not Pattern), f"{cls.name} lacks RATE"
+    for spec in SPECS[cls.name]:
+        for d in (64, 128):
+            lo, hi = spec.relative_time(0.1, d), spec.relative_time(0.5, d)
+            assert 0 < lo < hi < 2 and all(0 < r <= 1.2 for r in cls.RATE) and all(0 <= i < 1 for i in cls.INDEX)
 
 
 # ---- CPU path vs the naive reference, through the registry ----
