@@ -61,8 +61,9 @@ def default_candidates(kind: str = "all") -> list:
     (both), or "experimental": all plus the antidiagonal block-sparse candidates. Those stay out of "all" because
     their index build costs ~18 ms per layer at 128K for 14 heads on an H200 even with the fused mass kernel and
     select, ~27% of cuDNN's dense attention of the same layer (benchmarks/NOTES.md rows 32 and 34, session 16), and
-    the search's cost model counts kernel work only, not index time. "wide": experimental on a finer grid with higher caps and thresholds (~3x the candidates:
-    for GPU searches; the selection then has more points between the heads' needs)."""
+    the default cost (work) counts kernel work only, not index time (``--cost time`` adds it). "wide": experimental
+    on a finer grid with higher caps and thresholds (~3x the candidates: for GPU searches; the selection then has
+    more points between the heads' needs)."""
     if kind == "wide":
         return _wide()
     fixed = [Candidate("dense")]
