@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     seed_cov = [float(c[s].mean()) for c in costs]
     print("seed (1000, 6096): " + ", ".join(f"{r} coverage {c:.3f} recall {t:.4f}" for r, c, t in zip(runs, seed_cov, targets)))
     times = [time_cost(c, cands, a.head_dim) for c in costs]
+    mean_time = torch.stack(times).mean(0)
     for kind in ("fixed", "all", "experimental"):
         got = match(recalls, costs, torch.tensor(allowed(cands, kind)), targets,
                     minimise=times if a.cost == "time" else None)
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
             print(f"{kind:13s} no selection reaches the seed's recall on every prompt")
             continue
         pick, cov, rec = got
-        t = float(torch.stack(times).mean(0).gather(0, pick[None]).mean())
+        t = float(mean_time.gather(0, pick[None]).mean())
         print(f"{kind:13s} " + ", ".join(f"{r} coverage {c:.3f} ({sc / c:.2f}x) recall {x:.4f}"
                                         for r, c, sc, x in zip(runs, cov, seed_cov, rec))
               + f"; predicted time {t:.3f} of dense ({1 / t:.2f}x, kernels + index builds)")

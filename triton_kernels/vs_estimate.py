@@ -107,7 +107,6 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
     c = tl.arange(0, BN)
     w = tl.arange(0, W)
     src = w[None, :] - (BL - 1) + r[:, None]  # the column c each slab entry came from
-    wl = tl.arange(0, BN)
     carry = tl.zeros([BN], tl.float32)
     # a fixed trip count (the last split's tiles past NTILES hold no valid key: they add nothing)
     for i in range(0, TILES_PER):
@@ -124,7 +123,7 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
             # W = 2 BN (BL <= BN): columns BN..2BN-1 are the next tile's columns 0..BN-1 (same offsets), so they
             # ride in registers to the next tile and each offset is added once per program, not twice
             lo, hi = tl.split(tl.permute(tl.reshape(diag, (2, BN)), (1, 0)))
-            off = S - L - t * BN - wl + BL - 1
+            off = S - L - t * BN - c + BL - 1  # (c: the lower half's slab columns 0..BN-1)
             # relaxed: only the sums matter, no ordering with other memory (the default acq_rel fences each add)
             tl.atomic_add(s_ptr + out + off, lo + carry, mask=(off >= 0) & (off < S), sem="relaxed")
             carry = hi
@@ -132,8 +131,8 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
             off = S - L - t * BN - w + BL - 1
             tl.atomic_add(s_ptr + out + off, diag, mask=(off >= 0) & (off < S) & (w < BN + BL - 1), sem="relaxed")
     if CARRY:  # the last tile's upper columns: offsets the next split's first tile adds to as well
-        off = S - L - (split * TILES_PER + TILES_PER - 1) * BN - (wl + BN) + BL - 1
-        tl.atomic_add(s_ptr + out + off, carry, mask=(off >= 0) & (off < S) & (wl + BN < BN + BL - 1), sem="relaxed")
+        off = S - L - (split * TILES_PER + TILES_PER - 1) * BN - (c + BN) + BL - 1
+        tl.atomic_add(s_ptr + out + off, carry, mask=(off >= 0) & (off < S) & (c + BN < BN + BL - 1), sem="relaxed")
 
 
 def _buffer(shape, dev) -> torch.Tensor:

@@ -201,6 +201,12 @@ class _RowSelect:
 
         return block_mass_select(mass.float(), r0, self.caps, self.taus, self.kmax, self.sink, out=out)
 
+    def pooled(self, logit: torch.Tensor, r0: int, S: int, block: int, scale: float, out: torch.Tensor) -> torch.Tensor:
+        """Fused path only: the select of block_mass_from_means' softmax from its raw logits (pooled_mass_select)."""
+        from ..triton_kernels.block_mass_select import pooled_mass_select
+
+        return pooled_mass_select(logit, r0, S, block, scale, self.caps, self.taus, self.kmax, out=out)
+
 
 def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False,
                   impl: str = "auto") -> torch.Tensor:
@@ -249,8 +255,6 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
     rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
     out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
     if rows.fused:
-        from ..triton_kernels.block_mass_select import pooled_mass_select
-
         Hkv = k.shape[1]
         qm = _block_means(q, block).view(B, Hkv, Hq // Hkv, n, D)
         kmT = _block_means(k, block).unsqueeze(2).transpose(-1, -2)  # [B, Hkv, 1, D, NKB]
@@ -259,8 +263,7 @@ def adaptive_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau:
         for r0 in range(0, n, chunk):
             r1 = min(n, r0 + chunk)
             logit = (qm[:, :, :, r0:r1] @ kmT).view(B, Hq, r1 - r0, n)
-            pooled_mass_select(logit, r0, S, block, 1.0 / math.sqrt(D), rows.caps, rows.taus, rows.kmax,
-                               out=out[:, :, r0:r1])
+            rows.pooled(logit, r0, S, block, 1.0 / math.sqrt(D), out[:, :, r0:r1])
         return out
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * n * 4)))
     for r0 in range(0, n, chunk):
