@@ -130,6 +130,13 @@ for m in $modes; do
       timeout 70 python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_estimate_fused.py 2>&1 | tee "$OUT/tests_vsest_s16.log" | tail -3
       timeout 60 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_stages_carry.log" | head -12
       timeout 110 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-carry 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -12 ;;
+    s17a)  # session 17: the fused estimate's launch size, its GPU tests to the end, session 16's cut tests, --cost time vs work
+      timeout 90 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 --programs 512,1024,2048,4096 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_programs.log" | tail -14
+      for P in 512 2048; do MINFERENCE_VS_EST_PROGRAMS=$P timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-p$P 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -8; done
+      for C in work time; do timeout 100 python3 -m benchmarks.searched --config benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-$C.json --seq 128k --index 2>&1 | tee "$OUT/searched-cost-$C.log" | tail -14; done ;;
+    s17tests)  # session 17: the GPU tests session 16's limits cut
+      N=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")
+      timeout ${TEST_S:-250} python3 -m pytest -q -p no:cacheprovider $N -rf tests/test_vs_estimate_fused.py tests/test_block_mass_select.py tests/test_antidiag_kernel.py tests/test_adaptive.py tests/test_antidiag.py tests/test_vs_index_fused.py -k "not large" 2>&1 | tee "$OUT/tests_s17.log" | tail -8 ;;
     vsidx-large)  # the fused VS index builder at its opt-in large budgets (minutes of JIT)
       timeout ${LARGE_S:-400} python3 -m pytest -v -m "" -p no:cacheprovider tests/test_vs_index_fused.py -k large 2>&1 | tee "$OUT/tests_vsindex_large.log" | tail -8 ;;
     e2e-bs-long)  # block-sparse top-100, chunks of 64K, 512K and 1M, 16 generated tokens, full depth
