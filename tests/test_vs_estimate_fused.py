@@ -144,7 +144,11 @@ def test_default_is_fused_on_cuda_and_env_switch(monkeypatch):
     assert not use_fused_estimate(q, q, 64)
     monkeypatch.setenv("MINFERENCE_FUSED_ESTIMATE", "1")
     assert use_fused_estimate(q, q, 64) == CUDA
-    assert not use_fused_estimate(q, q, 1000)  # more rows than one program holds: torch path
+    # more rows than one program holds: torch path (the query length caps last_q, so q needs those rows)
+    from minference_compile.triton_kernels.vs_estimate import MAX_LAST_Q
+    long_q = torch.zeros(1, 2, MAX_LAST_Q + 1, 64, dtype=torch.bfloat16, device=DEV)
+    assert use_fused_estimate(long_q, long_q, MAX_LAST_Q) == CUDA
+    assert not use_fused_estimate(long_q, long_q, MAX_LAST_Q + 1)
     assert not use_fused_estimate(q, q.float(), 64)  # mixed dtypes: torch path
 
 
