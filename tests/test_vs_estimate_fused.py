@@ -217,3 +217,57 @@ def test_fused_vs_bruteforce_loops(Sq, S, last_q):
     v, s = vs_estimate_scores(q.to(DEV), k.to(DEV), last_q, 64 ** -0.5)
     torch.testing.assert_close(v.cpu(), vref, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(s.cpu(), sref, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ head subsets (ops/heads.py)
+# (B, Hq, Hkv, Sq, S, D, last_q, heads): GQA 7 with heads of both kv groups, scattered heads, one head, Sq < S
+SUBSETS = [(1, 14, 2, 200, 200, 64, 64, [0, 3, 8, 13]), (2, 4, 2, 63, 130, 96, 20, [1, 2]),
+           (1, 4, 1, 65, 65, 128, 64, [3])]
+
+
+@pytest.mark.parametrize("case", SUBSETS)
+def test_scores_of_a_head_subset_equal_those_heads_of_the_full_scores(case):
+    # the kernel with a kv-head map (q gathered to the listed heads' last rows, k read in place) against the torch
+    # scores of every head: the listed heads' rows, each from its own kv head
+    from minference_compile.ops.estimate import estimate_scores
+    B, Hq, Hkv, Sq, S, D, last_q, heads = case
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    q, k = _inputs(B, Hq, Hkv, Sq, S, D, dtype, seed=Sq + S)
+    L = min(last_q, Sq)
+    ref_v, ref_s = _torch_scores(q, k, L, 0.1)
+    atol, rtol = TOL[dtype]
+    for fused in (True, False):
+        v, s = estimate_scores(q, k, last_q, 0.1, fused=fused, heads=heads)
+        assert v.shape == s.shape == (B, len(heads), S)
+        torch.testing.assert_close(v, ref_v[:, heads], atol=atol, rtol=rtol)
+        torch.testing.assert_close(s, ref_s[:, heads], atol=atol, rtol=rtol)
+    # can fail: a map that reads the wrong kv head gives other scores (heads 0 and 13 / 1 and 2 differ in kv head)
+    if Hkv > 1:
+        from minference_compile.triton_kernels._torch_util import device_tensor
+        qs = q[:, :, Sq - L:].index_select(1, device_tensor(heads, q.device, torch.long))
+        wrong = device_tensor([(h // (Hq // Hkv) + 1) % Hkv for h in heads], q.device, torch.int32)
+        v, _ = vs_estimate_scores(qs, k, last_q, 0.1, kv_heads=wrong)
+        assert not torch.allclose(v, ref_v[:, heads], atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_estimate_with_zero_budget_heads_equals_the_estimate_of_every_head(fused, monkeypatch):
+    # a mixed layer: heads of other patterns have budgets 0 and are not estimated; the result is what estimating
+    # every head gives (MINFERENCE_HEAD_SUBSET=0), -1 rows included; the adaptive build likewise
+    from minference_compile.ops.adaptive import adaptive_vertical_slash
+    B, Hq, Hkv, S, D = 2, 8, 2, 333, 64
+    q, k = _inputs(B, Hq, Hkv, S, S, D, torch.float32, seed=5)
+    v_b, s_b = [0, 40, 0, 0, 7, 0, 30, 0], [0, 90, 0, 120, 60, 0, 3, 0]
+    caps_v, caps_s, gam = [0, 50, 0, 64, 0, 0, 20, 0], [0, 200, 0, 100, 0, 0, 150, 0], [0.9, 0.8, 0.9, 0.95, 0.9, 0.9, 0.7, 0.9]
+    got = estimate_vertical_slash(q, k, v_b, s_b, fused=fused)
+    got_a = adaptive_vertical_slash(q, k, caps_v, caps_s, gam)
+    got_none = estimate_vertical_slash(q, k, [0] * Hq, [0] * Hq, fused=fused)
+    monkeypatch.setenv("MINFERENCE_HEAD_SUBSET", "0")
+    ref = estimate_vertical_slash(q, k, v_b, s_b, fused=fused)
+    ref_a = adaptive_vertical_slash(q, k, caps_v, caps_s, gam)
+    ref_none = estimate_vertical_slash(q, k, [0] * Hq, [0] * Hq, fused=fused)
+    for g, r in zip(got + got_a + got_none, ref + ref_a + ref_none):
+        assert g.shape == r.shape and g.dtype == r.dtype == torch.int32
+        assert torch.equal(g, r)
+    assert (got[0][:, [0, 2, 3, 5, 7]] == -1).all() and (got[1][:, [0, 2, 5, 7]] == -1).all()
+    assert (got[1][:, 1, :90] >= 0).all()
