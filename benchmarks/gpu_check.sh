@@ -134,6 +134,11 @@ for m in $modes; do
       timeout 90 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 --programs 512,1024,2048,4096 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_programs.log" | tail -14
       for P in 512 2048; do MINFERENCE_VS_EST_PROGRAMS=$P timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-p$P 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -8; done
       for C in work time; do timeout 100 python3 -m benchmarks.searched --config benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-$C.json --seq 128k --index 2>&1 | tee "$OUT/searched-cost-$C.log" | tail -14; done ;;
+    s17b)  # session 17: index builds over one pattern's heads (kv-head map in the fused estimate): GPU tests, then per layer
+      # the op's index builds (subset vs every head) with the kernels, for the two --cost configs and the shipped qwen05
+      timeout 150 python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_estimate_fused.py -k "subset or zero_budget or default or no_host_sync" tests/test_adaptive.py 2>&1 | tee "$OUT/tests_subset.log" | tail -4
+      for C in benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-time.json benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json minference_compile/configs/qwen05.json; do
+        timeout 130 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | tee "$OUT/opindex-$(basename $C .json).log" | tail -4; done ;;
     s17tests)  # session 17: the GPU tests session 16's limits cut
       N=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")
       timeout ${TEST_S:-250} python3 -m pytest -q -p no:cacheprovider $N -rf tests/test_vs_estimate_fused.py tests/test_block_mass_select.py tests/test_antidiag_kernel.py tests/test_adaptive.py tests/test_antidiag.py tests/test_vs_index_fused.py -k "not large" 2>&1 | tee "$OUT/tests_s17.log" | tail -8 ;;
