@@ -54,24 +54,15 @@ def _load_q(q_ptr, qbase, sqs, sqd, Q0, L, scale, BL: tl.constexpr, BD: tl.const
 
 
 @triton.jit
-def _kv_head(kv_map, hq, G, MAPPED: tl.constexpr):
-    # a head subset (MAPPED): q's heads are some of the layer's, each with its kv head listed; else q head // G
-    if MAPPED:
-        return tl.load(kv_map + hq)
-    return hq // G
-
-
-@triton.jit
-def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, kv_map, sqb, sqh, sqs, sqd, skb, skh, sks, skd,
+def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, sqb, sqh, sqs, sqd, skb, skh, sks, skd,
                      Hq, G, S, L, Q0, NSPLIT, TILES_PER, scale,
-                     BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                     MAPPED: tl.constexpr):
+                     BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // Hq
     hq = bh % Hq
     qs = _load_q(q_ptr, b.to(tl.int64) * sqb + hq.to(tl.int64) * sqh, sqs, sqd, Q0, L, scale, BL, BD, D)
-    kbase = b.to(tl.int64) * skb + _kv_head(kv_map, hq, G, MAPPED).to(tl.int64) * skh
+    kbase = b.to(tl.int64) * skb + (hq // G).to(tl.int64) * skh
     m = tl.full([BL], _NEG, tl.float32)
     acc = tl.zeros([BL], tl.float32)
     # a fixed trip count (the last split's tiles past NTILES hold no valid key: they add nothing)
@@ -89,11 +80,11 @@ def _vs_stats_kernel(q_ptr, k_ptr, m_ptr, l_ptr, kv_map, sqb, sqh, sqs, sqd, skb
 
 
 @triton.jit
-def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr, kv_map,
+def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr,
                      sqb, sqh, sqs, sqd, skb, skh, sks, skd,
                      Hq, G, S, L, Q0, NSPLIT, TILES_PER, scale,
                      BL: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, D: tl.constexpr, IEEE: tl.constexpr,
-                     MAPPED: tl.constexpr, NSP: tl.constexpr, W: tl.constexpr, CARRY: tl.constexpr):
+                     NSP: tl.constexpr, W: tl.constexpr, CARRY: tl.constexpr):
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // Hq
@@ -109,7 +100,7 @@ def _vs_accum_kernel(q_ptr, k_ptr, m_ptr, l_ptr, v_ptr, s_ptr, scr_ptr, kv_map,
     inv = tl.where(lsum > 0, 1.0 / tl.where(lsum > 0, lsum, 1.0), 0.0)
 
     qs = _load_q(q_ptr, b.to(tl.int64) * sqb + hq.to(tl.int64) * sqh, sqs, sqd, Q0, L, scale, BL, BD, D)
-    kbase = b.to(tl.int64) * skb + _kv_head(kv_map, hq, G, MAPPED).to(tl.int64) * skh
+    kbase = b.to(tl.int64) * skb + (hq // G).to(tl.int64) * skh
     out = bh.to(tl.int64) * S
     # skewed slab: p[r, c] at column c - r + BL - 1, so column w holds the diagonal c - r = w - (BL - 1)
     scr = scr_ptr + (bh * NSPLIT + split).to(tl.int64) * (BL * W)
@@ -159,20 +150,16 @@ def fused_applies(q: torch.Tensor, k: torch.Tensor, last_q: int) -> bool:
             and q.dtype in (torch.float32, torch.float16, torch.bfloat16))
 
 
-def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float, programs: int = None,
-                       kv_heads: torch.Tensor = None):
+def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: float, programs: int = None):
     """q [B, Hq, Sq, D], k [B, Hkv, S, D] (same dtype; Sq <= S, the queries are the last Sq positions) ->
     (vscore, sscore), each fp32 [B, Hq, S]: the column sums and the diagonal sums (by offset i - j of absolute
     positions) of softmax(scale * q_last k^T) over the causal keys, q_last = the last L = min(last_q, Sq) rows.
     No sink / local forcing (the caller adds it). Two launches, no host sync; extra memory O(B Hq (NSPLIT BL W)):
     8 KiB (L <= 16) to 128 KiB (L > 64) of scratch per program, no [L, S] tensor. ``programs``: the target
-    program count per launch (default: MINFERENCE_VS_EST_PROGRAMS, else 512; benchmarks.vs_index_profile sweeps it).
-    ``kv_heads``: int32 [Hq] on q's device, the kv head of each of q's heads (q holds a subset of a layer's heads;
-    k is the layer's, read in place); None: q head h reads kv head h // (Hq / Hkv)."""
+    program count per launch (default: MINFERENCE_VS_EST_PROGRAMS, else 512; benchmarks.vs_index_profile sweeps it)."""
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    assert k.shape[0] == B and k.shape[3] == D and k.dtype == q.dtype, "q/k shapes or dtypes"
-    assert (Hq % Hkv == 0) if kv_heads is None else tuple(kv_heads.shape) == (Hq,), "q/k heads or kv_heads"
+    assert k.shape[0] == B and k.shape[3] == D and Hq % Hkv == 0 and k.dtype == q.dtype, "q/k shapes or dtypes"
     L = min(last_q, Sq)
     assert 1 <= L <= MAX_LAST_Q, f"last rows {L} outside [1, {MAX_LAST_Q}]"
     BL, BD, BN = _pow2(L), _pow2(D), BLOCK_N
@@ -189,13 +176,11 @@ def vs_estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int, scale: flo
     scratch = _buffer((B * Hq * nsplit * BL * W,), dev)
     vscore = _buffer((B, Hq, S), dev)
     sscore = torch.zeros(B, Hq, S, dtype=torch.float32, device=dev)
-    mapped = kv_heads is not None
-    kv_map = kv_heads if mapped else sscore  # (unread when not mapped)
-    args = (*q.stride(), *k.stride(), Hq, 1 if mapped else Hq // Hkv, S, L, Sq - L, nsplit, tiles_per, float(scale))
-    meta = dict(BL=BL, BN=BN, BD=BD, D=D, IEEE=q.dtype == torch.float32, MAPPED=mapped,
+    args = (*q.stride(), *k.stride(), Hq, Hq // Hkv, S, L, Sq - L, nsplit, tiles_per, float(scale))
+    meta = dict(BL=BL, BN=BN, BD=BD, D=D, IEEE=q.dtype == torch.float32,
                 num_warps=8 if BL > 64 else 4)  # the [BL, W] slab read: 64 fp32 per thread at BL = 64
     grid = (B * Hq, nsplit)
-    _vs_stats_kernel[grid](q, k, m_part, l_part, kv_map, *args, **meta)
-    _vs_accum_kernel[grid](q, k, m_part, l_part, vscore, sscore, scratch, kv_map, *args, **meta,
+    _vs_stats_kernel[grid](q, k, m_part, l_part, *args, **meta)
+    _vs_accum_kernel[grid](q, k, m_part, l_part, vscore, sscore, scratch, *args, **meta,
                            NSP=triton.next_power_of_2(nsplit), W=W, CARRY=W == 2 * BN)
     return vscore, sscore

@@ -35,7 +35,6 @@ import torch
 from ..triton_kernels._torch_util import device_tensor
 from ..triton_kernels.block_sparse_index import _SCORE_BYTES, _block_means
 from .estimate import LOCAL_WINDOW, SINK_TOKENS, _budget, estimate_scores
-from .heads import active_heads, put_heads, take
 
 VS_ADAPTIVE, BS_ADAPTIVE, BS_ANTIDIAG = 4, 5, 6  # minference::sparse_prefill pattern ids (0-3: ops/crossover.py)
 ANTIDIAG_SINK = True  # block_sparse_antidiag always keeps key block 0 (the strided mean logit dilutes a sink column)
@@ -142,19 +141,9 @@ def adaptive_vertical_slash(q: torch.Tensor, k: torch.Tensor, v_cap, s_cap, gamm
                             last_q: int = 64, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
     """Mass-threshold vertical-slash index: q [B,Hq,S,D], k [B,Hkv,S,D] -> (vertical [B,Hq,NV], slash [B,Hq,NS])
     int32, -1 padded (see select_vertical_slash)."""
-    Hq = q.shape[1]
-    heads = active_heads(Hq, v_cap, s_cap)  # heads of other patterns (caps 0) are not estimated
-    if heads is None:
-        vscore, sscore = vs_scores(q, k, last_q)
-        return select_vertical_slash(vscore, sscore, v_cap, s_cap, gamma, float(min(last_q, q.shape[2])),
-                                     sink_tokens, local_window)
-    if not heads:
-        none = torch.full((q.shape[0], Hq, 0), -1, dtype=torch.int32, device=q.device)
-        return none, none.clone()
-    vscore, sscore = estimate_scores(q, k, last_q, heads=heads)
-    v, s = select_vertical_slash(vscore, sscore, take(v_cap, heads), take(s_cap, heads), take(gamma, heads),
-                                 float(min(last_q, q.shape[2])), sink_tokens, local_window)
-    return put_heads(v, heads, Hq), put_heads(s, heads, Hq)
+    vscore, sscore = vs_scores(q, k, last_q)
+    return select_vertical_slash(vscore, sscore, v_cap, s_cap, gamma, float(min(last_q, q.shape[2])),
+                                 sink_tokens, local_window)
 
 
 # ---------------------------------------------------------------------------------------------- block-sparse

@@ -7,7 +7,6 @@ from typing import Optional, Sequence, Union
 import torch
 
 from ..triton_kernels._torch_util import bmm_fp32_out, device_tensor
-from .heads import active_heads, put_heads, take
 
 Budget = Union[int, Sequence[int], torch.Tensor]
 SINK_TOKENS, LOCAL_WINDOW = 30, 100  # the seed's estimate defaults: always-kept first columns / diagonals
@@ -41,59 +40,39 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     temperature the layer runs at (Gemma's query_pre_attn_scalar, any model's own ``scaling``).
     ``fused``: the scores by the Triton kernel (triton_kernels/vs_estimate.py: two launches, no [L, S] tensor)
     instead of the chunked torch ops; None = on CUDA unless MINFERENCE_FUSED_ESTIMATE=0 (`use_fused_estimate`).
-    Per-head budgets with zeros (a layer's heads of other patterns): only the other heads are estimated.
     """
-    B, Hq, S = q.shape[0], q.shape[1], k.shape[2]
-    heads = active_heads(Hq, vertical_size, slash_size)
-    if heads is not None:
-        if not heads:
-            none = torch.full((B, Hq, 0), -1, dtype=torch.int32, device=q.device)
-            return none, none.clone()
-        vertical_size, slash_size = take(vertical_size, heads), take(slash_size, heads)
-    nh = Hq if heads is None else len(heads)
-    nv, v_budget = _budget(vertical_size, nh, q.device)
-    ns, s_budget = _budget(slash_size, nh, q.device)
+    Hq, S = q.shape[1], k.shape[2]
+    nv, v_budget = _budget(vertical_size, Hq, q.device)
+    ns, s_budget = _budget(slash_size, Hq, q.device)
     nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
 
-    vscore, sscore = estimate_scores(q, k, last_q, scale, fused, heads)
+    vscore, sscore = estimate_scores(q, k, last_q, scale, fused)
     vscore[..., :sink_tokens] = float("inf")
     sscore[..., :local_window] = float("inf")
 
-    vertical = _pad(vscore.topk(nv, dim=-1).indices, v_budget)
-    slash = _pad(sscore.topk(ns, dim=-1).indices, s_budget)
-    if heads is not None:
-        vertical, slash = put_heads(vertical, heads, Hq), put_heads(slash, heads, Hq)
-    return vertical, slash
+    vertical = vscore.topk(nv, dim=-1).indices
+    slash = sscore.topk(ns, dim=-1).indices
+    return _pad(vertical, v_budget), _pad(slash, s_budget)
 
 
 def estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64, scale: Optional[float] = None,
-                    fused: Optional[bool] = None, heads: Optional[Sequence[int]] = None):
+                    fused: Optional[bool] = None):
     """(vscore, sscore) fp32 [B, Hq, S]: column and diagonal sums of the softmax of the last min(last_q, Sq) rows
     of q [B, Hq, Sq, D] against k [B, Hkv, S, D], no sink / local forcing. fused: the Triton kernels
     (triton_kernels/vs_estimate.py), else the torch chunks; None = `use_fused_estimate`, and a fused launch that
-    raises (e.g. a kernel that does not compile on this card) falls back to the torch path for the process, logged.
-    ``heads``: only these q heads (-> [B, len(heads), S]); their last rows are gathered, k is read in place."""
-    kv_heads = None
-    if heads is not None:
-        G = q.shape[1] // k.shape[1]
-        L = min(last_q, q.shape[2])
-        q = q[:, :, q.shape[2] - L:].index_select(1, device_tensor(heads, q.device, torch.long))
-        kv_heads = device_tensor([h // G for h in heads], q.device, torch.int32)
+    raises (e.g. a kernel that does not compile on this card) falls back to the torch path for the process, logged."""
     auto = fused is None
     if auto:
         fused = use_fused_estimate(q, k, last_q)
     if fused:
         from ..triton_kernels.vs_estimate import vs_estimate_scores
         try:
-            return vs_estimate_scores(q, k, last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
-                                      kv_heads=kv_heads)
+            return vs_estimate_scores(q, k, last_q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
         except Exception as e:  # noqa: BLE001 (auto only: an explicit fused=True raises)
             if not auto:
                 raise
             _FUSED_FAILED.append(repr(e))
             _log.warning("fused vertical-slash estimate failed (%s); the torch estimate from now on", e)
-    if kv_heads is not None:  # one kv head per listed q head (G = 1)
-        k = k.index_select(1, kv_heads.long())
     return _torch_scores(q, k, min(last_q, q.shape[2]), scale)
 
 
