@@ -147,8 +147,8 @@ def main(argv=None) -> None:
     ap.add_argument("--index", action="store_true", help="also time the index builds (fixed and adaptive)")
     ap.add_argument("--kernels", action="store_true", help="with --index: GPU time per kernel of the adaptive builds")
     ap.add_argument("--op-index", action="store_true",
-                    help="per layer, the index builds as the op runs them (each pattern's select over its heads), "
-                         "on the zero-budget heads' subset (default) and over every head (MINFERENCE_HEAD_SUBSET=0)")
+                    help="per layer, the index builds as the op runs them (each pattern's select over its heads, "
+                         "one estimate shared by the layer's vertical-slash patterns) and with no sharing")
     a = ap.parse_args(argv)
     S = parse_length(a.seq)
     Hq, Hkv, D = SHAPES[a.shape]
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
     tot_idx = [0.0, 0.0]
     covs = []
     print("layer  coverage  kernels_ms  speedup  heads(vs/bs/ashape/dense)"
-          + ("  index_ms(subset / every head)" if a.op_index else ""))
+          + ("  index_ms(shared / unshared)" if a.op_index else ""))
     for li in range(cfg.num_layers):
         if li not in layers:
             continue
@@ -241,32 +241,28 @@ def main(argv=None) -> None:
     print(f"# mean coverage {sum(covs) / len(covs):.3f} over {len(covs)} layers"
           + ("" if a.dry else f"; kernels {tot_sparse:.2f} ms vs cuDNN {tot_dense:.2f} ms: {tot_dense / tot_sparse:.2f}x"))
     if a.op_index and not a.dry:
-        for name, t in zip(("subset", "every head"), tot_idx):
+        for name, t in zip(("estimate shared", "unshared"), tot_idx):
             print(f"# index builds ({name}) {t:.2f} ms = {100 * t / tot_dense:.1f}% of cuDNN; kernels + index "
                   f"{tot_sparse + t:.2f} ms: {tot_dense / (tot_sparse + t):.2f}x cuDNN")
 
 
 def op_index_ms(specs, q, k, v) -> tuple:
-    """(ms with the head subset, ms over every head) of one layer's index builds as minference::sparse_prefill runs
-    them: each pattern's ``select`` on its HeadGroup (heads of other patterns None), on these q/k."""
+    """(ms as minference::sparse_prefill runs them, ms with nothing shared) of one layer's index builds: each
+    pattern's ``select`` on its HeadGroup (heads of other patterns None), on these q/k; the op's groups share one
+    dict per call, so patterns ranking by the same estimate compute it once."""
     from minference_compile.patterns import HeadGroup
 
     from .timing import bench_ms
     D = q.shape[-1]
     kinds = sorted({type(sp) for sp in specs if sp.id != 0}, key=lambda c: c.id)
-    groups = [(c, HeadGroup(q, k, v, D ** -0.5, 64, tuple(sp if type(sp) is c else None for sp in specs), "", False))
-              for c in kinds]
+    if not kinds:
+        return 0.0, 0.0
 
-    def run():
-        return [c.select(g) for c, g in groups]
-    out = []
-    for subset in ("1", "0"):
-        os.environ["MINFERENCE_HEAD_SUBSET"] = subset
-        try:
-            out.append(bench_ms(run)[0] if groups else 0.0)
-        finally:
-            os.environ.pop("MINFERENCE_HEAD_SUBSET")
-    return tuple(out)
+    def run(share: bool):
+        shared = {} if share else None
+        return [c.select(HeadGroup(q, k, v, D ** -0.5, 64, tuple(sp if type(sp) is c else None for sp in specs), "",
+                                   False, shared)) for c in kinds]
+    return bench_ms(lambda: run(True))[0], bench_ms(lambda: run(False))[0]
 
 
 if __name__ == "__main__":

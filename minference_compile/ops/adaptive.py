@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -138,10 +138,13 @@ def select_vertical_slash(vscore: torch.Tensor, sscore: torch.Tensor, v_cap, s_c
 
 
 def adaptive_vertical_slash(q: torch.Tensor, k: torch.Tensor, v_cap, s_cap, gamma: Threshold = DEFAULT_THRESHOLD,
-                            last_q: int = 64, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
+                            last_q: int = 64, sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW,
+                            scale: Optional[float] = None, scores: Optional[tuple] = None):
     """Mass-threshold vertical-slash index: q [B,Hq,S,D], k [B,Hkv,S,D] -> (vertical [B,Hq,NV], slash [B,Hq,NS])
-    int32, -1 padded (see select_vertical_slash)."""
-    vscore, sscore = vs_scores(q, k, last_q)
+    int32, -1 padded (see select_vertical_slash). ``scale``: the layer's softmax scale (default 1/sqrt(D)), the
+    temperature the mass is measured at; ``scores``: (vscore, sscore) of estimate_scores on these q/k at that
+    scale, already computed (read, not written)."""
+    vscore, sscore = scores if scores is not None else estimate_scores(q, k, last_q, scale)
     return select_vertical_slash(vscore, sscore, v_cap, s_cap, gamma, float(min(last_q, q.shape[2])),
                                  sink_tokens, local_window)
 

@@ -41,18 +41,33 @@ def estimate_vertical_slash(q: torch.Tensor, k: torch.Tensor, vertical_size: Bud
     ``fused``: the scores by the Triton kernel (triton_kernels/vs_estimate.py: two launches, no [L, S] tensor)
     instead of the chunked torch ops; None = on CUDA unless MINFERENCE_FUSED_ESTIMATE=0 (`use_fused_estimate`).
     """
-    Hq, S = q.shape[1], k.shape[2]
-    nv, v_budget = _budget(vertical_size, Hq, q.device)
-    ns, s_budget = _budget(slash_size, Hq, q.device)
-    nv, ns = min(max(nv, 0), S), min(max(ns, 0), S)
-
     vscore, sscore = estimate_scores(q, k, last_q, scale, fused)
-    vscore[..., :sink_tokens] = float("inf")
-    sscore[..., :local_window] = float("inf")
+    return top_vertical_slash(vscore, sscore, vertical_size, slash_size, sink_tokens, local_window)
 
-    vertical = vscore.topk(nv, dim=-1).indices
-    slash = sscore.topk(ns, dim=-1).indices
-    return _pad(vertical, v_budget), _pad(slash, s_budget)
+
+def top_vertical_slash(vscore: torch.Tensor, sscore: torch.Tensor, vertical_size: Budget, slash_size: Budget,
+                       sink_tokens: int = SINK_TOKENS, local_window: int = LOCAL_WINDOW):
+    """The fixed-budget choice from the estimate's scores (estimate_scores, [B, Hq, S] fp32; read, not written: the
+    layer's other vertical-slash patterns may share them): the first `sink_tokens` columns and the offsets
+    < `local_window` first (ascending), then the top scores of the rest -> (vertical, slash) int32, -1 past each
+    head's budget (see estimate_vertical_slash)."""
+    Hq = vscore.shape[1]
+    nv, v_budget = _budget(vertical_size, Hq, vscore.device)
+    ns, s_budget = _budget(slash_size, Hq, vscore.device)
+    return _pad(_forced_top(vscore, nv, sink_tokens), v_budget), _pad(_forced_top(sscore, ns, local_window), s_budget)
+
+
+def _forced_top(score: torch.Tensor, n: int, forced: int) -> torch.Tensor:
+    """The first `forced` positions, then the top n - forced of the rest: [..., min(n, S)] indices."""
+    S = score.shape[-1]
+    n = min(max(n, 0), S)
+    f = min(max(forced, 0), n)
+    head = torch.arange(f, device=score.device).expand(*score.shape[:-1], f)
+    if n == f:
+        return head
+    start = min(max(forced, 0), S)  # a forced count over n still keeps the rest out of the ranking
+    rest = score[..., start:].topk(n - f, dim=-1).indices + start
+    return torch.cat([head, rest], -1)
 
 
 def estimate_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64, scale: Optional[float] = None,

@@ -36,8 +36,9 @@ class VerticalSlashAdaptive(Pattern):
 
     @classmethod
     def select(cls, group: HeadGroup):
+        # the layer's scale and its shared estimate (a layer with fixed vertical-slash heads computes it once)
         return adaptive_vertical_slash(group.q, group.k, group.values("v_cap", 0), group.values("s_cap", 0), group.thresholds(),
-                                       group.last_q)
+                                       group.last_q, scale=group.scale, scores=group.vs_scores())
 
     @classmethod
     def attend_cpu(cls, group: HeadGroup, selection, head_mask, out) -> torch.Tensor:

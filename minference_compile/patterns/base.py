@@ -59,10 +59,24 @@ class HeadGroup:
     # the layer's vertical-slash route, decided once per call by sparse_prefill (ops/fa4.vs_layer_on_fa4, which also
     # picked the crossover): True FA4 tiles, False Triton; None (a group built elsewhere): the kernel call decides
     vs_on_fa4: Optional[bool] = None
+    # one dict for all the groups of one layer call (sparse_prefill): what several patterns compute alike, once
+    shared: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
 
     def values(self, field: str, fill: Any) -> list:
         """Per q head: this pattern's ``field``, ``fill`` for heads of other patterns (they select nothing)."""
         return [fill if s is None else getattr(s, field) for s in self.specs]
+
+    def vs_scores(self):
+        """(vscore, sscore) fp32 [B, Hq, S]: the column and diagonal mass of the last ``last_q`` queries at the
+        layer's scale (ops/estimate.estimate_scores), computed once per layer call for the vertical-slash patterns
+        that rank by it (fixed and adaptive heads in one layer). Callers must not write into them."""
+        from ..ops.estimate import estimate_scores
+        if self.shared is None:
+            return estimate_scores(self.q, self.k, self.last_q, self.scale)
+        key = ("vs_scores", self.last_q, self.scale)
+        if key not in self.shared:
+            self.shared[key] = estimate_scores(self.q, self.k, self.last_q, self.scale)
+        return self.shared[key]
 
     def thresholds(self) -> list:
         """Per q head: an adaptive pattern's mass threshold (the default for heads of other patterns)."""

@@ -11,7 +11,7 @@ import torch
 
 from ..triton_kernels import naive
 from ..ops import cpu, fa4
-from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_vertical_slash as _estimate
+from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, top_vertical_slash
 from .base import HeadGroup, Pattern, Slot, register
 
 _log = logging.getLogger("minference_compile")
@@ -74,8 +74,9 @@ class VerticalSlash(Pattern):
     def select(cls, group: HeadGroup) -> VSSelection:
         q, k = group.q, group.k
         # CUDA: the fused Triton estimate (two launches; MINFERENCE_FUSED_ESTIMATE=0: the torch chunks) (ops/estimate.py)
-        vertical, slash = _estimate(q, k, group.values("vertical_size", 0), group.values("slash_size", 0),
-                                    group.last_q, SINK_TOKENS, LOCAL_WINDOW, scale=group.scale)
+        # (the layer's estimate, shared with its adaptive vertical-slash heads: HeadGroup.vs_scores)
+        vertical, slash = top_vertical_slash(*group.vs_scores(), group.values("vertical_size", 0),
+                                             group.values("slash_size", 0), SINK_TOKENS, LOCAL_WINDOW)
         # CPU runs the masked reference path: no index to build there
         return VSSelection(vertical, slash, build_index(q, k, vertical, slash) if q.device.type == "cuda" else None)
 
