@@ -11,7 +11,7 @@ import torch
 
 from ..triton_kernels import naive
 from ..ops import cpu, fa4
-from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, top_vertical_slash
+from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS, estimate_scores, top_vertical_slash
 from .base import HeadGroup, Pattern, Slot, register
 
 _log = logging.getLogger("minference_compile")
@@ -22,6 +22,13 @@ class VSSelection(NamedTuple):
     vertical: torch.Tensor  # [B, Hq, NV] int32 key columns, -1 padded
     slash: torch.Tensor  # [B, Hq, NS] int32 diagonal offsets, -1 padded
     index: Optional[object] = None  # CUDA: the kernel's VSIndex, built once (the work check reads it too)
+
+
+def _estimate(q, k, vertical_size, slash_size, last_q, sink_tokens, local_window, scale=None, scores=None):
+    """The fixed heads' (vertical, slash): the top of the estimate's scores (``scores``: already computed at
+    ``scale``, else computed here). One function so that benchmarks.e2e can inject index sets in its place."""
+    vscore, sscore = scores if scores is not None else estimate_scores(q, k, last_q, scale)
+    return top_vertical_slash(vscore, sscore, vertical_size, slash_size, sink_tokens, local_window)
 
 
 def build_index(q, k, vertical, slash):
@@ -74,9 +81,9 @@ class VerticalSlash(Pattern):
     def select(cls, group: HeadGroup) -> VSSelection:
         q, k = group.q, group.k
         # CUDA: the fused Triton estimate (two launches; MINFERENCE_FUSED_ESTIMATE=0: the torch chunks) (ops/estimate.py)
-        # (the layer's estimate, shared with its adaptive vertical-slash heads: HeadGroup.vs_scores)
-        vertical, slash = top_vertical_slash(*group.vs_scores(), group.values("vertical_size", 0),
-                                             group.values("slash_size", 0), SINK_TOKENS, LOCAL_WINDOW)
+        # the layer's estimate, shared with its adaptive vertical-slash heads (HeadGroup.vs_scores)
+        vertical, slash = _estimate(q, k, group.values("vertical_size", 0), group.values("slash_size", 0),
+                                    group.last_q, SINK_TOKENS, LOCAL_WINDOW, scale=group.scale, scores=group.vs_scores())
         # CPU runs the masked reference path: no index to build there
         return VSSelection(vertical, slash, build_index(q, k, vertical, slash) if q.device.type == "cuda" else None)
 
