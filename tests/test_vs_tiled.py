@@ -269,3 +269,96 @@ def test_the_layer_route_is_decided_once_and_followed(fake_fa4, monkeypatch):
     c0, n0 = len(calls), fa4.CALLS["vertical-slash"]
     torch.ops.minference.sparse_prefill(q, k, v, [1] * hq, [8] * hq, [6] * hq, 0.1, 0, 64)
     assert len(calls) - c0 == 1 and fa4.CALLS["vertical-slash"] - n0 == 1
+
+
+# ------------------------------------------------------------------ lone slashes (NOTES rows 39, 41)
+def lone_sets(B, H, S, nv, ns, gen):
+    """`sets`, with the far half of each head's offsets replaced by spaced ones (460, 720, 980, ... : each more than
+    255 from the near ones and each other, so lone for any lone_k >= 1 unless a random offset lands near) and a close
+    pair at 2000 / 2010 (lone only for lone_k >= 2), where S allows; duplicates and -1 kept."""
+    vert, slash = sets(B, H, S, nv, ns, gen)
+    far = [x for x in range(460, S, 260)][: ns // 2 - 2] + ([2000, 2010] if S > 2010 else [])
+    for i, x in enumerate(far):
+        slash[..., 2 + i] = x
+    slash[..., 2 + len(far):-1] = slash[..., 2 + len(far):-1] % 200  # the rest near the diagonal
+    return vert, slash
+
+
+@pytest.mark.parametrize("S,lone_k", [(1, 1), (65, 2), (1000, 1), (1000, 2), (3000, 3)])
+def test_split_lone_matches_the_reference(S, lone_k):
+    from minference_compile.triton_kernels.vertical_slash_tiled import split_lone
+    gen = torch.Generator().manual_seed(S + lone_k)
+    vert, slash = lone_sets(2, 3, S, 20, 16, gen)
+    index = build_vertical_slash_index(vert, slash, S)
+    band, lones, cnt, cpref = (t.cpu() for t in split_lone(slash, index.slash_prefix, index.columns, S, lone_k))
+    want = naive.lone_offsets(slash, S, lone_k)
+    cols = vert.cpu().tolist()
+    for b in range(2):
+        for h in range(3):
+            lone = sorted(want[b][h])
+            sel = {x for x in slash[b, h].tolist() if 0 <= x < S}
+            assert int(cnt[b, h]) == len(lone) and lones[b, h, :len(lone)].tolist() == lone
+            assert (lones[b, h, len(lone):] == -1).all()
+            x = torch.arange(S + 1)
+            assert band[b, h].tolist() == [sum(1 for o in sel - want[b][h] if o < int(t)) for t in x]
+            cs = {c for c in cols[b][h] if 0 <= c < S}
+            assert cpref[b, h].tolist() == [sum(1 for c in cs if c < int(t)) for t in x]
+    if S >= 1000:
+        assert int(cnt.sum()) > 0 and int(cnt.sum()) < sum(len({x for x in r if 0 <= x < S}) for rr in
+                                                           slash.cpu().tolist() for r in rr)
+
+
+@pytest.mark.parametrize("S,q_len,D,hq,hkv", [(65, 65, 64, 2, 1), (1000, 1000, 128, 4, 2), (1000, 300, 96, 2, 1),
+                                             (1000, 1, 64, 2, 2)])
+@pytest.mark.parametrize("lone_k", [1, 2])
+def test_columns_after_with_lone_slashes_equals_the_reference(S, q_len, D, hq, hkv, lone_k):
+    # the tiles of the band offsets (split_lone's prefix), then the columns pass with the lone diagonals, against
+    # the naive mask of the same semantics; and that semantics differs from the all-tiles one where lone offsets exist
+    from minference_compile.triton_kernels.vertical_slash_tiled import split_lone
+    gen = torch.Generator().manual_seed(7 * S + q_len + lone_k)
+    B = 2
+    q = torch.randn(B, hq, q_len, D, generator=gen).to(DEV, DT)
+    k = torch.randn(B, hkv, S, D, generator=gen).to(DEV, DT)
+    v = torch.randn(B, hkv, S, D, generator=gen).to(DEV, DT)
+    scale = 1 / math.sqrt(D)
+    vert, slash = lone_sets(B, hq, S, 30, 12, gen)
+    if S >= 1000:  # a lone offset on a column's diagonal: the pair (last row, that column) must be counted once
+        vert[0, 0, 0] = S - 1 - 720
+    index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
+    lone = split_lone(slash, index.slash_prefix, index.columns, S, lone_k)
+    lone_of = naive.lone_offsets(slash, S, lone_k)
+    band = torch.tensor([[[x if x not in lone_of[b][h] else -1 for x in slash[b, h].tolist()] for h in range(hq)]
+                         for b in range(B)], device=DEV)
+    o, lse, _ = tile_part(q, k, v, band, scale, TILE)
+    out = torch.full((B, q_len, hq, D), float("nan"), device=DEV, dtype=DT).transpose(1, 2)
+    out.copy_(o)
+    columns_after(q, k, v, out, lse, index, scale, TILE, lone=lone)
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale, TILE, TILE, lone_k)
+    assert not torch.isnan(out).any()
+    err = float((out.float() - want.float()).abs().max())
+    assert err < TOL
+    if S >= 1000:
+        m_lone = naive.vertical_slash_tiled_mask(vert, slash, S, q_len, lone_k=lone_k)
+        m_all = naive.vertical_slash_tiled_mask(vert, slash, S, q_len)
+        assert torch.all(m_all | ~m_lone) and m_all.sum() > m_lone.sum()  # a subset of the tiled pairs, smaller
+        if q_len > 1:
+            old = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, scale)
+            assert float((old.float() - want.float()).abs().max()) > max(2 * err, TOL / 4)
+
+
+@pytest.mark.skipif(CUDA, reason="the emulated FA4 runs on CPU tensors; GPU: test_vs_tiled_on_fa4_gpu")
+def test_fa4_vertical_slash_with_lone_slashes(fake_fa4, monkeypatch):
+    gen = torch.Generator().manual_seed(11)
+    B, hq, hkv, S, q_len, D = 2, 4, 2, 1000, 700, 64
+    q = torch.randn(B, hq, q_len, D, generator=gen)
+    k = torch.randn(B, hkv, S, D, generator=gen)
+    v = torch.randn(B, hkv, S, D, generator=gen)
+    vert, slash = lone_sets(B, hq, S, 20, 10, gen)
+    index = build_vertical_slash_index(vert, slash, S, q_len=q_len)
+    monkeypatch.setenv("MINFERENCE_FA4_VS_LONE", "2")
+    got = fa4.vertical_slash(q, k, v, index, 0.1, slash=slash)
+    want = naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1, lone_k=2)
+    assert (got - want).abs().max() < 2e-4
+    monkeypatch.setenv("MINFERENCE_FA4_VS_LONE", "0")  # off: the all-tiles semantics, slash or not
+    got = fa4.vertical_slash(q, k, v, index, 0.1, slash=slash)
+    assert (got - naive.vertical_slash_tiled_ref(q, k, v, vert, slash, 0.1)).abs().max() < 2e-4
