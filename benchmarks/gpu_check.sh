@@ -143,9 +143,6 @@ for m in $modes; do
       timeout 120 python3 -m pytest -q -p no:cacheprovider -rf tests/test_shared_estimate.py tests/test_vs_estimate_fused.py tests/test_adaptive.py tests/test_patterns.py 2>&1 | tee "$OUT/tests_shared.log" | tail -4
       for C in benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-time.json benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json; do
         timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | tee "$OUT/opindex-shared-$(basename $C .json).log" | tail -3; done ;;
-    s17d)  # session 17: lone slashes on the exact-diagonal pass: GPU tests of the pass, then its cost at 1M / 128K
-      timeout 110 python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_tiled.py -k "lone or columns_after" 2>&1 | tee "$OUT/tests_lone.log" | tail -3
-      timeout ${LONE_S:-230} python3 -m benchmarks.vs_lone 2>&1 | grep -v "^USDT" | tee "$OUT/vs_lone.log" ;;
     s17tests)  # session 17: the GPU tests session 16's limits cut
       N=$(python3 -c "import xdist" 2>/dev/null && echo "-n 6")
       timeout ${TEST_S:-250} python3 -m pytest -q -p no:cacheprovider $N -rf tests/test_vs_estimate_fused.py tests/test_block_mass_select.py tests/test_antidiag_kernel.py tests/test_adaptive.py tests/test_antidiag.py tests/test_vs_index_fused.py -k "not large" 2>&1 | tee "$OUT/tests_s17.log" | tail -8 ;;
