@@ -106,49 +106,16 @@ def vertical_slash_aligned_mask(vertical: torch.Tensor, slash: torch.Tensor, S: 
 
 
 def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: int, q_len=None,
-                              tile_q: int = 128, tile_k: int = 128, lone_k: int = 0) -> torch.Tensor:
+                              tile_q: int = 128, tile_k: int = 128) -> torch.Tensor:
     """[B,H,Sq,S] bool, tiled vertical-slash (triton_kernels/vertical_slash_tiled.py, docs/DESIGN.md): tile_q-row
     query blocks from the chunk's first row (block start m0 = S - Sq + tile_q m), absolute key tiles
     [tile_k n, tile_k n + tile_k); a tile is attended by the whole block iff a selected offset s has the block's range
     [m0 - s, m0 - s + tile_q) meeting it; row i attends j iff j <= i and (j's tile is, or j is a vertical column).
-    Entries outside [0, S) select nothing. lone_k > 0: the lone offsets (`lone_offsets`) take no tiles; row i attends
-    exactly j = i - s for each of them (their diagonal alone)."""
+    Entries outside [0, S) select nothing."""
     def tiles(s, m0):  # the whole tiles the block's diagonal range [m0 - s, m0 - s + tile_q) meets, within [0, S)
         lo, hi = max(m0 - s, 0), min(m0 - s + tile_q, S)
         return [(n * tile_k, (n + 1) * tile_k) for n in range(lo // tile_k, (hi - 1) // tile_k + 1)] if hi > lo else []
-    if lone_k <= 0:
-        return _vs_mask(vertical, slash, S, q_len, tile_q, tiles)
-    lone = lone_offsets(slash, S, lone_k)
-    band = [[[x for x in row if not (0 <= x < S) or x not in lone[b][h]] for h, row in enumerate(rows)]
-            for b, rows in enumerate(slash.cpu().tolist())]
-    width = max([1] + [len(r) for rows in band for r in rows])
-    band_t = torch.tensor([[r + [-1] * (width - len(r)) for r in rows] for rows in band], dtype=torch.long)
-    m = _vs_mask(vertical, band_t.to(slash.device), S, q_len, tile_q, tiles).cpu()
-    sq = S if q_len is None else int(q_len)
-    i = torch.arange(S - sq, S)
-    for b, rows in enumerate(lone):
-        for h, offs in enumerate(rows):
-            for s in offs:
-                r = torch.nonzero(i - s >= 0).flatten()
-                m[b, h, r, i[r] - s] = True
-    return m.to(vertical.device)
-
-
-LONE_RADIUS = 255  # a lone offset has at most lone_k selected offsets (itself included) within this distance
-
-
-def lone_offsets(slash: torch.Tensor, S: int, lone_k: int) -> list:
-    """Per (b, h) the set of selected offsets (unique, in [0, S)) with at most ``lone_k`` selected offsets in
-    [s - LONE_RADIUS, s + LONE_RADIUS] (itself included)."""
-    out = []
-    for rows in slash.cpu().tolist():
-        out.append([])
-        for row in rows:
-            sel = sorted({x for x in row if 0 <= x < S})
-            t = torch.tensor(sel, dtype=torch.long)
-            out[-1].append({x for x in sel
-                            if int(((t >= x - LONE_RADIUS) & (t <= x + LONE_RADIUS)).sum()) <= lone_k})
-    return out
+    return _vs_mask(vertical, slash, S, q_len, tile_q, tiles)
 
 
 def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
@@ -183,8 +150,8 @@ def vertical_slash_ref(q, k, v, vertical, slash, scale=None, block=BLOCK, aligne
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
-def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None, tile_q=128, tile_k=128, lone_k=0):
-    mask = vertical_slash_tiled_mask(vertical, slash, k.shape[2], q.shape[2], tile_q, tile_k, lone_k)
+def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None, tile_q=128, tile_k=128):
+    mask = vertical_slash_tiled_mask(vertical, slash, k.shape[2], q.shape[2], tile_q, tile_k)
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 

@@ -13,7 +13,6 @@ import triton
 import triton.language as tl
 
 from ._common import _attn_tile, _q_tile, block_d, dot_precision, qk_scale
-from .naive import LONE_RADIUS
 
 TILE = 128  # FA4's sm90 tile (q and kv) for head dims 64-128 with block-sparse lists
 TILE_K = (128, 64)  # key tile widths FA4's sm90 forward takes with 128-row lists (it shrinks tile_n to the list's)
@@ -92,11 +91,11 @@ def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots:
 
 
 @triton.jit
-def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF, LONES, LCNT, CPREF,
+def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF,
                              sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, slb, slh, slm,
-                             SQ, S, Hq, G, D, NV, NQB, NL, qk_scale,
+                             SQ, S, Hq, G, D, NV, NQB, qk_scale,
                              TQ: tl.constexpr, TK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_D: tl.constexpr, PREC: tl.constexpr, LONE: tl.constexpr):
+                             BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     # O holds the tile part's normalised output and LSE its natural-log sum of exp(scale * q.k) per row: the online
     # softmax state (m, l, acc) = (LSE log2(e), 1, O). Continue it over this BLOCK_M-row block's columns that no
     # touched tile of its 128-row block holds (BLOCK_M divides 128), and store the result over O. A row with a
@@ -107,10 +106,7 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF, LONES, LCNT, CPR
     r0 = pid * BLOCK_M
     # column_count is per 64-row block and grows with the block: the program's last block has them all
     n_col = tl.load(CCNT + bh64 * NQB + tl.minimum((r0 + BLOCK_M) // 64 - 1, NQB - 1))
-    n_lone = 0
-    if LONE:
-        n_lone = tl.load(LCNT + bh64)
-    if n_col + n_lone == 0:
+    if n_col == 0:
         return
     b = (bh // Hq).to(tl.int64)
     h = bh % Hq
@@ -147,93 +143,32 @@ def _vs_columns_after_kernel(Q, K, V, O, LSE, COLS, CCNT, PREF, LONES, LCNT, CPR
         v = tl.load(v_base + col64[:, None] * svn + rd[None, :], mask=kmask[:, None] & dmask, other=0.0)
         mask = kmask[None, :] & (col[None, :] <= offs_m[:, None])
         acc, m_i, l_i = _attn_tile(acc, m_i, l_i, q, k, v, mask, qk_scale, PREC)
-    if LONE:
-        # the lone offsets: row i attends key i - s alone (one gathered key per row and offset: CUDA-core dot
-        # products, no tile), unless a touched tile or a column already holds it
-        qf = q.to(tl.float32)
-        lone_base = LONES + bh64 * NL
-        cpref = CPREF + bh64 * (S + 1)
-        for t in range(0, n_lone):
-            j = offs_m - tl.load(lone_base + t)
-            ok = rmask & (j >= 0)
-            jc = tl.where(ok, j, 0)
-            taken = _touched(pref, mb0, jc // TK, S, TQ, TK) | ((tl.load(cpref + jc + 1) - tl.load(cpref + jc)) > 0)
-            ok = ok & ~taken
-            j64 = jc.to(tl.int64)
-            k = tl.load(k_base + j64[:, None] * skn + rd[None, :], mask=ok[:, None] & dmask, other=0.0)
-            v = tl.load(v_base + j64[:, None] * svn + rd[None, :], mask=ok[:, None] & dmask, other=0.0)
-            sc = tl.where(ok, tl.sum(qf * k.to(tl.float32), 1) * qk_scale, float("-inf"))
-            m_new = tl.maximum(m_i, sc)
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(sc - m_new)
-            l_i = l_i * alpha + p
-            acc = acc * alpha[:, None] + p[:, None] * v.to(tl.float32)
-            m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=rmask[:, None] & dmask)
 
 
-def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE, config=None, lone=None) -> torch.Tensor:
+def columns_after(q, k, v, out, lse, index, scale=None, tile_k: int = TILE, config=None) -> torch.Tensor:
     """q [B,Hq,Sq,D], k/v [B,Hkv,S,D]; out [B,Hq,Sq,D] and lse [B,Hq,Sq] fp32 (natural log) of the attention over the
     touched tile_k-key tiles of `index`'s slash_prefix (tile_lists); index: the VSIndex of the same sets (its sorted columns and
     per-64-row-block column counts). Adds the columns outside the touched tiles in place: out then holds 128-tiled
-    vertical-slash attention. config: (rows, warps, stages), None: COLS_CONFIG. lone: `split_lone`'s output (the
-    tiles were listed from its band prefix): the lone offsets' diagonals are added too. Returns out."""
+    vertical-slash attention. config: (rows, warps, stages), None: COLS_CONFIG. Returns out."""
     B, Hq, SQ, D = q.shape
     S = k.shape[2]
     rows, warps, stages = COLS_CONFIG if config is None else config
     assert rows in (64, 128), "rows per program must divide the 128-row tile block"
     nqb = triton.cdiv(SQ, 64)
     cols, ccnt, pref = (t.contiguous() for t in (index.columns, index.column_count, index.slash_prefix))
-    if lone is not None:
-        pref, lones, lcnt, cpref = lone
-    else:
-        lones = lcnt = cpref = ccnt  # (unread)
     assert ccnt.shape[-1] == nqb and pref.shape[-1] == S + 1, "index built for another q_len / kv_len"
     assert out.stride(-1) == 1 and lse.dtype == torch.float32 and lse.shape == (B, Hq, SQ), "lse must be [B,Hq,Sq] fp32"
     if SQ == 0 or B * Hq == 0:
         return out
     _vs_columns_after_kernel[(triton.cdiv(SQ, rows), B * Hq)](
-        q, k, v, out, lse, cols, ccnt, pref, lones, lcnt, cpref,
+        q, k, v, out, lse, cols, ccnt, pref,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse.stride(0), lse.stride(1), lse.stride(2),
-        SQ, S, Hq, Hq // k.shape[1], D, cols.shape[-1], nqb, lones.shape[-1] if lone is not None else 0,
-        qk_scale(scale, D), TQ=TILE, TK=tile_k, BLOCK_M=rows, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D),
-        PREC=dot_precision(q.dtype), LONE=lone is not None, num_warps=warps, num_stages=stages)
+        SQ, S, Hq, Hq // k.shape[1], D, cols.shape[-1], nqb, qk_scale(scale, D),
+        TQ=TILE, TK=tile_k, BLOCK_M=rows, BLOCK_N=BLOCK_N, BLOCK_D=block_d(D), PREC=dot_precision(q.dtype),
+        num_warps=warps, num_stages=stages)
     return out
-
-
-def split_lone(slash: torch.Tensor, slash_prefix: torch.Tensor, columns: torch.Tensor, kv_len: int, lone_k: int,
-               radius: int = LONE_RADIUS):
-    """The lone offsets (naive.lone_offsets: at most ``lone_k`` selected offsets within ``radius``, itself
-    included) taken out of the tiles: slash [B,H,NS] int (the selection, -1 / out-of-range / duplicates allowed),
-    slash_prefix [B,H,S+1] (the VSIndex's), columns [B,H,NV] (the VSIndex's sorted columns) -> (band_prefix
-    [B,H,S+1] int32: selected non-lone offsets < x, for tile_lists; lones [B,H,NS] int32 ascending, -1 padded;
-    lone_count [B,H] int32; column_prefix [B,H,S+1] int32: columns < x). Torch ops, no host sync."""
-    S = kv_len
-    B, H, _ = slash.shape
-    s = slash.long()
-    ok = (s >= 0) & (s < S)
-    srt = torch.where(ok, s, S).sort(-1).values
-    first = torch.ones_like(srt, dtype=torch.bool)
-    first[..., 1:] = srt[..., 1:] != srt[..., :-1]
-    ok = (srt < S) & first  # unique, in range
-    sc = srt.clamp(max=S - 1)
-    pref = slash_prefix.long()
-    win = pref.gather(-1, (sc + radius + 1).clamp(max=S)) - pref.gather(-1, (sc - radius).clamp(min=0))
-    lone = ok & (win <= lone_k)
-    lp = torch.zeros(B, H, S + 1, dtype=torch.int32, device=slash.device)
-    lp.scatter_add_(-1, torch.where(lone, sc + 1, 0), lone.int())
-    lp[..., 0] = 0
-    band = (slash_prefix - lp.cumsum(-1, dtype=torch.int32)).contiguous()
-    big = torch.iinfo(torch.int32).max
-    lones = torch.where(lone, sc, big).sort(-1).values
-    lones = torch.where(lones == big, -1, lones).to(torch.int32).contiguous()
-    c = columns.long()
-    cok = (c >= 0) & (c < S)
-    cp = torch.zeros(B, H, S + 1, dtype=torch.int32, device=slash.device)
-    cp.scatter_add_(-1, torch.where(cok, c + 1, 0), cok.int())
-    cp[..., 0] = 0
-    return band, lones, lone.sum(-1, dtype=torch.int32).contiguous(), cp.cumsum(-1, dtype=torch.int32).contiguous()
 

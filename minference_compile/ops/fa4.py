@@ -267,35 +267,19 @@ def vs_tile_k() -> int:
     return int(os.environ.get("MINFERENCE_FA4_VS_TILE_K", "128"))
 
 
-def vs_lone_k() -> int:
-    """Lone slashes on the exact-diagonal pass (`vertical_slash(slash=)`): an offset with at most this many selected
-    offsets within 255 of it (itself included) takes no tiles. MINFERENCE_FA4_VS_LONE, default 0 = off: opt-in
-    until timed end to end on an H200 (benchmarks/NOTES.md rows 39, 41)."""
-    return int(os.environ.get("MINFERENCE_FA4_VS_LONE", "0"))
-
-
 def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, scale: float,
-                   tile_k: Optional[int] = None, slash: Optional[torch.Tensor] = None,
-                   lone_k: Optional[int] = None) -> torch.Tensor:
+                   tile_k: Optional[int] = None) -> torch.Tensor:
     """Tiled vertical-slash (triton_kernels/vertical_slash_tiled.py) of q [B,Hq,Sq,D] over k/v [B,Hkv,S,D]: the
     touched 128 x tile_k tiles of index.slash_prefix on FA4's block-sparse forward (full tiles unmasked, the
     diagonal's under its causal mask), then the vertical columns outside them by our Triton pass, continuing FA4's
     softmax from its log-sum-exp. index: the VSIndex of the sets (vertical_slash_index.py); tile_k None:
-    `vs_tile_k()`. Returns [B,Hq,Sq,D] stored as FA4 writes it ([B,Sq,Hq,D]). Check `vs_reason` first.
-    slash: the selection's offsets [B,Hq,NS]; with lone_k > 0 (None: `vs_lone_k()`) its lone offsets run on the
-    columns pass as exact diagonals instead of tiles (naive.vertical_slash_tiled_mask(lone_k=))."""
-    from ..triton_kernels.vertical_slash_tiled import TILE, columns_after, split_lone, tile_lists
+    `vs_tile_k()`. Returns [B,Hq,Sq,D] stored as FA4 writes it ([B,Sq,Hq,D]). Check `vs_reason` first."""
+    from ..triton_kernels.vertical_slash_tiled import TILE, columns_after, tile_lists
     tk = vs_tile_k() if tile_k is None else int(tile_k)
-    lk = vs_lone_k() if lone_k is None else int(lone_k)
-    lone = None
-    prefix = index.slash_prefix
-    if lk > 0 and slash is not None:
-        lone = split_lone(slash, index.slash_prefix, index.columns, k.shape[2], lk)
-        prefix = lone[0]
-    fcnt, fidx, mcnt, midx = tile_lists(prefix, q.shape[2], k.shape[2], index.tile_offset.shape[-1], tk)
+    fcnt, fidx, mcnt, midx = tile_lists(index.slash_prefix, q.shape[2], k.shape[2], index.tile_offset.shape[-1], tk)
     bst = block_sparse_tensors(FA4Lists(mcnt, midx, fcnt, fidx, (TILE, tk)))
     out, lse = _call("vertical-slash", q, k, v, scale, causal=True, block_sparse_tensors=bst, return_lse=True)
-    return columns_after(q, k, v, out, lse, index, scale, tk, lone=lone)  # lse [B,Hq,Sq] fp32
+    return columns_after(q, k, v, out, lse, index, scale, tk)  # lse [B,Hq,Sq] fp32
 
 
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

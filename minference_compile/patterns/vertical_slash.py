@@ -105,7 +105,7 @@ class VerticalSlash(Pattern):
         if on_fa4 is None:  # a group built outside sparse_prefill: the same rule
             on_fa4 = fa4.vs_layer_on_fa4(group.specs, group.q, group.k, group.qk_dtype)
         if on_fa4:
-            o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale, slash=selection.slash)
+            o = fa4.vertical_slash(group.q, group.k, group.v, selection.index, group.scale)
             return o if out is None else out.copy_(o)
         return vertical_slash_kernel(group.q, group.k, group.v, selection.vertical, selection.slash, group.scale,
                                      head_mask, out, selection.index, group.qk_dtype)
