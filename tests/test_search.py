@@ -183,7 +183,8 @@ def test_adaptive_config_through_backend_matches_eager_when_covering(with_mask):
 def test_shipped_configs_are_ours_and_load():
     names = get_support_models()
     assert {"smollm2", "qwen05"} <= set(names)
-    shapes = {"smollm2": (30, 9), "qwen05": (24, 14)}
+    shapes = {"smollm2": (30, 9), "smollm2-adaptive": (30, 9), "qwen05": (24, 14), "qwen05-adaptive": (24, 14),
+              "qwen05-fast": (24, 14)}
     for name in names:
         path = shipped_config_path(name)
         cfg = MInferenceConfig.from_json(path)
