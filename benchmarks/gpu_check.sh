@@ -134,12 +134,8 @@ for m in $modes; do
       timeout 90 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 --programs 512,1024,2048,4096 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_programs.log" | tail -14
       for P in 512 2048; do MINFERENCE_VS_EST_PROGRAMS=$P timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-p$P 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -8; done
       for C in work time; do timeout 100 python3 -m benchmarks.searched --config benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-$C.json --seq 128k --index 2>&1 | tee "$OUT/searched-cost-$C.log" | tail -14; done ;;
-    s17b)  # session 17: index builds over one pattern's heads (kv-head map in the fused estimate): GPU tests, then per layer
-      # the op's index builds (subset vs every head) with the kernels, for the two --cost configs and the shipped qwen05
-      timeout 150 python3 -m pytest -q -p no:cacheprovider -rf tests/test_vs_estimate_fused.py -k "subset or zero_budget or default or no_host_sync" tests/test_adaptive.py 2>&1 | tee "$OUT/tests_subset.log" | tail -4
-      for C in benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-time.json benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json minference_compile/configs/qwen05.json; do
-        timeout 130 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | tee "$OUT/opindex-$(basename $C .json).log" | tail -4; done ;;
     s17c)  # session 17: one VS estimate per layer call (fixed + adaptive heads): GPU tests, op index per layer shared vs not
+      # (session 17's s17b ran the reverted head-subset build, NOTES row 37; its logs are in results/s17-h200/)
       timeout 120 python3 -m pytest -q -p no:cacheprovider -rf tests/test_shared_estimate.py tests/test_vs_estimate_fused.py tests/test_adaptive.py tests/test_patterns.py 2>&1 | tee "$OUT/tests_shared.log" | tail -4
       for C in benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-time.json benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json; do
         timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | tee "$OUT/opindex-shared-$(basename $C .json).log" | tail -3; done ;;

@@ -68,14 +68,15 @@ def _thresholds(t: Threshold, hq: int, device) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- vertical-slash
-def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64):
-    """Column and diagonal attention mass of the last ``last_q`` queries (the seed's estimate scores).
+def vs_scores(q: torch.Tensor, k: torch.Tensor, last_q: int = 64, scale: Optional[float] = None):
+    """Column and diagonal attention mass of the last ``last_q`` queries (the seed's estimate scores) at softmax
+    scale ``scale`` (default 1/sqrt(D)).
 
     q [B, Hq, S, D], k [B, Hkv, S, D] -> (vscore [B, Hq, S], sscore [B, Hq, S]) fp32; each row of the last
     L = min(last_q, S) queries has mass 1, so each of vscore and sscore sums to L.
     """
     # CUDA: the fused estimate kernels (MINFERENCE_FUSED_ESTIMATE=0: the torch chunks, as on CPU)
-    return estimate_scores(q, k, last_q)
+    return estimate_scores(q, k, last_q, scale)
 
 
 def _ranked(score: torch.Tensor, n: int, forced: int):
@@ -144,7 +145,7 @@ def adaptive_vertical_slash(q: torch.Tensor, k: torch.Tensor, v_cap, s_cap, gamm
     int32, -1 padded (see select_vertical_slash). ``scale``: the layer's softmax scale (default 1/sqrt(D)), the
     temperature the mass is measured at; ``scores``: (vscore, sscore) of estimate_scores on these q/k at that
     scale, already computed (read, not written)."""
-    vscore, sscore = scores if scores is not None else estimate_scores(q, k, last_q, scale)
+    vscore, sscore = scores if scores is not None else vs_scores(q, k, last_q, scale)
     return select_vertical_slash(vscore, sscore, v_cap, s_cap, gamma, float(min(last_q, q.shape[2])),
                                  sink_tokens, local_window)
 
