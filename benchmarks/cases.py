@@ -147,6 +147,8 @@ def bs(case, q, k, v, S):
     from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
     from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
     topk = case.params["topk"]
+    if case.params.get("block") == 128 or case.params.get("fa4"):
+        return _bs_variant(case, q, k, v, S, topk)
     idx = block_sparse_index(q, k, topk)
     kernel = lambda **kw: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw)  # noqa: E731
     kw, note = _kernel_variant(case, kernel, q, k, v)
@@ -154,6 +156,39 @@ def bs(case, q, k, v, S):
     return Prepared(lambda: kernel(**kw), cov.block_sparse_coverage(S, topk),
                     None if variant else (lambda: block_sparse_index(q, k, topk)),
                     None if variant else (lambda: block_sparse_attention(q, k, v, topk)), note=note)
+
+
+def _bs_variant(case, q, k, v, S, topk):
+    """bs-top100+fa4 (FA4 on our 64 x 64 blocks: the same pairs), bs128-top50 (+fa4): block_sparse_128's index, on
+    FA4 (ops/fa4.block_sparse_128, the op's route) or the Triton kernel on the equal 64-granular index. Every
+    variant is checked against the Triton kernel on the same pairs before timing."""
+    from minference_compile.ops.fa4_lists import lists_from_index
+    from minference_compile.triton_kernels.block_sparse import block_sparse_attention_fwd
+    from minference_compile.triton_kernels.block_sparse_index import block_sparse_index, expand_block_index
+    block = case.params.get("block", 64)
+    idx = block_sparse_index(q, k, topk, block=block)
+    idx64 = idx if block == 64 else expand_block_index(idx, S, S, block)
+    triton_fn = lambda: block_sparse_attention_fwd(q, k, v, idx64, compact=True)  # noqa: E731
+    coverage = cov.block_sparse_coverage(S, topk, block)
+    if not case.params.get("fa4"):
+        return Prepared(triton_fn, coverage, lambda: block_sparse_index(q, k, topk, block=block),
+                        note=f"{block}x{block} blocks as the 64-granular index, Triton")
+    fa4, scale = _fa4(q, k)
+    if block == 64:
+        from minference_compile.ops.fa4 import block_sparse_tensors
+        bst = block_sparse_tensors(lists_from_index(idx, S, 64, 64))
+        fn = lambda: fa4._call("block-sparse 64", q, k, v, scale, causal=True, block_sparse_tensors=bst)[0]  # noqa: E731
+        note = "FA4 on the same 64x64 blocks"
+    else:
+        lists = fa4.bs128_lists(idx, S, S)
+        bst = fa4.block_sparse_tensors(lists)
+        fn = lambda: fa4._call("block-sparse 128", q, k, v, scale, causal=True, block_sparse_tensors=bst)[0]  # noqa: E731
+        note = "FA4 128x128 (ops/fa4.block_sparse_128)"
+    err = float((fn().float() - triton_fn().float()).abs().max())
+    if not err <= 3e-2:
+        raise RuntimeError(f"{case.name}: FA4 differs from the Triton kernel on the same pairs: max abs {err:.3g}")
+    return Prepared(fn, coverage, lambda: block_sparse_index(q, k, topk, block=block),
+                    note=f"{note} (max abs diff vs Triton {err:.1e})")
 
 
 def ashape(case, q, k, v, S):

@@ -11,8 +11,8 @@ OUT=${OUT:-benchmarks/results}; mkdir -p "$OUT"
 # wheels carried once (.whl) stay installed in /tmp/site while the machine is warm
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl; fi
 if [ -d /tmp/site ]; then export PYTHONPATH=/tmp/site; fi
-# a real model carried in pieces (.qw/pN, one per call) is gathered in /tmp/qw
-if [ -d .qw ]; then mkdir -p /tmp/qw && cp .qw/p* /tmp/qw/ && ls /tmp/qw | tr '\n' ' ' && echo; fi
+# a real model carried in pieces (.qw/pN or .qwN/pN, one per call) is gathered in /tmp/qw
+for d in .qw .qw[0-9]*; do if [ -d "$d" ]; then mkdir -p /tmp/qw && cp "$d"/p* /tmp/qw/ && ls /tmp/qw | tr '\n' ' ' && echo; fi; done
 export MINFERENCE_COMPILE_CACHE=/tmp/mc
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
 nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
@@ -134,6 +134,19 @@ for m in $modes; do
       timeout 90 python3 -m benchmarks.vs_index_profile --cuda --budgets 100/800 --programs 512,1024,2048,4096 2>&1 | grep -v "^USDT\|Warn\|warn" | tee "$OUT/vs_index_programs.log" | tail -14
       for P in 512 2048; do MINFERENCE_VS_EST_PROGRAMS=$P timeout 100 python3 -m benchmarks.run --shapes llama3-8b --lengths 128k --cases dense-cudnn,vs-100/800 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag vsest-p$P 2>&1 | grep -v "^USDT" | grep -A4 "index-build share\|vs-100" | head -8; done
       for C in work time; do timeout 100 python3 -m benchmarks.searched --config benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-$C.json --seq 128k --index 2>&1 | tee "$OUT/searched-cost-$C.log" | tail -14; done ;;
+    carry)  # nothing: the header above gathered this call's carried piece
+      ;;
+    s18a)  # session 18: block_sparse_128 (128 x 128 blocks, top-50: bs-top100's keys per row) on FA4 and on the Triton
+      # kernel vs bs-top100 (Triton, and FA4 on the same 64 x 64 blocks), cuDNN, FA4 dense, FlexAttention, 128K, both
+      # shapes, one process; then PPL of the qwen05 configs at 16K / 32K on held-out natural text (one process), then
+      # the wide 32K search with the bs128 candidates (scores back for CPU selections)
+      timeout 230 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-fa4,bs-top100,bs-top100+fa4,bs128-top50+fa4,bs128-top50,flex-bs-top100 --max-minutes 3.4 --commit "$COMMIT" --out "$OUT" --tag bs128 2>&1 | grep -v "^USDT" | tail -24
+      timeout 200 python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs minference_compile/configs/qwen05-fast.json,benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json,minference_compile/configs/qwen05.json,minference_compile/configs/qwen05-adaptive.json,seed,small 2>&1 | grep -v "Loading\|^USDT" | tee "$OUT/ppl-qwen05-configs.log"
+      W=/tmp/s32w; mkdir -p "$W" "$OUT/searchwide"
+      timeout ${SEARCH_S:-150} python3 -m minference_compile.cli search qwen05 --device cuda --dtype bfloat16 --prompts natural,kv --lengths 32768 --candidates wide --workdir /tmp/searchwide --out "$W/qwen05-32kw.json" > "$OUT/searchwide/search.log" 2>&1; tail -n 6 "$OUT/searchwide/search.log"
+      (cd /tmp && find searchwide -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/searchwide/scores.tar" -T -) ;;
+    s18tests)  # session 18: the [hopper] extra's GPU tests session 16 cut, block_sparse_128 (FA4 real), the select kernel's block
+      timeout ${S18T_S:-420} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_fa4_ops.py tests/test_fa4_forms.py tests/test_block_sparse_128.py tests/test_search.py "tests/test_kernels_triton.py::test_block_sparse_index" tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_s18.log" | tail -12 ;;
     s17c)  # session 17: one VS estimate per layer call (fixed + adaptive heads): GPU tests, op index per layer shared vs not
       # (session 17's s17b ran the reverted head-subset build, NOTES row 37; its logs are in results/s17-h200/)
       timeout 120 python3 -m pytest -q -p no:cacheprovider -rf tests/test_shared_estimate.py tests/test_vs_estimate_fused.py tests/test_adaptive.py tests/test_patterns.py 2>&1 | tee "$OUT/tests_shared.log" | tail -4

@@ -58,6 +58,12 @@ CASES = [
     Case("vs-100/800+fa4", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "fa4": True}),
     Case("vs-1000/6096+fa4k64", "vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1], "fa4": True, "tile_k": 64}),
     Case("vs-100/800+fa4k64", "vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1], "fa4": True, "tile_k": 64}),
+    # FlashAttention-4 on bs-top100's own 64 x 64 blocks (issue 12's peer on the same blocks; needs the [hopper] extra)
+    Case("bs-top100+fa4", "bs", {"topk": TOPK, "fa4": True}),
+    # block_sparse_128 (patterns/block_sparse_128.py): 128 x 128 blocks, top-50 = bs-top100's keys per row and its
+    # coverage; on FA4 (the op's [hopper] route at D >= 128) and on the Triton kernel as the equal 64-granular index
+    Case("bs128-top50+fa4", "bs", {"topk": TOPK // 2, "block": 128, "fa4": True}),
+    Case("bs128-top50", "bs", {"topk": TOPK // 2, "block": 128}),
     # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
     Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),

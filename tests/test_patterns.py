@@ -14,7 +14,7 @@ from minference_compile import MInferenceConfig
 from minference_compile.config import ConfigError
 from minference_compile.ops.adaptive import pack_threshold
 from minference_compile.ops.crossover import auto_min_sparse_len, pattern_min_len
-from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparseAdaptive, BlockSparseAntidiag, Dense,
+from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparse128, BlockSparseAdaptive, BlockSparseAntidiag, Dense,
                                          HeadGroup, Pattern,
                                          PatternError, VerticalSlash, VerticalSlashAdaptive, as_spec, pack_layer,
                                          parse_entry, parse_label, unpack)
@@ -30,6 +30,7 @@ SPECS = {
     "vertical_and_slash_adaptive": [VerticalSlashAdaptive(10, 20, 0.8), VerticalSlashAdaptive(5, 5)],
     "block_sparse_adaptive": [BlockSparseAdaptive(2, 0.5), BlockSparseAdaptive(1)],
     "block_sparse_antidiag": [BlockSparseAntidiag(2, 8, 0.5), BlockSparseAntidiag(1, 4)],  # a layer of two strides
+    "block_sparse_128": [BlockSparse128(2), BlockSparse128(1)],
 }
 ALL = [s for specs in SPECS.values() for s in specs]
 
@@ -128,7 +129,7 @@ def test_cpu_path_matches_reference(name, mixed, q_len):
 
 def test_sparse_prefill_dispatches_every_pattern():
     """One layer holding every registered pattern: each head equals its pattern's reference."""
-    q, k, v = qkv(65, 7, 1, 64, torch.float32, B=2, seed=5)
+    q, k, v = qkv(65, len(SPECS), 1, 64, torch.float32, B=2, seed=5)
     specs = [SPECS[n][i % 2] for i, n in enumerate(SPECS)]
     scale = 0.125
     out = torch.ops.minference.sparse_prefill(q, k, v, *pack_layer(specs), scale, 0, 64)

@@ -16,12 +16,14 @@ from minference_compile.search.capture import sample_rows
 from minference_compile.search.score import evaluate_layer
 from minference_compile.search.select import choose
 from minference_compile.search.shipped import shipped_config_path
+from minference_compile.triton_kernels.block_sparse_index import block_sparse_index
 from minference_compile.triton_kernels.naive import block_sparse_mask, streaming_mask, vertical_slash_mask
 
 CANDS = [Candidate("dense"), Candidate("stream_llm", 16, 100), Candidate("vertical_and_slash", 30, 150),
          Candidate("vertical_and_slash", 5, 40), Candidate("block_sparse", 3),
          Candidate("vertical_and_slash_adaptive", 60, 200, 0.6), Candidate("block_sparse_adaptive", 6, 0, 0.5),
-         Candidate("block_sparse_antidiag", 6, 8, 0.5), Candidate("block_sparse_antidiag", 3, 4, 0.9)]
+         Candidate("block_sparse_antidiag", 6, 8, 0.5), Candidate("block_sparse_antidiag", 3, 4, 0.9),
+         Candidate("block_sparse_128", 2)]
 
 
 def _record(S, Hq, Hkv, D, n_rows, seed=0):
@@ -52,6 +54,8 @@ def test_recall_and_cost_equal_brute_force_masks(S):
             M = vertical_slash_mask(v, s, S)[0]
         elif c.pattern == "block_sparse_antidiag":
             M = block_sparse_mask(antidiag_block_sparse_index(q[None], k[None], c.v, thr, c.s), S)[0]
+        elif c.pattern == "block_sparse_128":  # the 128-block pairs, straight from the op's index
+            M = block_sparse_mask(block_sparse_index(q[None], k[None], c.v, block=128), S, block=128)[0]
         elif c.pattern.startswith("block"):
             M = block_sparse_mask(adaptive_block_sparse_index(q[None], k[None], c.v, thr), S)[0]
         elif c.pattern == "stream_llm":

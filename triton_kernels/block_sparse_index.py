@@ -1,6 +1,6 @@
 """Block-sparse key-block selection by mean pooling (docs/DESIGN.md "Block-sparse"): chunked scores (torch),
 top-k per row by a Triton radix select (CUDA) or torch topk + sort."""
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -36,11 +36,12 @@ def _scores(qm: torch.Tensor, km: torch.Tensor, dtype: torch.dtype) -> torch.Ten
 def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequence[int], torch.Tensor],
                        block: int = 64, impl: str = "auto") -> torch.Tensor:
     """q [B,Hq,Sq,D], k [B,Hkv,S,D] (Sq <= S: the queries are the last Sq positions), topk int, or per head a list
-    or int tensor [Hq] -> [B,Hq,NQB,Kmax] int32 absolute key-block ids, NQB = ceil(Sq/64), Kmax = clamp(max(max
-    topk, diagonal blocks per row), 1, ceil(S/64)).
+    or int tensor [Hq] -> [B,Hq,NQB,Kmax] int32 absolute key-block ids, NQB = ceil(Sq/block), Kmax = clamp(max(max
+    topk, diagonal blocks per row), 1, ceil(S/block)). ``block``: the query and key block size (64: the seed's
+    block_sparse; 128: block_sparse_128, see expand_block_index).
 
     Row (b, h, qb): the diagonal blocks lo..hi (the key blocks holding the row positions of query block qb: one
-    when S - Sq is a multiple of 64, else one or two) and the highest-scoring key blocks below lo,
+    when S - Sq is a multiple of the block, else one or two) and the highest-scoring key blocks below lo,
     naive.block_sparse_count(topk[h], lo, hi) ids in all (min(topk[h], qb + 1) without an offset), ascending,
     then -1. A tensor topk costs one host sync (its max sets the output width); a list none.
     impl: "triton" (radix select; equal scores: the lowest kb wins), "torch" (topk + sort; tie order unspecified),
@@ -49,11 +50,20 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     assert Sq <= S, "q_len must be <= kv_len"
-    g = Hq // Hkv
-    n, nk = -(-Sq // block), -(-S // block)
+    if Sq == 0:
+        return index_from_means(q.new_zeros(B, Hq, 0, D, dtype=torch.float32), None, Sq, S, topk, block, impl, q.dtype)
+    return index_from_means(_block_means(q, block), _block_means(k, block), Sq, S, topk, block, impl, q.dtype)
+
+
+def index_from_means(qm: torch.Tensor, km: Optional[torch.Tensor], Sq: int, S: int,
+                     topk: Union[int, Sequence[int], torch.Tensor], block: int = 64, impl: str = "auto",
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """block_sparse_index from the block means: qm [B,Hq,ceil(Sq/block),D], km [B,Hkv,ceil(S/block),D] fp32 (the
+    search scores captured means with it); ``dtype``: the q/k dtype (half precision: scores on tensor cores)."""
+    B, Hq, n, D = qm.shape
+    dev = qm.device
+    nk = -(-S // block)
     off = S - Sq
-    dev = q.device
-    assert block == 64 or off == 0, "a query offset needs 64-row blocks"
     if isinstance(topk, torch.Tensor):
         tk = topk.to(device=dev, dtype=torch.int64).reshape(-1).expand(Hq)
         kmax = int(tk.max())
@@ -68,9 +78,10 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
     kmax = max(1, min(max(kmax, n_diag), nk))
     if n == 0:
         return torch.empty(B, Hq, 0, kmax, dtype=torch.int32, device=dev)
-
-    qm = _block_means(q, block).view(B, Hkv, g, n, D)
-    km_t = _block_means(k, block).view(B, Hkv, 1, nk, D).transpose(-1, -2)
+    Hkv = km.shape[1]
+    g = Hq // Hkv
+    qm = qm.view(B, Hkv, g, n, D)
+    km_t = km.view(B, Hkv, 1, nk, D).transpose(-1, -2)
     out = torch.empty(B, Hq, n, kmax, dtype=torch.int32, device=dev)
     chunk = max(1, min(n, _SCORE_BYTES // max(1, B * Hq * nk * 4)))
 
@@ -78,7 +89,7 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
         return min(nk, (min(off + block * c1, S) - 1) // block + 1)
 
     if impl == "auto":
-        impl = "triton" if q.is_cuda else "torch"
+        impl = "triton" if qm.is_cuda else "torch"
     if impl == "triton":
         import triton  # here, not at the top: CPU users of the torch path never build a Triton kernel
 
@@ -93,11 +104,11 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
             # one matrix per kv head (no broadcast copy of k); rows qb < c1 need only key blocks < w
             qc = qm[:, :, :, c0:c1].reshape(B * Hkv, g * (c1 - c0), D)
             kc = km_t[:, :, 0, :, :w].reshape(B * Hkv, D, w)
-            sc = _scores(qc, kc, q.dtype).view(B, Hq, c1 - c0, w)
+            sc = _scores(qc, kc, dtype).view(B, Hq, c1 - c0, w)
             nrows = B * Hq * (c1 - c0)
             _bs_select_kernel[(triton.cdiv(nrows, rows),)](sc, tk, out, c1 - c0, w, c0, n, Hq, kmax, nrows, off, S,
                                                            R=rows, NP=np2, KP=triton.next_power_of_2(kmax),
-                                                           num_warps=warps)
+                                                           BLOCK=block, num_warps=warps)
         return out
     assert impl == "torch", impl
     slot = torch.arange(kmax, device=dev)
@@ -117,3 +128,23 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
         top = torch.where(keep, top, big).sort(-1).values
         out[:, :, c0:c1] = torch.where(top == big, -1, top).to(torch.int32)
     return out
+
+
+def expand_block_index(index: torch.Tensor, q_len: int, kv_len: int, block: int = 128) -> torch.Tensor:
+    """A ``block``-granular index [B,H,ceil(q_len/block),K] (block_sparse_index(block=block): ascending absolute
+    ids, -1 padded) -> the same pairs as a 64-granular one [B,H,ceil(q_len/64),K * block/64] for the 64x64 kernels,
+    CPU path and reference: 64-row query block r (local rows 64 r.., inside block r // (block/64)) lists the 64-key
+    blocks of its block's ids, up to the key block of its own last row (the rest would be non-causal for every one
+    of its rows). Ascending, unique, -1 padded: block_sparse_attention_fwd(compact=True) input."""
+    assert block % 64 == 0, block
+    f = block // 64
+    B, H, n, K = index.shape
+    nq = -(-q_len // 64)
+    off = kv_len - q_len
+    sub = torch.arange(f, device=index.device)
+    ids = torch.where(index[..., None] >= 0, index[..., None].long() * f + sub, -1).flatten(-2)  # [B,H,n,K*f] asc.
+    ids = ids.repeat_interleave(f, dim=2)[:, :, :nq]  # row block r reads its block's list
+    last = torch.clamp(off + 64 * torch.arange(nq, device=index.device) + 63, max=kv_len - 1) // 64
+    ok = (ids >= 0) & (ids <= last[:, None])
+    # dropping only trailing (highest) ids keeps the kept ones first and ascending
+    return torch.where(ok, ids, -1).to(torch.int32).contiguous()

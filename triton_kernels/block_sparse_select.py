@@ -5,17 +5,17 @@ import triton.language as tl
 
 @triton.jit
 def _bs_select_kernel(sc_ptr, tk_ptr, out_ptr, C, W, c0, n, Hq, KMAX, ROWS, OFF, SKV,
-                      R: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
+                      R: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr, BLOCK: tl.constexpr = 64):
     # R score rows per program; row = bh * C + r: scores sc[row, :W] (W > the row's last diagonal block), ids to
-    # out[bh, qb = c0 + r, :KMAX]. Query block qb holds positions OFF + 64 qb .. (OFF = kv_len - q_len); its
+    # out[bh, qb = c0 + r, :KMAX]. Query block qb holds positions OFF + BLOCK qb .. (OFF = kv_len - q_len); its
     # diagonal key blocks lo..hi (naive.diagonal_blocks) are always kept, candidates are the blocks below lo.
     row = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]
     live = row < ROWS
     bh = row // C
     qb = c0 + row - bh * C
-    first = OFF + 64 * qb
-    lo = first // 64
-    hi = tl.minimum(first + 63, SKV - 1) // 64
+    first = OFF + BLOCK * qb
+    lo = first // BLOCK
+    hi = tl.minimum(first + BLOCK - 1, SKV - 1) // BLOCK
     n_diag = hi - lo + 1
     tk = tl.load(tk_ptr + bh % Hq, mask=live, other=0).to(tl.int32)
     kk = tl.where(tk > 0, tl.maximum(tl.minimum(tk, hi + 1), n_diag), 0)  # ids in the row

@@ -118,17 +118,17 @@ def vertical_slash_tiled_mask(vertical: torch.Tensor, slash: torch.Tensor, S: in
     return _vs_mask(vertical, slash, S, q_len, tile_q, tiles)
 
 
-def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None) -> torch.Tensor:
-    """[B,H,Sq,S] bool from block_index [B,H,ceil(Sq/64),K] (absolute key-block ids, -1 pad): local row r (position
-    S - Sq + r) attends j iff j <= its position and j // 64 is listed for query block r // 64."""
+def block_sparse_mask(block_index: torch.Tensor, S: int, q_len=None, block: int = BLOCK) -> torch.Tensor:
+    """[B,H,Sq,S] bool from block_index [B,H,ceil(Sq/block),K] (absolute key-block ids, -1 pad): local row r
+    (position S - Sq + r) attends j iff j <= its position and j // block is listed for query block r // block."""
     B, H, NQB, _ = block_index.shape
     sq = S if q_len is None else int(q_len)
-    NKB = -(-S // BLOCK)
+    NKB = -(-S // block)
     bi = block_index.long()
     ok = (bi >= 0) & (bi < NKB)
     bm = torch.zeros(B, H, NQB, NKB + 1, dtype=torch.bool, device=bi.device)
     bm.scatter_(-1, torch.where(ok, bi, NKB), True)
-    bm = bm[..., :NKB].repeat_interleave(BLOCK, 2).repeat_interleave(BLOCK, 3)[:, :, :sq, :S]
+    bm = bm[..., :NKB].repeat_interleave(block, 2).repeat_interleave(block, 3)[:, :, :sq, :S]
     return bm & _causal(S, bi.device, sq)
 
 
@@ -155,31 +155,31 @@ def vertical_slash_tiled_ref(q, k, v, vertical, slash, scale=None, tile_q=128, t
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
-def block_sparse_ref(q, k, v, block_index, scale=None):
-    mask = block_sparse_mask(block_index, k.shape[2], q_len=q.shape[2])
+def block_sparse_ref(q, k, v, block_index, scale=None, block: int = BLOCK):
+    mask = block_sparse_mask(block_index, k.shape[2], q_len=q.shape[2], block=block)
     return masked_attention_ref(q, k, v, mask.to(q.device), scale)
 
 
-def diagonal_blocks(qb: int, q_len: int, kv_len: int):
+def diagonal_blocks(qb: int, q_len: int, kv_len: int, block: int = BLOCK):
     """(lo, hi): the key blocks lo..hi that hold the positions of query block qb's rows (one block when the offset
-    kv_len - q_len is a multiple of 64, else one or two). Blocks < lo are causal for every row of the block."""
-    first = kv_len - q_len + qb * BLOCK
-    last = min(first + BLOCK - 1, kv_len - 1)
-    return first // BLOCK, last // BLOCK
+    kv_len - q_len is a multiple of the block, else one or two). Blocks < lo are causal for every row of the block."""
+    first = kv_len - q_len + qb * block
+    last = min(first + block - 1, kv_len - 1)
+    return first // block, last // block
 
 
-def block_scores_ref(q, k) -> torch.Tensor:
+def block_scores_ref(q, k, block: int = BLOCK) -> torch.Tensor:
     """[B,Hq,NQB,NKB] fp32 dot(mean q rows of local query block qb, mean k rows of key block kb) (means over
-    valid rows; GQA). NQB = ceil(Sq/64), NKB = ceil(S/64)."""
+    valid rows; GQA). NQB = ceil(Sq/block), NKB = ceil(S/block)."""
     B, Hq, sq, _ = q.shape
     S = k.shape[2]
     g = Hq // k.shape[1]
-    n, nk = -(-sq // BLOCK), -(-S // BLOCK)
+    n, nk = -(-sq // block), -(-S // block)
     out = torch.empty(B, Hq, n, nk, dtype=torch.float32)
     for b in range(B):
         for h in range(Hq):
-            qm = [q[b, h, i * BLOCK:(i + 1) * BLOCK].float().mean(0) for i in range(n)]
-            km = [k[b, h // g, i * BLOCK:(i + 1) * BLOCK].float().mean(0) for i in range(nk)]
+            qm = [q[b, h, i * block:(i + 1) * block].float().mean(0) for i in range(n)]
+            km = [k[b, h // g, i * block:(i + 1) * block].float().mean(0) for i in range(nk)]
             for i in range(n):
                 for j in range(nk):
                     out[b, h, i, j] = torch.dot(qm[i].cpu(), km[j].cpu())
@@ -192,17 +192,17 @@ def block_sparse_count(topk: int, lo: int, hi: int) -> int:
     return 0 if topk <= 0 else max(min(topk, hi + 1), hi - lo + 1)
 
 
-def block_sparse_index_ref(q, k, topk) -> torch.Tensor:
+def block_sparse_index_ref(q, k, topk, block: int = BLOCK) -> torch.Tensor:
     """[B,Hq,NQB,Kmax] int32, Kmax = clamp(max(max topk, diagonal blocks per row), 1, NKB): per query block its
     diagonal blocks plus the highest-scoring key blocks below them, block_sparse_count(...) in all, ascending,
-    -1 padded."""
+    -1 padded (blocks of ``block`` rows / keys)."""
     B, Hq, sq, _ = q.shape
     S = k.shape[2]
-    n, nk = -(-sq // BLOCK), -(-S // BLOCK)
+    n, nk = -(-sq // block), -(-S // block)
     tk = _per_head(topk, Hq, "cpu").tolist()
-    diag = [diagonal_blocks(qb, sq, S) for qb in range(n)]
+    diag = [diagonal_blocks(qb, sq, S, block) for qb in range(n)]
     kmax = max(1, min(max(tk + [hi - lo + 1 for lo, hi in diag]), nk))
-    sc = block_scores_ref(q, k)
+    sc = block_scores_ref(q, k, block)
     out = torch.full((B, Hq, n, kmax), -1, dtype=torch.int32)
     for b in range(B):
         for h in range(Hq):

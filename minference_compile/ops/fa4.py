@@ -282,6 +282,62 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
     return columns_after(q, k, v, out, lse, index, scale, tk)  # lse [B,Hq,Sq] fp32
 
 
+def bs128_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
+    """Why block_sparse_128 heads do not run on FA4 here (None: they do). MINFERENCE_FA4_BS128: "0" never, "1"
+    wherever FA4 runs, unset / "auto": at head dim >= 128 (where FA4's 128 x 128 block-sparse tiles measured ~1.1
+    of cuDNN's dense rate, NOTES rows 20, 42; at D=64 FA4's block-sparse lost to our kernel in row 20)."""
+    env = os.environ.get("MINFERENCE_FA4_BS128", "auto")
+    if env == "0":
+        return "MINFERENCE_FA4_BS128=0"
+    if env != "1" and q.shape[-1] < 128:
+        return f"head dim {q.shape[-1]} < 128 (MINFERENCE_FA4_BS128=1 forces FA4)"
+    return reason(q, k)
+
+
+def bs128_lists(index: torch.Tensor, q_len: int, kv_len: int, heads: Optional[Sequence[int]] = None) -> FA4Lists:
+    """block_sparse_128's index [B,H,ceil(q_len/128),K] (ascending absolute ids, -1 pad; block_sparse_index with
+    block=128) -> FA4Lists at (128, 128) for causal=True: ids below the query block's first row in the full list, the
+    diagonal one or two in the mask list. heads: the q heads to compute (None: all); the others get empty lists."""
+    B, H, M, K = index.shape
+    idx = index.long()
+    first = kv_len - q_len + 128 * torch.arange(M, device=index.device)
+    lo = (first // 128)[:, None]
+    valid = idx >= 0
+    full = valid & (idx < lo)
+    diag = valid & (idx >= lo)
+    if heads is not None and len(heads) < H:
+        keep = torch.zeros(H, dtype=torch.bool, device=index.device)
+        keep[device_tensor(list(heads), index.device, torch.long)] = True
+        full, diag = full & keep[:, None, None], diag & keep[:, None, None]
+    fcnt = full.sum(-1, dtype=torch.int32)
+    fidx = torch.where(full, idx, 0).to(torch.int32)  # ascending ids: the full ones are each row's first
+    mcnt = diag.sum(-1, dtype=torch.int32)
+    slot = fcnt.long()[..., None] + torch.arange(2, device=index.device)  # the diagonal ids follow them
+    midx = torch.where(torch.arange(2, device=index.device) < mcnt[..., None],
+                       idx.gather(-1, slot.clamp(max=K - 1)), 0).to(torch.int32)
+    return FA4Lists(mcnt.contiguous(), midx.contiguous(), fcnt.contiguous(), fidx.contiguous(), (128, 128))
+
+
+def block_sparse_128(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index: torch.Tensor, scale: float,
+                     heads: Optional[Sequence[int]] = None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """block_sparse_128 on FA4's block-sparse forward: q [B,Hq,Sq,D] (the last Sq of S), k/v [B,Hkv,S,D], index
+    [B,Hq,ceil(Sq/128),K] -> [B,Hq,Sq,D]. One call over every head (native GQA), empty lists for heads outside
+    ``heads``; with ``out``, only ``heads`` are written into it. Check `bs128_reason` first."""
+    Hq = q.shape[1]
+    heads = list(range(Hq)) if heads is None else list(heads)
+    bst = block_sparse_tensors(bs128_lists(index, q.shape[2], k.shape[2], heads))
+    o = _call("block-sparse 128", q, k, v, scale, causal=True, block_sparse_tensors=bst)[0]
+    if out is None and len(heads) == Hq:
+        return o
+    if out is None:
+        out = torch.zeros_like(q)
+    if len(heads) == Hq:
+        out.copy_(o)
+    else:
+        out[:, heads] = o[:, heads].to(out.dtype)
+    return out
+
+
 def dense_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """Dense causal attention [B,Hq,Sq,D] (Sq <= S: the last Sq positions) through FA4, stored as FA4 writes it
     ([B,Sq,Hq,D], a transposed view; check `reason(q, k)` first)."""

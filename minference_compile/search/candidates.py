@@ -84,6 +84,7 @@ def _wide() -> list:
     fixed += [Candidate("vertical_and_slash", v, s) for v in (30, 100, 300, 1000, 2000)
               for s in (100, 200, 400, 800, 1500, 2048, 3000, 4096, 6096)]
     fixed += [Candidate("block_sparse", t) for t in (4, 8, 16, 24, 32, 48, 64, 96, 128)]
+    fixed += [Candidate("block_sparse_128", t) for t in (4, 8, 16, 32, 64)]  # FA4's tile (D >= 128 on sm90)
     gammas = (0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
     adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in gammas]
     adaptive += [Candidate("vertical_and_slash_adaptive", 300, 2048, g) for g in (0.8, 0.9, 0.95, 0.98)]

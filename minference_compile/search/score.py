@@ -19,6 +19,7 @@ from ..ops import adaptive
 from ..ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks, select_vertical_slash,
                             strided_keys, strided_queries, vs_scores)
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS
+from ..triton_kernels.block_sparse_index import expand_block_index, index_from_means
 from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
 
 BLOCK = 64
@@ -101,6 +102,12 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
                         adm[c.s] = antidiag_block_mass(strided_queries(qh, c.s), strided_keys(kh, c.s), S, 0,
                                                        -(-S // BLOCK), c.s)
                     index = select_blocks(adm[c.s], 0, c.v, c.threshold, adaptive.ANTIDIAG_SINK)[0, 0]
+                elif c.pattern == "block_sparse_128":  # the op's 128-block top-k, as the 64-granular index of its pairs
+                    if "m128" not in adm:
+                        adm["m128"] = (_pool2(q_means[h], S), _pool2(km[h // G], S))
+                    qm2, km2 = adm["m128"]
+                    index = expand_block_index(index_from_means(qm2[None, None], km2[None, None], S, S, c.v, 128),
+                                               S, S)[0, 0]
                 else:
                     if mass is None:
                         mass = block_mass_from_means(q_means[h][None, None], km[h // G][None, None], S)
@@ -121,6 +128,14 @@ def _means(x: torch.Tensor) -> torch.Tensor:
     if S % BLOCK:
         parts.append(x[:, n * BLOCK:].mean(1, keepdim=True))
     return torch.cat(parts, 1)
+
+
+def _pool2(means: torch.Tensor, S: int) -> torch.Tensor:
+    """[N64, D] means of 64-row blocks -> [ceil(S/128), D] means of 128-row blocks (each weighted by its rows)."""
+    rows = torch.clamp(S - torch.arange(means.shape[0], device=means.device) * BLOCK, max=BLOCK).to(means.dtype)
+    w = torch.nn.functional.pad(means * rows[:, None], (0, 0, 0, means.shape[0] % 2))
+    n = torch.nn.functional.pad(rows, (0, means.shape[0] % 2))
+    return w.view(-1, 2, means.shape[1]).sum(1) / n.view(-1, 2).sum(1)[:, None]
 
 
 def _vs(p, pu, m0, vscore, sscore, L, cands, S, recall, cost, lines) -> None:
