@@ -142,8 +142,10 @@ for m in $modes; do
       # the wide 32K search with the bs128 candidates (scores back for CPU selections)
       timeout 230 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-fa4,bs-top100,bs-top100+fa4,bs128-top50+fa4,bs128-top50,flex-bs-top100 --max-minutes 3.4 --commit "$COMMIT" --out "$OUT" --tag bs128 2>&1 | grep -v "^USDT" | tail -24
       timeout 200 python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs minference_compile/configs/qwen05-fast.json,benchmarks/results/s16-cpu/qwen05-32kw-match-adaptive-work.json,minference_compile/configs/qwen05.json,minference_compile/configs/qwen05-adaptive.json,seed,small 2>&1 | grep -v "Loading\|^USDT" | tee "$OUT/ppl-qwen05-configs.log"
+      ;;
+    s18search)  # session 18: the wide 32K search with the bs128 candidates (scores back for CPU selections; after qwen-join)
       W=/tmp/s32w; mkdir -p "$W" "$OUT/searchwide"
-      timeout ${SEARCH_S:-150} python3 -m minference_compile.cli search qwen05 --device cuda --dtype bfloat16 --prompts natural,kv --lengths 32768 --candidates wide --workdir /tmp/searchwide --out "$W/qwen05-32kw.json" > "$OUT/searchwide/search.log" 2>&1; tail -n 6 "$OUT/searchwide/search.log"
+      timeout ${SEARCH_S:-300} python3 -m minference_compile.cli search qwen05 --device cuda --dtype bfloat16 --prompts natural,kv --lengths 32768 --candidates wide --workdir /tmp/searchwide --out "$W/qwen05-32kw.json" > "$OUT/searchwide/search.log" 2>&1; tail -n 6 "$OUT/searchwide/search.log"
       (cd /tmp && find searchwide -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/searchwide/scores.tar" -T -) ;;
     s18tests)  # session 18: the [hopper] extra's GPU tests session 16 cut, block_sparse_128 (FA4 real), the select kernel's block
       timeout ${S18T_S:-420} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_fa4_ops.py tests/test_fa4_forms.py tests/test_block_sparse_128.py tests/test_search.py "tests/test_kernels_triton.py::test_block_sparse_index" tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_s18.log" | tail -12 ;;
