@@ -149,6 +149,10 @@ for m in $modes; do
       (cd /tmp && find searchwide -name 'eval*.pt' -o -name '*.json' | tar cf "$OUT/searchwide/scores.tar" -T -) ;;
     s18tests)  # session 18: the [hopper] extra's GPU tests session 16 cut, block_sparse_128 (FA4 real), the select kernel's block
       timeout ${S18T_S:-420} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_fa4_ops.py tests/test_fa4_forms.py tests/test_block_sparse_128.py tests/test_search.py "tests/test_kernels_triton.py::test_block_sparse_index" tests/test_vs_tiled.py 2>&1 | tee "$OUT/tests_s18.log" | tail -12 ;;
+    s18b)  # session 18, after fa4-install fa4-env: block_sparse_128's GPU tests again (s18tests' 16 failures were the test's
+      # own device mismatch), then bs128 against bs-top100 and cuDNN at 128K in a second process
+      timeout 200 python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_block_sparse_128.py "tests/test_kernels_triton.py::test_registry_kernel_path" 2>&1 | tee "$OUT/tests_bs128.log" | tail -6
+      timeout 150 python3 -m benchmarks.run --shapes llama3-8b,qwen2.5-0.5b --lengths 128k --cases dense-cudnn,bs-top100,bs128-top50+fa4,bs128-top50 --max-minutes 2 --commit "$COMMIT" --out "$OUT" --tag bs128b 2>&1 | grep -v "^USDT" | grep -A12 "## time\|## speedup" | head -30 ;;
     s17c)  # session 17: one VS estimate per layer call (fixed + adaptive heads): GPU tests, op index per layer shared vs not
       # (session 17's s17b ran the reverted head-subset build, NOTES row 37; its logs are in results/s17-h200/)
       timeout 120 python3 -m pytest -q -p no:cacheprovider -rf tests/test_shared_estimate.py tests/test_vs_estimate_fused.py tests/test_adaptive.py tests/test_patterns.py 2>&1 | tee "$OUT/tests_shared.log" | tail -4

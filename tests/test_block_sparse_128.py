@@ -27,7 +27,7 @@ def qkv(B, Hq, Hkv, Sq, S, D, dtype=torch.float32):
 
 def ref(q, k, v, index128, scale=None):
     """The 128-block semantics directly (no expansion): row r attends j <= its position with j // 128 listed."""
-    return naive.block_sparse_ref(q.float(), k.float(), v.float(), index128, scale, block=128)
+    return naive.block_sparse_ref(q.float(), k.float(), v.float(), index128, scale, block=128).cpu()
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
@@ -83,7 +83,7 @@ def test_pattern_matches_reference(Sq, S, Hq, Hkv, D):
     h = heads.cpu()
     torch.testing.assert_close(out.float().cpu()[:, h], want[:, h], atol=TOL[dtype], rtol=TOL[dtype])
     assert torch.isnan(out.float().cpu()[:, ~h]).all()  # other heads untouched
-    torch.testing.assert_close(BlockSparse128.reference(g, sel)[:, h].cpu(), want[:, h], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(BlockSparse128.reference(g, sel).cpu()[:, h], want[:, h], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("Sq,S,Hq,Hkv,D", [SHAPES[2], SHAPES[5], SHAPES[7]])
@@ -161,5 +161,6 @@ def test_entry_label_and_op():
     out = torch.ops.minference.sparse_prefill(q, k, v, [7, 0], [2, 0], [0, 0], 0.125, 0, 64, 1.0)
     want = ref(q, k, v, block_sparse_index(q, k, 2, block=128).cpu(), 0.125)
     torch.testing.assert_close(out[:, :1].float().cpu(), want[:, :1], atol=2e-2 if CUDA else 1e-4, rtol=1e-2)
-    torch.testing.assert_close(out[:, 1:].float().cpu(), naive.dense_causal_ref(q[:, 1:].cpu(), k.cpu(), v.cpu(), 0.125),
+    torch.testing.assert_close(out[:, 1:].float().cpu(), naive.dense_causal_ref(q[:, 1:].cpu().float(), k.cpu().float(),
+                                                                              v.cpu().float(), 0.125),
                                atol=2e-2 if CUDA else 1e-4, rtol=1e-2)

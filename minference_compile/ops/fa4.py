@@ -283,14 +283,11 @@ def vertical_slash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, index, sca
 
 
 def bs128_reason(q: torch.Tensor, k: torch.Tensor) -> Optional[str]:
-    """Why block_sparse_128 heads do not run on FA4 here (None: they do). MINFERENCE_FA4_BS128: "0" never, "1"
-    wherever FA4 runs, unset / "auto": at head dim >= 128 (where FA4's 128 x 128 block-sparse tiles measured ~1.1
-    of cuDNN's dense rate, NOTES rows 20, 42; at D=64 FA4's block-sparse lost to our kernel in row 20)."""
-    env = os.environ.get("MINFERENCE_FA4_BS128", "auto")
-    if env == "0":
+    """Why block_sparse_128 heads do not run on FA4 here (None: they do). MINFERENCE_FA4_BS128="0": never (the
+    Triton kernel on the equal 64-granular index); otherwise wherever FA4 runs: its 128 x 128 tiles beat that kernel
+    at both head dims measured (H200, 128K, top-50, NOTES row 42: 22.8 vs 34.6 ms at D=128, 7.1 vs 8.4 ms at D=64)."""
+    if os.environ.get("MINFERENCE_FA4_BS128", "auto") == "0":
         return "MINFERENCE_FA4_BS128=0"
-    if env != "1" and q.shape[-1] < 128:
-        return f"head dim {q.shape[-1]} < 128 (MINFERENCE_FA4_BS128=1 forces FA4)"
     return reason(q, k)
 
 
