@@ -83,7 +83,7 @@ def test_pattern_matches_reference(Sq, S, Hq, Hkv, D):
     h = heads.cpu()
     torch.testing.assert_close(out.float().cpu()[:, h], want[:, h], atol=TOL[dtype], rtol=TOL[dtype])
     assert torch.isnan(out.float().cpu()[:, ~h]).all()  # other heads untouched
-    torch.testing.assert_close(BlockSparse128.reference(g, sel).cpu()[:, h], want[:, h], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(BlockSparse128.reference(g, sel).float().cpu()[:, h], want[:, h], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("Sq,S,Hq,Hkv,D", [SHAPES[2], SHAPES[5], SHAPES[7]])
@@ -131,7 +131,7 @@ def test_fa4_lists_split_full_and_diagonal():
 
 @pytest.mark.skipif(not (CUDA and torch.cuda.get_device_capability()[0] == 9), reason="FA4 on sm90")
 @pytest.mark.parametrize("Sq,S,Hq,Hkv,D", [(1000, 1000, 8, 2, 128), (4096, 4096, 4, 1, 128), (1000, 3000, 4, 2, 128),
-                                           (777, 777, 4, 4, 64)])
+                                           (777, 777, 4, 4, 64)] + SHAPES)
 def test_fa4_real_matches_reference(Sq, S, Hq, Hkv, D, monkeypatch):
     if fa4.reason(torch.zeros(1, 1, 2, D, device="cuda", dtype=torch.bfloat16),
                   torch.zeros(1, 1, 2, D, device="cuda", dtype=torch.bfloat16)) is not None:

@@ -309,8 +309,10 @@ def bs128_lists(index: torch.Tensor, q_len: int, kv_len: int, heads: Optional[Se
     fcnt = full.sum(-1, dtype=torch.int32)
     fidx = torch.where(full, idx, 0).to(torch.int32)  # ascending ids: the full ones are each row's first
     mcnt = diag.sum(-1, dtype=torch.int32)
-    slot = fcnt.long()[..., None] + torch.arange(2, device=index.device)  # the diagonal ids follow them
-    midx = torch.where(torch.arange(2, device=index.device) < mcnt[..., None],
+    # the diagonal ids (one or two) follow them; FA4 rejects lists wider than the key blocks ("n-block dimension")
+    w = min(2, -(-kv_len // 128))
+    slot = fcnt.long()[..., None] + torch.arange(w, device=index.device)
+    midx = torch.where(torch.arange(w, device=index.device) < mcnt[..., None],
                        idx.gather(-1, slot.clamp(max=K - 1)), 0).to(torch.int32)
     return FA4Lists(mcnt.contiguous(), midx.contiguous(), fcnt.contiguous(), fidx.contiguous(), (128, 128))
 
