@@ -71,7 +71,7 @@ def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots:
     mask_cnt [B,H,M], mask_idx [B,H,M,KM]) int32, M = ceil(q_len / 128): per 128-row query block the touched
     tile_k-key tiles, ascending (entries past a count are not written). An offset touches at most
     t = (128 + tile_k - 2) // tile_k + 1 tiles of a block, the diagonal crosses at most t: KF = min(tiles,
-    t * slash_slots + 1), KM = t. No host sync."""
+    t * slash_slots + 1), KM = min(t, ceil(S / tile_k)). No host sync."""
     B, H, P = slash_prefix.shape
     S = kv_len
     assert P == S + 1, "slash_prefix built for another kv_len"
@@ -87,6 +87,9 @@ def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots:
     if M and B * H:
         _vs_tile_lists_kernel[(M, B * H)](slash_prefix.contiguous(), fcnt, fidx, mcnt, midx, q_len, S, M, kf, per,
                                           TQ=TILE, TK=tile_k, BLOCK=256, num_warps=4)
+    n_kv = triton.cdiv(S, tile_k)
+    if per > n_kv:  # FA4 rejects a mask list wider than the key tiles (S <= 128); a block never has more of them
+        midx = midx[..., :n_kv].contiguous()
     return fcnt, fidx, mcnt, midx
 
 
