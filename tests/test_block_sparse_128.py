@@ -83,7 +83,9 @@ def test_pattern_matches_reference(Sq, S, Hq, Hkv, D):
     h = heads.cpu()
     torch.testing.assert_close(out.float().cpu()[:, h], want[:, h], atol=TOL[dtype], rtol=TOL[dtype])
     assert torch.isnan(out.float().cpu()[:, ~h]).all()  # other heads untouched
-    torch.testing.assert_close(BlockSparse128.reference(g, sel).float().cpu()[:, h], want[:, h], atol=1e-5, rtol=1e-5)
+    # the pattern's reference (via the 64-granular expansion) in the input dtype: bf16 rounding on CUDA
+    rt = 1e-5 if dtype == torch.float32 else TOL[dtype]
+    torch.testing.assert_close(BlockSparse128.reference(g, sel).float().cpu()[:, h], want[:, h], atol=rt, rtol=rt)
 
 
 @pytest.mark.parametrize("Sq,S,Hq,Hkv,D", [SHAPES[2], SHAPES[5], SHAPES[7]])
