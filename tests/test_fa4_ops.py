@@ -281,6 +281,10 @@ def test_explain_names_what_runs_on_fa4(emulated, monkeypatch):
     assert "[FlashAttention-4: dense heads]" in at(mixed)  # VS heads with a head mask stay on Triton
     assert "FlashAttention-4" not in at(vs, device="cpu")
     assert "[FlashAttention-4: A-shape]" in at({"default": ["stream_llm", 64, 512]})
+    assert "[FlashAttention-4: block-sparse 128]" in at({"default": ["block_sparse_128", 2, 0]})
+    monkeypatch.setenv("MINFERENCE_FA4_BS128", "0")
+    assert "FlashAttention-4" not in at({"default": ["block_sparse_128", 2, 0]})
+    monkeypatch.delenv("MINFERENCE_FA4_BS128")
     # the auto length rule follows the route: seed budgets on FA4 tiles from 64K, on Triton from 128K
     seed = {"default": ["vertical_and_slash", 1000, 6096]}
     auto = minference_compile.explain(model, config=seed, length=65536, device="cuda")

@@ -257,6 +257,8 @@ def kernel_note(pattern_names: Sequence[str], head_dim: int, sparse: bool, qk_dt
         parts.append("vertical-slash on 128-row tiles (a superset: docs/DESIGN.md \"Vertical-slash, tiled\")")
     if "stream_llm" in present:
         parts.append("A-shape")
+    if "block_sparse_128" in present and os.environ.get("MINFERENCE_FA4_BS128", "auto") != "0":
+        parts.append("block-sparse 128")
     if "dense" in present:
         parts.append("dense heads")
     return f" [FlashAttention-4: {', '.join(parts)}]" if parts else ""
