@@ -1,6 +1,6 @@
 """Block-sparse key-block selection by mean pooling (docs/DESIGN.md "Block-sparse"): chunked scores (torch),
 top-k per row by a Triton radix select (CUDA) or torch topk + sort."""
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 
@@ -50,12 +50,11 @@ def block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk: Union[int, Sequen
     B, Hq, Sq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     assert Sq <= S, "q_len must be <= kv_len"
-    if Sq == 0:
-        return index_from_means(q.new_zeros(B, Hq, 0, D, dtype=torch.float32), None, Sq, S, topk, block, impl, q.dtype)
-    return index_from_means(_block_means(q, block), _block_means(k, block), Sq, S, topk, block, impl, q.dtype)
+    qm = _block_means(q, block) if Sq else q.new_zeros(B, Hq, 0, D, dtype=torch.float32)
+    return index_from_means(qm, _block_means(k, block), Sq, S, topk, block, impl, q.dtype)
 
 
-def index_from_means(qm: torch.Tensor, km: Optional[torch.Tensor], Sq: int, S: int,
+def index_from_means(qm: torch.Tensor, km: torch.Tensor, Sq: int, S: int,
                      topk: Union[int, Sequence[int], torch.Tensor], block: int = 64, impl: str = "auto",
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """block_sparse_index from the block means: qm [B,Hq,ceil(Sq/block),D], km [B,Hkv,ceil(S/block),D] fp32 (the

@@ -78,18 +78,17 @@ def tile_lists(slash_prefix: torch.Tensor, q_len: int, kv_len: int, slash_slots:
     assert tile_k in TILE_K, f"tile_k must be one of {TILE_K}"
     M = triton.cdiv(q_len, TILE)
     per = (TILE + tile_k - 2) // tile_k + 1
+    # a block's tiles number at most ceil(S / tile_k) (FA4 rejects a mask list wider than that: S <= 128)
+    km = min(per, triton.cdiv(S, tile_k))
     kf = max(1, min(triton.cdiv(S, tile_k), per * slash_slots + 1))
     dev = slash_prefix.device
     fcnt = torch.empty(B, H, M, dtype=torch.int32, device=dev)
     mcnt = torch.empty(B, H, M, dtype=torch.int32, device=dev)
     fidx = torch.empty(B, H, M, kf, dtype=torch.int32, device=dev)
-    midx = torch.empty(B, H, M, per, dtype=torch.int32, device=dev)
+    midx = torch.empty(B, H, M, km, dtype=torch.int32, device=dev)
     if M and B * H:
-        _vs_tile_lists_kernel[(M, B * H)](slash_prefix.contiguous(), fcnt, fidx, mcnt, midx, q_len, S, M, kf, per,
+        _vs_tile_lists_kernel[(M, B * H)](slash_prefix.contiguous(), fcnt, fidx, mcnt, midx, q_len, S, M, kf, km,
                                           TQ=TILE, TK=tile_k, BLOCK=256, num_warps=4)
-    n_kv = triton.cdiv(S, tile_k)
-    if per > n_kv:  # FA4 rejects a mask list wider than the key tiles (S <= 128); a block never has more of them
-        midx = midx[..., :n_kv].contiguous()
     return fcnt, fidx, mcnt, midx
 
 

@@ -61,7 +61,13 @@ class BlockSparse(BlockAttention, Pattern):
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
-        from ..triton_kernels.block_sparse_index import block_sparse_index
-        topks = {s.topk for s in group.specs if s is not None}
-        # one budget: an int; else per head (other heads 1), whose max needs no device sync
-        return block_sparse_index(group.q, group.k, topks.pop() if len(topks) == 1 else group.values("topk", 1))
+        return topk_index(group)
+
+
+def topk_index(group: HeadGroup, block: int = 64) -> torch.Tensor:
+    """block_sparse_index of the group's heads at their ``topk`` (the fixed block-sparse patterns' select)."""
+    from ..triton_kernels.block_sparse_index import block_sparse_index
+    topks = {s.topk for s in group.specs if s is not None}
+    # one budget: an int; else per head (other heads 1), whose max needs no device sync
+    return block_sparse_index(group.q, group.k, topks.pop() if len(topks) == 1 else group.values("topk", 1),
+                              block=block)

@@ -15,9 +15,9 @@ import torch
 
 from ..ops import fa4
 from ..ops.crossover import round_up
-from ..triton_kernels.block_sparse_index import block_sparse_index, expand_block_index
+from ..triton_kernels.block_sparse_index import expand_block_index
 from .base import HeadGroup, Pattern, Slot, register
-from .block_sparse import BlockAttention
+from .block_sparse import BlockAttention, topk_index
 
 BLOCK = 128
 
@@ -42,9 +42,7 @@ class BlockSparse128(Pattern):
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
         """[B, Hq, ceil(Sq/128), K] absolute 128-key block ids (ascending, -1 padded)."""
-        topks = {s.topk for s in group.specs if s is not None}
-        return block_sparse_index(group.q, group.k, topks.pop() if len(topks) == 1 else group.values("topk", 1),
-                                  block=BLOCK)
+        return topk_index(group, BLOCK)
 
     @classmethod
     def expanded(cls, group: HeadGroup, selection: torch.Tensor) -> torch.Tensor:
