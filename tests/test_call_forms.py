@@ -14,7 +14,8 @@ from minference_compile import reset_runtime_stats, runtime_stats
 S = 48
 # Budgets >= S for every pattern: sparse == dense causal, so outputs must equal eager.
 COVER = {"layers": [{"0": ["vertical_and_slash", 4096, 4096, 1], "1": ["stream_llm", 4096, 4096, 1],
-                     "2": ["block_sparse", 64, 0, 1]}], "default": ["stream_llm", 4096, 4096],
+                     "2": ["block_sparse", 64, 0, 1], "3": ["block_sparse_128", 64, 0, 1]}],
+         "default": ["stream_llm", 4096, 4096],
          "min_sparse_len": 0, "allow_layer_mismatch": True}
 SMALL = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=128, num_attention_heads=4,
              num_key_value_heads=2, vocab_size=128, attn_implementation="sdpa")
