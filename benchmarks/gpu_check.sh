@@ -267,6 +267,10 @@ for m in $modes; do
       timeout 90 python3 -m benchmarks.run --shapes qwen2.5-0.5b --lengths 128k --cases dense-cudnn,dense-flash,dense-fa4,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096+fa4,ashape-128+4096,flex-ashape-128+4096 --max-minutes 1.2 --commit "$COMMIT" --out "$OUT" --tag h200table-qwen05 2>&1 | grep -v "^USDT" | tail -14 ;;
     h200table-long)  # the same table at 512K and 1M (one process; no index / op timing: the dense rows alone take ~150 s at 1M)
       timeout ${TABL_S:-330} python3 -m benchmarks.run --shapes llama3-8b --lengths 512k,1m --cases ${H200_CASES#dense-cudnn,dense-fa4,},dense-cudnn,dense-fa4 --no-index --max-minutes ${TABL_MIN:-4.8} --commit "$COMMIT" --out "$OUT" --tag h200table-long 2>&1 | grep -v "^USDT" | tail -40 ;;
+    s19tests)  # session 19 (after fa4-install fa4-env): the GPU tests of 5e447c0 (VS tile lists' mask-list width, the shared topk_index)
+      timeout ${S19T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_vs_tiled.py tests/test_block_sparse_128.py 2>&1 | tee "$OUT/tests_s19.log" | tail -6 ;;
+    s19e15)  # session 19: NOTES E15 again at HEAD (1M in 64K chunks, 4 of 28 layers, VS on FA4 tiles vs dense chunked, one process, profiled)
+      timeout ${E2E_S:-480} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-vs-injected-fa4,eager-sdpa} --profile --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag s19e15 2>&1 | grep -v "^USDT\|^minference_compile INFO" | tail -45 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

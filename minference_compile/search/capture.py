@@ -83,14 +83,15 @@ def load_model(path: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
 
 def capture(model, ids: torch.Tensor, n_rows: int, out_dir: Optional[str] = None,
-            full_q_layer: Optional[int] = None, full_q: bool = False) -> dict:
+            full_q_layer: Optional[int] = None, full_q: bool = False, rows: Optional[torch.Tensor] = None) -> dict:
     """One forward of ``ids`` [1, S]. With ``out_dir``: files layer###.pt there, returns {}; else {layer: record}.
-    ``full_q``: every record also holds the whole q (antidiagonal block-sparse candidates need it)."""
+    ``full_q``: every record also holds the whole q (antidiagonal block-sparse candidates need it). ``rows``: the
+    query rows to keep (ascending; default ``sample_rows(S, n_rows)``)."""
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"capture takes one unpadded sequence [1, S], got {tuple(ids.shape)}")
     S = ids.shape[1]
     _STATE.clear()
-    _STATE.update(rows=sample_rows(S, n_rows), dir=out_dir, full_q_layer=full_q_layer, full_q=full_q)
+    _STATE.update(rows=sample_rows(S, n_rows) if rows is None else rows, dir=out_dir, full_q_layer=full_q_layer, full_q=full_q)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     try:
