@@ -20,7 +20,7 @@ COMMIT=$(cat .commit 2>/dev/null || echo unknown)
 modes=${*:-tests memory quick}
 # the seed's per-head config for the e2e seed-config rows (never committed: shared/ on the device, ../shared here)
 SEEDCFG=$(ls .seed/Qwen2.5_7B_Instruct_1M.json shared/minference_configs/Qwen2.5_7B_Instruct_1M.json ../shared/minference_configs/Qwen2.5_7B_Instruct_1M.json 2>/dev/null | head -1)
-H200_CASES=dense-cudnn,dense-fa4,vs-1000/6096+fa4,vs-1000/6096,vs-100/800+fa4,vs-100/800,bs-top100,ashape-128+4096+fa4,ashape-128+4096,flex-ashape-128+4096
+H200_CASES=dense-cudnn,dense-fa4,vs-1000/6096+fa4,vs-1000/6096,vs-100/800+fa4,vs-100/800,bs-top100,bs128-top50+fa4,bs-top100+fa4,ashape-128+4096+fa4,ashape-128+4096,flex-ashape-128+4096
 TABLE_CASES=dense-cudnn,dense-flash,vs-1000/6096,vs-100/800,bs-top100,ashape-128+4096,flex-ashape-128+4096,flex-bs-top100,flex-vs-1000/6096
 for m in $modes; do
   echo "=== $m ==="
