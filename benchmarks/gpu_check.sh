@@ -271,6 +271,8 @@ for m in $modes; do
       timeout ${S19T_S:-200} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_vs_tiled.py tests/test_block_sparse_128.py 2>&1 | tee "$OUT/tests_s19.log" | tail -6 ;;
     s19e15)  # session 19: NOTES E15 again at HEAD (1M in 64K chunks, 4 of 28 layers, VS on FA4 tiles vs dense chunked, one process, profiled)
       timeout ${E2E_S:-480} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-vs-injected-fa4,eager-sdpa} --profile --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag s19e15 2>&1 | grep -v "^USDT\|^minference_compile INFO" | tail -45 ;;
+    h200table-1m)  # the table's 1M column alone (h200table-long ran out of its minutes before cuDNN there): cuDNN first
+      timeout ${TAB1_S:-400} python3 -m benchmarks.run --shapes llama3-8b --lengths 1m --cases dense-cudnn,dense-fa4,$(echo ${H200_CASES#dense-cudnn,dense-fa4,} | sed "s/,bs-top100+fa4//") --no-index --max-minutes ${TAB1_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag h200table-1m 2>&1 | grep -v "^USDT" | tail -40 ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done
