@@ -41,9 +41,9 @@ def _head_budgets(cfg, side, layer: int, H: int, S: int, scale: str) -> list:
             cap_s = unpack_threshold(s)[0]
             nv, ns = info.get("lines", [v, cap_s])
             out.append(("vs", min(v, math.ceil(nv * f)), min(cap_s, math.ceil(ns * f))))
-        elif p == "block_sparse":
+        elif p in ("block_sparse", "block_sparse_meanq"):  # the same kernel work at the same top-k
             out.append(("bs", v, 0))
-        elif p in ("block_sparse_adaptive", "block_sparse_antidiag"):
+        elif p in ("block_sparse_adaptive", "block_sparse_antidiag", "block_sparse_meanq_adaptive"):
             out.append(("bs", min(v, math.ceil(info.get("blocks", v) * f)), 0))
         elif p == "stream_llm":
             out.append(("ashape", v, s))

@@ -580,7 +580,7 @@ def test_chunked_rows_equal_unchunked(S, c0, device):
 
 @pytest.mark.parametrize("name", ["dense", "vertical_and_slash", "stream_llm", "block_sparse",
                                   "vertical_and_slash_adaptive", "block_sparse_adaptive", "block_sparse_antidiag",
-                                  "block_sparse_128"])
+                                  "block_sparse_128", "block_sparse_meanq", "block_sparse_meanq_adaptive"])
 @pytest.mark.parametrize("S,Hq,Hkv,D", [(65, 4, 2, 64)] + ([(1000, 8, 2, 128)] if CUDA else []))
 def test_registry_kernel_path(name, S, Hq, Hkv, D, device):
     """select (index build) + attend_cuda of each pattern against its naive reference; heads of other patterns

@@ -14,7 +14,8 @@ from minference_compile import MInferenceConfig
 from minference_compile.config import ConfigError
 from minference_compile.ops.adaptive import pack_threshold
 from minference_compile.ops.crossover import auto_min_sparse_len, pattern_min_len
-from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparse128, BlockSparseAdaptive, BlockSparseAntidiag, Dense,
+from minference_compile.patterns import (REGISTRY, AShape, BlockSparse, BlockSparse128, BlockSparseAdaptive, BlockSparseAntidiag,
+                                         BlockSparseMeanQ, BlockSparseMeanQAdaptive, Dense,
                                          HeadGroup, Pattern,
                                          PatternError, VerticalSlash, VerticalSlashAdaptive, as_spec, pack_layer,
                                          parse_entry, parse_label, unpack)
@@ -31,6 +32,8 @@ SPECS = {
     "block_sparse_adaptive": [BlockSparseAdaptive(2, 0.5), BlockSparseAdaptive(1)],
     "block_sparse_antidiag": [BlockSparseAntidiag(2, 8, 0.5), BlockSparseAntidiag(1, 4)],  # a layer of two strides
     "block_sparse_128": [BlockSparse128(2), BlockSparse128(1)],
+    "block_sparse_meanq": [BlockSparseMeanQ(2), BlockSparseMeanQ(1)],
+    "block_sparse_meanq_adaptive": [BlockSparseMeanQAdaptive(2, 0.5), BlockSparseMeanQAdaptive(1)],
 }
 ALL = [s for specs in SPECS.values() for s in specs]
 
@@ -180,8 +183,8 @@ def test_bad_specs_and_ids_are_clear_errors():
         AShape(-1, 4)
     with pytest.raises(PatternError, match="gamma must be a number in"):
         VerticalSlashAdaptive(4, 4, 0.0)
-    with pytest.raises(PatternError, match=r"unknown pattern id 9 \(0 dense, 1 vertical_and_slash"):
-        unpack(9, 1, 1)
+    with pytest.raises(PatternError, match=r"unknown pattern id 99 \(0 dense, 1 vertical_and_slash"):
+        unpack(99, 1, 1)
     with pytest.raises(PatternError, match="vs takes 2 number"):
         parse_label("vs(3)")
     with pytest.raises(PatternError, match="unknown pattern label"):

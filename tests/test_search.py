@@ -9,7 +9,7 @@ import torch
 
 from minference_compile import MInferenceConfig, get_support_models
 from minference_compile.cli import main
-from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash,
+from minference_compile.ops.adaptive import (adaptive_block_sparse_index, adaptive_vertical_slash, meanq_block_sparse_index,
                                              antidiag_block_sparse_index)
 from minference_compile.search.candidates import Candidate, default_candidates, parse
 from minference_compile.search.capture import sample_rows
@@ -23,7 +23,8 @@ CANDS = [Candidate("dense"), Candidate("stream_llm", 16, 100), Candidate("vertic
          Candidate("vertical_and_slash", 5, 40), Candidate("block_sparse", 3),
          Candidate("vertical_and_slash_adaptive", 60, 200, 0.6), Candidate("block_sparse_adaptive", 6, 0, 0.5),
          Candidate("block_sparse_antidiag", 6, 8, 0.5), Candidate("block_sparse_antidiag", 3, 4, 0.9),
-         Candidate("block_sparse_128", 2)]
+         Candidate("block_sparse_128", 2), Candidate("block_sparse_meanq", 2),
+         Candidate("block_sparse_meanq_adaptive", 6, 0, 0.5)]
 
 
 def _record(S, Hq, Hkv, D, n_rows, seed=0):
@@ -54,6 +55,8 @@ def test_recall_and_cost_equal_brute_force_masks(S):
             M = vertical_slash_mask(v, s, S)[0]
         elif c.pattern == "block_sparse_antidiag":
             M = block_sparse_mask(antidiag_block_sparse_index(q[None], k[None], c.v, thr, c.s), S)[0]
+        elif c.pattern.startswith("block_sparse_meanq"):  # the op's mean-query index
+            M = block_sparse_mask(meanq_block_sparse_index(q[None], k[None], c.v, thr), S)[0]
         elif c.pattern == "block_sparse_128":  # the 128-block pairs, straight from the op's index
             M = block_sparse_mask(block_sparse_index(q[None], k[None], c.v, block=128), S, block=128)[0]
         elif c.pattern.startswith("block"):

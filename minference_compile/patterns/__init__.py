@@ -14,8 +14,9 @@ from .block_sparse import BlockSparse
 from .block_sparse_128 import BlockSparse128
 from .adaptive_vertical_slash import VerticalSlashAdaptive
 from .adaptive_block_sparse import BlockSparseAdaptive, BlockSparseAntidiag
+from .block_sparse_meanq import BlockSparseMeanQ, BlockSparseMeanQAdaptive
 
 __all__ = ["Pattern", "PatternError", "HeadGroup", "Slot", "REGISTRY", "BY_ID", "DEFAULT_THRESHOLD", "register",
            "parse_entry", "as_spec", "by_id", "by_name", "from_head_entry", "pack_layer", "parse_label", "pattern_names", "unpack",
            "Dense", "VerticalSlash", "AShape", "BlockSparse", "BlockSparse128", "VerticalSlashAdaptive", "BlockSparseAdaptive",
-           "BlockSparseAntidiag"]
+           "BlockSparseAntidiag", "BlockSparseMeanQ", "BlockSparseMeanQAdaptive"]

@@ -70,8 +70,10 @@ def default_candidates(kind: str = "all") -> list:
     fixed += [Candidate("stream_llm", 128, w) for w in (1024, 2048, 4096)]
     fixed += [Candidate("vertical_and_slash", v, s) for v in (100, 300, 1000) for s in (200, 800, 2048, 6096)]
     fixed += [Candidate("block_sparse", t) for t in (8, 16, 32, 64)]
+    fixed += [Candidate("block_sparse_meanq", t) for t in (8, 16, 32, 64)]
     adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in (0.8, 0.9, 0.95, 0.98, 0.99)]
     adaptive += [Candidate("block_sparse_adaptive", 128, 0, t) for t in (0.7, 0.8, 0.9, 0.95)]
+    adaptive += [Candidate("block_sparse_meanq_adaptive", 128, 0, t) for t in (0.8, 0.9, 0.95, 0.98)]
     # XAttention's strided-antidiagonal estimate, stride 8 (the search capture then keeps every q row)
     antidiag = [Candidate("block_sparse_antidiag", 128, 8, t) for t in (0.8, 0.9, 0.95, 0.98)]
     return {"fixed": fixed, "adaptive": [fixed[0]] + adaptive, "all": fixed + adaptive,
@@ -85,12 +87,15 @@ def _wide() -> list:
               for s in (100, 200, 400, 800, 1500, 2048, 3000, 4096, 6096)]
     fixed += [Candidate("block_sparse", t) for t in (4, 8, 16, 24, 32, 48, 64, 96, 128)]
     fixed += [Candidate("block_sparse_128", t) for t in (4, 8, 16, 32, 64)]  # FA4's tile (D >= 128 on sm90)
+    fixed += [Candidate("block_sparse_meanq", t) for t in (4, 8, 16, 24, 32, 48, 64, 96, 128)]
     gammas = (0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
     adaptive = [Candidate("vertical_and_slash_adaptive", 1000, 6096, g) for g in gammas]
     adaptive += [Candidate("vertical_and_slash_adaptive", 300, 2048, g) for g in (0.8, 0.9, 0.95, 0.98)]
     adaptive += [Candidate("vertical_and_slash_adaptive", 2000, 8192, g) for g in (0.98, 0.99, 0.995)]
     adaptive += [Candidate("block_sparse_adaptive", 128, 0, t) for t in (0.7, 0.8, 0.9, 0.95)]
     adaptive += [Candidate("block_sparse_adaptive", 256, 0, t) for t in (0.95, 0.98, 0.99)]
+    adaptive += [Candidate("block_sparse_meanq_adaptive", 128, 0, t) for t in (0.8, 0.9, 0.95, 0.98)]
+    adaptive += [Candidate("block_sparse_meanq_adaptive", 256, 0, t) for t in (0.95, 0.98, 0.99, 0.995)]
     antidiag = [Candidate("block_sparse_antidiag", 128, 8, t) for t in (0.8, 0.9, 0.95, 0.98, 0.99)]
     antidiag += [Candidate("block_sparse_antidiag", 256, 8, t) for t in (0.95, 0.98, 0.99, 0.995)]
     antidiag += [Candidate("block_sparse_antidiag", 512, 8, t) for t in (0.99, 0.995, 0.998)]

@@ -2,7 +2,8 @@
 
 Recall: share of the exact attention mass (softmax over all causal keys, fp32) that the candidate's selection
 keeps, averaged over the sampled rows; never an S x S matrix (rows x S per head). Selections follow the kernels'
-semantics: vertical-slash block-rounded (docs/DESIGN.md), block-sparse per 64-row query block, A-shape per row.
+semantics: vertical-slash block-rounded (docs/DESIGN.md), block-sparse per 64-row query block (the mean-query
+estimate from the captured block means of q and every key), A-shape per row.
 Cost: the share of causal pairs the kernel computes, from the real index conversion for vertical-slash
 (build_vertical_slash_index + work_share) and from the block index for block-sparse.
 Antidiagonal block-sparse candidates read every q row: the capture's ``q`` (capture(full_q=True)); a record
@@ -16,14 +17,13 @@ import warnings
 import torch
 
 from ..ops import adaptive
-from ..ops.adaptive import (antidiag_block_mass, block_mass_from_means, select_blocks, select_vertical_slash,
-                            strided_keys, strided_queries, vs_scores)
+from ..ops.adaptive import (FIXED, antidiag_block_mass, block_mass_from_means, meanq_mass_from_means, select_blocks,
+                            select_vertical_slash, strided_keys, strided_queries, vs_scores)
 from ..ops.estimate import LOCAL_WINDOW, SINK_TOKENS
 from ..triton_kernels.block_sparse_index import expand_block_index, index_from_means
 from ..triton_kernels.vertical_slash_index import build_vertical_slash_index, work_share
 
 BLOCK = 64
-_FIXED = 2.0  # a threshold above any mass share: keep every capped entry (the fixed top-k)
 
 
 def _causal_pairs(S: int) -> float:
@@ -108,10 +108,14 @@ def evaluate_layer(rec: dict, candidates: list, last_q: int = 64, device: str = 
                     qm2, km2 = adm["m128"]
                     index = expand_block_index(index_from_means(qm2[None, None], km2[None, None], S, S, c.v, 128),
                                                S, S)[0, 0]
+                elif c.pattern.startswith("block_sparse_meanq"):  # the mean query's mass over the exact keys
+                    if "meanq" not in adm:
+                        adm["meanq"] = meanq_mass_from_means(q_means[h][None, None], k[None, None], S)
+                    index = select_blocks(adm["meanq"], 0, c.v, c.threshold if c.adaptive else FIXED)[0, 0]
                 else:
                     if mass is None:
                         mass = block_mass_from_means(q_means[h][None, None], km[h // G][None, None], S)
-                    index = select_blocks(mass, 0, c.v, c.threshold if c.adaptive else _FIXED)[0, 0]
+                    index = select_blocks(mass, 0, c.v, c.threshold if c.adaptive else FIXED)[0, 0]
                 ids = index[rows // BLOCK].long()
                 recall[i, h] = float((pb.gather(1, ids.clamp(min=0)) * (ids >= 0)).sum(-1).mean())
                 cost[i, h] = float(block_cost(index.cpu(), S))
@@ -142,7 +146,7 @@ def _vs(p, pu, m0, vscore, sscore, L, cands, S, recall, cost, lines) -> None:
     """Vertical-slash candidates of one head: selection as the op makes it, block-rounded recall, index work."""
     verts, slashes = [], []
     for _, c in cands:
-        v, s = select_vertical_slash(vscore, sscore, c.v, c.s, c.threshold if c.adaptive else _FIXED, L,
+        v, s = select_vertical_slash(vscore, sscore, c.v, c.s, c.threshold if c.adaptive else FIXED, L,
                                      SINK_TOKENS, LOCAL_WINDOW)
         verts.append(v[0, 0])
         slashes.append(s[0, 0])

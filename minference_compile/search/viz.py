@@ -15,7 +15,7 @@ explain_describe = "one-page map of a config (pattern, budget, recall per layer 
 viz_describe = "PNG heatmap of one head's attention with the config's selected lines / blocks drawn over it"
 COLORS = {"dense": "#9e9e9e", "vertical_and_slash": "#1f77b4", "stream_llm": "#2ca02c", "block_sparse": "#ff7f0e", "block_sparse_128": "#ffbb78",
           "vertical_and_slash_adaptive": "#17becf", "block_sparse_adaptive": "#d62728",
-          "block_sparse_antidiag": "#8c564b"}
+          "block_sparse_antidiag": "#8c564b", "block_sparse_meanq": "#e377c2", "block_sparse_meanq_adaptive": "#9467bd"}
 
 
 def _config_for(model_dir: str, path):
@@ -180,6 +180,10 @@ def selection_rows(q: torch.Tensor, k: torch.Tensor, cand: Candidate) -> _Select
     if cand.pattern == "block_sparse_128":  # as the 64-granular index of the same pairs
         from ..triton_kernels.block_sparse_index import block_sparse_index, expand_block_index
         blocks = expand_block_index(block_sparse_index(q[None, None], k[None, None], cand.v, block=128), S, S)
+        return _Selection(S, cand, blocks=blocks[0, 0])
+    if cand.pattern.startswith("block_sparse_meanq"):
+        from ..ops.adaptive import meanq_block_sparse_index
+        blocks = meanq_block_sparse_index(q[None, None], k[None, None], cand.v, thr)
         return _Selection(S, cand, blocks=blocks[0, 0])
     if cand.pattern.startswith("block"):
         return _Selection(S, cand, blocks=adaptive_block_sparse_index(q[None, None], k[None, None], cand.v, thr)[0, 0])
