@@ -149,6 +149,12 @@ def bs(case, q, k, v, S):
     topk = case.params["topk"]
     if case.params.get("block") == 128 or case.params.get("fa4"):
         return _bs_variant(case, q, k, v, S, topk)
+    if case.params.get("score") == "meanq":  # block_sparse_meanq's index (the mean query over the exact keys)
+        from minference_compile.ops.adaptive import FIXED, meanq_block_sparse_index
+        build = lambda: meanq_block_sparse_index(q, k, topk, FIXED)  # noqa: E731
+        idx = build()
+        return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True),
+                        cov.block_sparse_coverage(S, topk), build, note="mean-query index (torch chunks)")
     idx = block_sparse_index(q, k, topk)
     kernel = lambda **kw: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw)  # noqa: E731
     kw, note = _kernel_variant(case, kernel, q, k, v)

@@ -273,6 +273,10 @@ for m in $modes; do
       timeout ${E2E_S:-480} python3 -m benchmarks.e2e --shape qwen2.5-7b --lengths 1m --chunk 65536 --layers 4 --methods ${E2E_METHODS:-vs-injected-fa4,eager-sdpa} --profile --max-minutes ${E2E_MIN:-7.5} --commit "$COMMIT" --out "$OUT" --tag s19e15 2>&1 | grep -v "^USDT\|^minference_compile INFO" | tail -45 ;;
     h200table-1m)  # the table's 1M column alone (h200table-long ran out of its minutes before cuDNN there): cuDNN first
       timeout ${TAB1_S:-400} python3 -m benchmarks.run --shapes llama3-8b --lengths 1m --cases dense-cudnn,dense-fa4,$(echo ${H200_CASES#dense-cudnn,dense-fa4,} | sed "s/,bs-top100+fa4//") --no-index --max-minutes ${TAB1_MIN:-6} --commit "$COMMIT" --out "$OUT" --tag h200table-1m 2>&1 | grep -v "^USDT" | tail -40 ;;
+    s19meanq)  # session 19: block_sparse_meanq's GPU tests (the log-mass kernel compiled, the fused select, the registry kernel
+      # path), then its index build and kernel at 128K against bs-top100 and cuDNN, both shapes, one process each
+      timeout ${S19M_S:-150} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_block_sparse_meanq.py tests/test_block_mass_select.py "tests/test_kernels_triton.py::test_registry_kernel_path" 2>&1 | tee "$OUT/tests_s19meanq.log" | tail -5
+      for sh in llama3-8b qwen2.5-0.5b; do timeout 100 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases dense-cudnn,bs-top100,bsq-top100 --max-minutes 1.4 --commit "$COMMIT" --out "$OUT" --tag s19meanq-$sh 2>&1 | grep -v "^USDT" | sed -n '/## ms (kernel/,/## efficiency/p;/index-build/,/crossover/p' | head -30; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

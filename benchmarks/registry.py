@@ -64,6 +64,8 @@ CASES = [
     # coverage; on FA4 (the op's [hopper] route at D >= 128) and on the Triton kernel as the equal 64-granular index
     Case("bs128-top50+fa4", "bs", {"topk": TOPK // 2, "block": 128, "fa4": True}),
     Case("bs128-top50", "bs", {"topk": TOPK // 2, "block": 128}),
+    # block_sparse_meanq (patterns/block_sparse_meanq.py): the same kernel, the mean-query index (its build timed)
+    Case("bsq-top100", "bs", {"topk": TOPK, "score": "meanq"}),
     # the seed's own kernel on the same sets (benchmarks/seed_peer.py; needs MINFERENCE_SEED_DIR)
     Case("seed-vs-1000/6096", "seed-vs", {"nv": VS_DEFAULT[0], "ns": VS_DEFAULT[1]}),
     Case("seed-vs-100/800", "seed-vs", {"nv": VS_SMALL[0], "ns": VS_SMALL[1]}),

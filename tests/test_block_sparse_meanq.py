@@ -115,3 +115,34 @@ def test_entries_and_labels():
     assert BlockSparseMeanQ(16).label == "bsq(16)" and BlockSparseMeanQAdaptive(128, 0.9).label == "bsqa(128;0.9)"
     with pytest.raises(ValueError, match="one length"):
         meanq_block_sparse_index(torch.zeros(1, 2, 10, 64), torch.zeros(1, 2, 20, 64), 2)
+
+
+# ---- the CUDA path's kernels (triton_kernels/meanq_mass.py + the fused select): compiled on CUDA, else under the
+# interpreter (test_kernels_triton sets it up) ----
+from test_kernels_triton import CUDA  # noqa: E402
+
+from minference_compile.triton_kernels.meanq_mass import meanq_block_lse  # noqa: E402
+
+DEV = "cuda" if CUDA else "cpu"
+
+
+@pytest.mark.parametrize("S,Hq,Hkv,D,r0,R", [(65, 4, 2, 64, 0, 2), (300, 2, 1, 96, 1, 3), (1000, 2, 2, 128, 5, 11),
+                                             (200, 2, 1, 64, 3, 1)])
+def test_kernel_log_mass_equals_torch(S, Hq, Hkv, D, r0, R):
+    q, k = (t.to(DEV) for t in _qk(S, Hq, Hkv, D, seed=5))
+    qm = _block_means(q[:, :, r0 * B64:min(S, (r0 + R) * B64)], B64)
+    lse = meanq_block_lse(qm, k, S, r0, 1 / math.sqrt(D))
+    want = meanq_mass_from_means(qm, k, S, r0)
+    # fp32 inputs: the kernel's product is ieee fp32 (dot_precision); CUDA sums in another order
+    torch.testing.assert_close(torch.softmax(lse, -1), want, atol=2e-6, rtol=1e-5)
+    n = lse.shape[-1]
+    past = (torch.arange(n)[None, :] > torch.arange(r0, r0 + qm.shape[2])[:, None]).to(DEV)
+    assert torch.isinf(lse[..., past]).all() and torch.isfinite(lse[..., ~past]).all()
+
+
+@pytest.mark.parametrize("caps,taus", [(3, FIXED), ([4, 2], [0.5, 0.9])])
+def test_kernel_index_equals_torch_index(caps, taus):
+    q, k = (t.to(DEV) for t in _qk(700, 2, 1, 64, seed=6))
+    want = meanq_block_sparse_index(q, k, caps, taus, impl="torch")
+    got = meanq_block_sparse_index(q, k, caps, taus, impl="triton")
+    assert torch.equal(got, want)

@@ -135,14 +135,16 @@ def block_mass_select(mass: torch.Tensor, r0: int, cap: torch.Tensor, tau: torch
 
 
 def pooled_mass_select(logit: torch.Tensor, r0: int, S: int, block: int, scale: float, cap: torch.Tensor,
-                       tau: torch.Tensor, kmax: int, out: torch.Tensor = None) -> torch.Tensor:
+                       tau: torch.Tensor, kmax: int, out: torch.Tensor = None, log_counts: bool = True) -> torch.Tensor:
     """logit [B, Hq, R, NKB] fp32 raw mean(q) . mean(k) of query blocks r0..r0+R-1 (keys: S positions in blocks of
     ``block``; scale = 1/sqrt(D)) -> [B, Hq, R, kmax] int32: select_blocks (no sink) of the softmax of
-    ops/adaptive.block_mass_from_means, computed per row in registers (no mass tensor, no elementwise launches)."""
+    ops/adaptive.block_mass_from_means, computed per row in registers (no mass tensor, no elementwise launches).
+    log_counts=False: the rows are already log-masses (meanq_mass.meanq_block_lse, scale 1): softmax only."""
     logit, out, grid, np_, kp, warps = _launch_args(logit, kmax, out)
     n = logit.shape[3]
+    logs = (math.log(S - (n - 1) * block), math.log(block)) if log_counts else (0.0, 0.0)
     if grid[0]:
         _pooled_select_kernel[grid](logit, cap, tau, out, *logit.stride()[:3], *out.stride()[:3], logit.shape[1],
-                                    logit.shape[2], n, r0, kmax, float(scale), math.log(S - (n - 1) * block),
-                                    math.log(block), NP=np_, KP=kp, num_warps=warps)
+                                    logit.shape[2], n, r0, kmax, float(scale), *logs, NP=np_, KP=kp,
+                                    num_warps=warps)
     return out

@@ -212,11 +212,14 @@ class _RowSelect:
 
         return block_mass_select(mass.float(), r0, self.caps, self.taus, self.kmax, self.sink, out=out)
 
-    def pooled(self, logit: torch.Tensor, r0: int, S: int, block: int, scale: float, out: torch.Tensor) -> torch.Tensor:
-        """Fused path only: the select of block_mass_from_means' softmax from its raw logits (pooled_mass_select)."""
+    def pooled(self, logit: torch.Tensor, r0: int, S: int, block: int, scale: float, out: torch.Tensor,
+               log_counts: bool = True) -> torch.Tensor:
+        """Fused path only: the select of block_mass_from_means' softmax from its raw logits (pooled_mass_select;
+        log_counts=False: rows of log-masses, softmax only)."""
         from ..triton_kernels.block_mass_select import pooled_mass_select
 
-        return pooled_mass_select(logit, r0, S, block, scale, self.caps, self.taus, self.kmax, out=out)
+        return pooled_mass_select(logit, r0, S, block, scale, self.caps, self.taus, self.kmax, out=out,
+                                  log_counts=log_counts)
 
 
 def select_blocks(mass: torch.Tensor, r0: int, topk_cap, tau: Threshold, sink: bool = False,
@@ -302,21 +305,35 @@ def meanq_mass_from_means(qm: torch.Tensor, k: torch.Tensor, S: int, r0: int = 0
 
 
 def meanq_block_sparse_index(q: torch.Tensor, k: torch.Tensor, topk_cap, tau: Threshold = FIXED, block: int = 64,
-                             scale: Optional[float] = None) -> torch.Tensor:
+                             scale: Optional[float] = None, impl: str = "auto") -> torch.Tensor:
     """q [B,Hq,S,D], k [B,Hkv,S,D] -> [B,Hq,NQB,Kmax] int32: select_blocks on meanq_mass_from_means (diagonal first,
-    then the largest masses until tau, at most topk_cap; tau = FIXED: the fixed top-k). Chunked over query blocks:
-    the [R, S] logits of a chunk stay under block_sparse_index's byte budget (never S x S)."""
+    then the largest masses until tau, at most topk_cap; tau = FIXED: the fixed top-k). Chunked over query blocks,
+    never S x S. impl "auto": on CUDA (fused select available) each chunk is one Triton launch for the block
+    log-masses (triton_kernels/meanq_mass.py) and one for softmax + select; else the torch form ("torch"), whose
+    [R, S] logits stay under block_sparse_index's byte budget; "triton" forces the kernels (interpreter tests)."""
     B, Hq, S, D = q.shape
     if k.shape[2] != S:  # not chunked (BlockSparseMeanQ.chunked = False): no query offset here
         raise ValueError(f"mean-query block-sparse index needs q and k of one length, got {S} and {k.shape[2]}")
+    if block != 64 and impl != "torch":
+        impl = "torch"  # the kernel's key blocks are 64 wide
     n = -(-S // block)
-    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False)
+    rows = _RowSelect(topk_cap, tau, Hq, n, q.device, False, "torch" if impl == "torch" else
+                      ("triton" if impl == "triton" else "auto"))
     out = torch.empty(B, Hq, n, rows.kmax, dtype=torch.int32, device=q.device)
+    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if rows.fused:
+        from ..triton_kernels.meanq_mass import meanq_block_lse
+        chunk = max(1, min(n, 4 * _SCORE_BYTES // max(1, 4 * B * Hq * n)))  # only the [R, NKB] log-masses live
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            qm = _block_means(q[:, :, r0 * block:min(S, r1 * block)], block)
+            rows.pooled(meanq_block_lse(qm, k, S, r0, sc), r0, S, block, 1.0, out[:, :, r0:r1], log_counts=False)
+        return out
     chunk = max(1, min(n, _SCORE_BYTES // max(1, 4 * B * Hq * (S + block))))
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         qm = _block_means(q[:, :, r0 * block:min(S, r1 * block)], block)
-        rows(meanq_mass_from_means(qm, k, S, r0, block, scale), r0, out[:, :, r0:r1])
+        rows(meanq_mass_from_means(qm, k, S, r0, block, sc), r0, out[:, :, r0:r1])
     return out
 
 
