@@ -31,9 +31,9 @@ class BlockSparseMeanQ(BlockAttention, Pattern):
     id = 8
     short = "bsq"
     RATE = BlockSparse.RATE  # the same kernel
-    # estimated, not yet timed on a GPU: 1/64 of the dense Q.K^T on tensor cores plus one exp per (query block,
-    # key) and the torch chunks; the fused pooled build measured 3.1% (NOTES row 34), this reads every key: ~2x
-    INDEX = (0.06, 0.03)
+    # the Triton log-mass launch + fused select at 128K on an H200: 4.51 ms of cuDNN's 66.6 (Qwen2.5-0.5B shape),
+    # 9.88 ms of 244 (Llama-3-8B shape) (NOTES row 44)
+    INDEX = (0.068, 0.040)
     SLOTS = (Slot("topk", "topk", 1), None)
     chunked = False  # the query blocks' means come from the unchunked prompt
 
