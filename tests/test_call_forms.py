@@ -92,6 +92,26 @@ def test_forward_forms_rewritten_ran_sparse_and_match_eager(form, dynamic, match
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
 
 
+MEANQ = {"layers": [{"0": ["block_sparse_meanq", 2, 0, 1], "1": ["block_sparse_meanq_adaptive", 2, 0, 1, {"tau": 0.9}]}],
+         "default": ["stream_llm", 4096, 4096], "min_sparse_len": 0, "allow_layer_mismatch": True}
+
+
+@pytest.mark.parametrize("form, dynamic", [("cache", False), ("no_cache+mask", False), ("cache", True)])
+def test_mean_query_patterns_reach_the_op_in_one_shot_forms(form, dynamic, matches):
+    """block_sparse_meanq heads (ids 8 and 9) through the compiled model: rewritten, run sparse, equal to eager (at
+    S = 48 their one block is the diagonal: this checks the plumbing; the selection has its own tests)."""
+    model = llama()
+    ids, m = ids_and_mask()
+    kwargs = FORMS[form][0](ids, m)
+    with torch.no_grad():
+        ref = model(**kwargs).logits
+        minference_compile.compile(model, MEANQ, dynamic=dynamic)
+        out = model(**kwargs).logits
+    assert matches and all(x.rewritten for x in matches), [(x.reason) for x in matches]
+    assert sparse_calls() == 2 and not dense_reasons(), runtime_stats()
+    torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
+
+
 def test_left_padding_runs_exact_dense_and_says_why(matches):
     model = llama()
     ids, m = ids_and_mask(batch=2, left_pad=5)
