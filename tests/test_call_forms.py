@@ -75,16 +75,21 @@ FORMS = {
 }
 
 
-@pytest.mark.parametrize("form, dynamic", [(f, False) for f in FORMS] +
-                         [(f, True) for f in ("cache", "no_cache", "no_cache+mask")])
-def test_forward_forms_rewritten_ran_sparse_and_match_eager(form, dynamic, matches):
+def compiled_and_eager(config, form, dynamic):
+    """Logits of one forward form: the compiled model with `config` and the eager model (the reference)."""
     model = llama()
     ids, m = ids_and_mask()
     kwargs = FORMS[form][0](ids, m)
     with torch.no_grad():
         ref = model(**kwargs).logits
-        minference_compile.compile(model, COVER, dynamic=dynamic)
-        out = model(**kwargs).logits
+        minference_compile.compile(model, config, dynamic=dynamic)
+        return model(**kwargs).logits, ref
+
+
+@pytest.mark.parametrize("form, dynamic", [(f, False) for f in FORMS] +
+                         [(f, True) for f in ("cache", "no_cache", "no_cache+mask")])
+def test_forward_forms_rewritten_ran_sparse_and_match_eager(form, dynamic, matches):
+    out, ref = compiled_and_eager(COVER, form, dynamic)
     # (dynamic=True: Dynamo may trace the same graph twice; each trace must rewrite both layers)
     assert len(matches) in (2, 4) and all(x.rewritten for x in matches), [(x.reason) for x in matches]
     assert sorted({x.layer for x in matches}) == [0, 1]
@@ -100,13 +105,7 @@ MEANQ = {"layers": [{"0": ["block_sparse_meanq", 2, 0, 1], "1": ["block_sparse_m
 def test_mean_query_patterns_reach_the_op_in_one_shot_forms(form, dynamic, matches):
     """block_sparse_meanq heads (ids 8 and 9) through the compiled model: rewritten, run sparse, equal to eager (at
     S = 48 their one block is the diagonal: this checks the plumbing; the selection has its own tests)."""
-    model = llama()
-    ids, m = ids_and_mask()
-    kwargs = FORMS[form][0](ids, m)
-    with torch.no_grad():
-        ref = model(**kwargs).logits
-        minference_compile.compile(model, MEANQ, dynamic=dynamic)
-        out = model(**kwargs).logits
+    out, ref = compiled_and_eager(MEANQ, form, dynamic)
     assert matches and all(x.rewritten for x in matches), [(x.reason) for x in matches]
     assert sparse_calls() == 2 and not dense_reasons(), runtime_stats()
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)

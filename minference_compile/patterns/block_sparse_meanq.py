@@ -13,32 +13,26 @@ on Qwen2.5-Coder-0.5B it keeps far more mass than the pooled score at equal top-
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import torch
 
 from ..ops.adaptive import FIXED, meanq_block_sparse_index
-from .base import HeadGroup, Pattern, Slot, register
-from .block_sparse import BlockAttention, BlockSparse
+from .adaptive_block_sparse import BlockSparseAdaptive
+from .base import HeadGroup, register
+from .block_sparse import BlockSparse
 
 
+# the fixed and adaptive pooled patterns' fields, slots, rate and crossover; only the estimate (select) differs
 @register
 @dataclasses.dataclass(frozen=True)
-class BlockSparseMeanQ(BlockAttention, Pattern):
-    topk: int
-
+class BlockSparseMeanQ(BlockSparse):
     name = "block_sparse_meanq"
     id = 8
     short = "bsq"
-    RATE = BlockSparse.RATE  # the same kernel
     # the Triton log-mass launch + fused select at 128K on an H200: 4.51 ms of cuDNN's 66.6 (Qwen2.5-0.5B shape),
     # 9.88 ms of 244 (Llama-3-8B shape) (NOTES row 44)
     INDEX = (0.068, 0.040)
-    SLOTS = (Slot("topk", "topk", 1), None)
     chunked = False  # the query blocks' means come from the unchunked prompt
-
-    def min_sparse_len(self, fa4: bool = False) -> int:
-        return BlockSparse(self.topk).min_sparse_len()  # the same kernel work; its index is not measured yet
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
@@ -47,21 +41,11 @@ class BlockSparseMeanQ(BlockAttention, Pattern):
 
 @register
 @dataclasses.dataclass(frozen=True)
-class BlockSparseMeanQAdaptive(BlockAttention, Pattern):
-    topk_cap: int
-    tau: Optional[float] = None  # None: the default 0.9 (the entry had no 5th element)
-
+class BlockSparseMeanQAdaptive(BlockSparseAdaptive):
     name = "block_sparse_meanq_adaptive"
     id = 9
     short = "bsqa"
-    RATE = BlockSparse.RATE
     INDEX = BlockSparseMeanQ.INDEX
-    SLOTS = (Slot("topk_cap", "topk cap", 1), None)
-    THRESHOLD = "tau"
-    chunked = False
-
-    def min_sparse_len(self, fa4: bool = False) -> int:
-        return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
