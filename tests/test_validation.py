@@ -73,7 +73,7 @@ def test_sparse_prefill_checks():
     with pytest.raises(ValueError, match="one entry per q head"):
         prefill(q, k, v, patterns=(1, 2))
     with pytest.raises(ValueError, match="unknown pattern id"):
-        prefill(q, k, v, patterns=(1, 2, 9, 0))
+        prefill(q, k, v, patterns=(1, 2, 99, 0))
     q2, k2, v2 = qkv(D=256)
     with pytest.raises(ValueError, match="head_dim 256 is not supported by the Triton kernels"):
         prefill(q2, k2, v2)
