@@ -154,7 +154,7 @@ def bs(case, q, k, v, S):
         build = lambda: meanq_block_sparse_index(q, k, topk, FIXED)  # noqa: E731
         idx = build()
         return Prepared(lambda: block_sparse_attention_fwd(q, k, v, idx, compact=True),
-                        cov.block_sparse_coverage(S, topk), build, note="mean-query index (torch chunks)")
+                        cov.block_sparse_coverage(S, topk), build, note="mean-query index (Triton log-mass + fused select on CUDA)")
     idx = block_sparse_index(q, k, topk)
     kernel = lambda **kw: block_sparse_attention_fwd(q, k, v, idx, compact=True, **kw)  # noqa: E731
     kw, note = _kernel_variant(case, kernel, q, k, v)

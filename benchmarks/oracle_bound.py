@@ -48,9 +48,10 @@ def _bins(x: torch.Tensor) -> torch.Tensor:
 
 def head_stats(q_rows, k, rows, m0s, S, scale, seed_budget=(1000, 6096), last_q=64):
     """One head: q_rows [R, D] at `rows` (whole blocks starting at m0s, R = 64 x len(m0s)), k [S, D] ->
-    dict of histograms (mass and pairs per bin of mass / pair) and the seed's kept mass and pairs."""
-    from minference_compile.ops.adaptive import select_vertical_slash, vs_scores
+    dict of histograms (mass and pairs per bin of mass / pair) and the seed's kept mass, pairs and kernel work."""
+    from minference_compile.ops.adaptive import FIXED, select_vertical_slash, vs_scores
     from minference_compile.ops.estimate import LOCAL_WINDOW, SINK_TOKENS
+    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index, work_per_block
 
     R, D = q_rows.shape
     j = torch.arange(S)
@@ -75,7 +76,7 @@ def head_stats(q_rows, k, rows, m0s, S, scale, seed_budget=(1000, 6096), last_q=
     qz = q_rows.new_zeros(1, 1, S, D)
     qz[0, 0, S - L:] = q_rows[R - L:]
     vscore, sscore = vs_scores(qz, k[None, None], last_q, scale)
-    vert, sl = select_vertical_slash(vscore, sscore, seed_budget[0], seed_budget[1], 2.0, float(L), SINK_TOKENS,
+    vert, sl = select_vertical_slash(vscore, sscore, seed_budget[0], seed_budget[1], FIXED, float(L), SINK_TOKENS,
                                      LOCAL_WINDOW)
     vert, sl = vert[0, 0], sl[0, 0]
     pres = torch.zeros(S + 1, dtype=torch.int32)
@@ -87,17 +88,9 @@ def head_stats(q_rows, k, rows, m0s, S, scale, seed_budget=(1000, 6096), last_q=
     u = m0[:, None] - j[None]  # key j is slash-covered in block m0 iff a selected offset lies in [u, u + 63]
     cov = (prefix[(u + BLOCK).clamp(0, S)] - prefix[u.clamp(0, S)]) > 0
     keep = (cov | isv[None]) & causal
-    # the seed's kernel work on the sampled blocks (what the search calls its cost): the VS index's 64 x 64 slash
-    # tiles (a wide tile two) and 64-row gathered columns of each sampled block (work_share per block)
-    from minference_compile.triton_kernels.vertical_slash_index import build_vertical_slash_index
-    idx = build_vertical_slash_index(vert[None, None], sl[None, None], S)
-    qb = m0s // BLOCK
-    work = 0.0
-    for name in ("tile", "wide"):
-        cnt, beg = getattr(idx, f"{name}_count")[0, 0], getattr(idx, f"{name}_begin")[0, 0]
-        per_block = (cnt.unsqueeze(-1) - beg).clamp(min=0)  # tiles of block m: those from its first one on
-        work += float(per_block[qb].sum()) * (1 if name == "tile" else 2) * BLOCK * BLOCK
-    work += float(idx.column_count[0, 0, qb].sum()) * BLOCK
+    # the seed's kernel work on the sampled blocks (what the search calls its cost): the VS index's tiles + columns
+    per_block = work_per_block(build_vertical_slash_index(vert[None, None], sl[None, None], S))[0, 0]
+    work = float(per_block[m0s // BLOCK].sum())
     return dict(el_mass=el_mass, el_pairs=el_pairs, bl_mass=bl_mass, bl_pairs=bl_pairs,
                 seed_mass=float((p * keep).sum()), seed_pairs=float(keep.sum()), seed_work=work, rows=R,
                 causal_pairs=float(causal.sum()))

@@ -179,12 +179,16 @@ def causal_pairs(q_len: int, kv_len: int) -> float:
     return q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2
 
 
+def work_per_block(index: VSIndex, block: int = 64) -> torch.Tensor:
+    """[B,H,NQB] fp32: the pairs the kernel computes in each query block (block x block slash tiles from the
+    block's first one on, a wide tile counting two, plus block-row gathered columns)."""
+    tiles = (index.tile_count.unsqueeze(-1) - index.tile_begin).clamp(min=0).float()
+    wide = (index.wide_count.unsqueeze(-1) - index.wide_begin).clamp(min=0).float()
+    return (tiles + 2 * wide) * block * block + index.column_count.float() * block
+
+
 def work_share(index: VSIndex, seq_len: int, block: int = 64, q_len: Optional[int] = None) -> torch.Tensor:
-    """[B,H] fp32: the pairs the kernel computes for this index (block x block slash tiles, a wide tile counting
-    two, plus block-row gathered columns) over the causal pairs (S(S+1)/2 without a query offset). O(NQB) per head,
-    on the index's device."""
-    tiles = (index.tile_count.unsqueeze(-1) - index.tile_begin).clamp(min=0).sum(-1, dtype=torch.float32)
-    wide = (index.wide_count.unsqueeze(-1) - index.wide_begin).clamp(min=0).sum(-1, dtype=torch.float32)
-    cols = index.column_count.sum(-1, dtype=torch.float32)
+    """[B,H] fp32: work_per_block summed over the query blocks, over the causal pairs (S(S+1)/2 without a query
+    offset). O(NQB) per head, on the index's device."""
     sq = seq_len if q_len is None else q_len
-    return ((tiles + 2 * wide) * block * block + cols * block) / causal_pairs(sq, seq_len)
+    return work_per_block(index, block).sum(-1) / causal_pairs(sq, seq_len)

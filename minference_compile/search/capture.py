@@ -91,7 +91,8 @@ def capture(model, ids: torch.Tensor, n_rows: int, out_dir: Optional[str] = None
         raise ValueError(f"capture takes one unpadded sequence [1, S], got {tuple(ids.shape)}")
     S = ids.shape[1]
     _STATE.clear()
-    _STATE.update(rows=sample_rows(S, n_rows) if rows is None else rows, dir=out_dir, full_q_layer=full_q_layer, full_q=full_q)
+    _STATE.update(rows=sample_rows(S, n_rows) if rows is None else rows, dir=out_dir, full_q_layer=full_q_layer,
+                  full_q=full_q)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     try:
