@@ -137,12 +137,13 @@ def test_packed_sequences_in_position_ids_run_exact_dense(matches):
     torch.testing.assert_close(out, ref, atol=2e-4, rtol=2e-4)
 
 
-def test_generate_goes_through_the_sparse_op(matches):
+@pytest.mark.parametrize("config", ["cover", "meanq"])
+def test_generate_goes_through_the_sparse_op(config, matches):
     model = llama()
     ids, _ = ids_and_mask()
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=5, do_sample=False)
-        minference_compile.compile(model, COVER)
+        minference_compile.compile(model, {"cover": COVER, "meanq": MEANQ}[config])
         out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert torch.equal(out, ref)
     assert sparse_calls() == 2  # the pre-fill, both layers; decode steps are dense by design, and say so:
@@ -161,13 +162,14 @@ def _tokenizer():
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", pad_token="w0", eos_token="w1")
 
 
-def test_pipeline_text_generation_goes_through_the_sparse_op(matches):
+@pytest.mark.parametrize("config", ["cover", "meanq"])
+def test_pipeline_text_generation_goes_through_the_sparse_op(config, matches):
     model = llama()
     tok = _tokenizer()
     prompt = " ".join(f"w{(7 * i) % 120 + 2}" for i in range(S))
     gen = transformers.pipeline("text-generation", model=model, tokenizer=tok)
     ref = gen(prompt, max_new_tokens=4, do_sample=False)[0]["generated_text"]
-    minference_compile.compile(model, COVER)
+    minference_compile.compile(model, {"cover": COVER, "meanq": MEANQ}[config])
     out = gen(prompt, max_new_tokens=4, do_sample=False)[0]["generated_text"]
     assert out == ref and sparse_calls() == 2
 
