@@ -277,6 +277,17 @@ for m in $modes; do
       # path), then its index build and kernel at 128K against bs-top100 and cuDNN, both shapes, one process each
       timeout ${S19M_S:-150} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_block_sparse_meanq.py tests/test_block_mass_select.py "tests/test_kernels_triton.py::test_registry_kernel_path" 2>&1 | tee "$OUT/tests_s19meanq.log" | tail -5
       for sh in llama3-8b qwen2.5-0.5b; do timeout 100 python3 -m benchmarks.run --shapes $sh --lengths 128k --cases dense-cudnn,bs-top100,bsq-top100 --max-minutes 1.4 --commit "$COMMIT" --out "$OUT" --tag s19meanq-$sh 2>&1 | grep -v "^USDT" | sed -n '/## ms (kernel/,/## efficiency/p;/index-build/,/crossover/p' | head -30; done ;;
+    s20a)  # session 20: the mean-query log-mass kernel's key split and the one index per layer (GPU tests), then its
+      # launch configs at 128K on both shapes (the best over both in /tmp/meanq_best for s20b)
+      timeout ${S20T_S:-150} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_block_sparse_meanq.py tests/test_shared_estimate.py tests/test_block_mass_select.py "tests/test_kernels_triton.py::test_registry_kernel_path" 2>&1 | tee "$OUT/tests_s20.log" | tail -5
+      timeout ${TUNE_S:-330} python3 -m benchmarks.tune_meanq --seq 128k --out "$OUT/tune_meanq.json" --best /tmp/meanq_best 2>&1 | grep -v "^USDT" | tee "$OUT/tune_meanq.log" | tail -75; echo "best: $(cat /tmp/meanq_best 2>/dev/null)" ;;
+    s20b)  # session 20 (after qwen-join; s20a's tuned launch when the machine is still warm): perplexity of the 32K
+      # mean-query search selection vs dense, qwen05-fast and the seed, then kernels + the op's index builds at 128K
+      export MINFERENCE_MEANQ_CONFIG=$(cat /tmp/meanq_best 2>/dev/null); echo "meanq launch: ${MINFERENCE_MEANQ_CONFIG:-default}"
+      MQ=benchmarks/results/s19-cpu/search32k/qwen05-32k-meanq.json
+      timeout ${PPL_S:-240} python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs $MQ,minference_compile/configs/qwen05-fast.json,seed 2>&1 | grep -v "Loading\|^USDT\|UserWarning\|exe_args" | tee "$OUT/ppl-s20.log"
+      for C in $MQ minference_compile/configs/qwen05-fast.json; do
+        timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | grep -v "^USDT" | tee "$OUT/opindex-s20-$(basename $C .json).log" | tail -4; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -261,7 +261,7 @@ def op_index_ms(specs, q, k, v) -> tuple:
     def run(share: bool):
         shared = {} if share else None
         return [c.select(HeadGroup(q, k, v, D ** -0.5, 64, tuple(sp if type(sp) is c else None for sp in specs), "",
-                                   False, shared)) for c in kinds]
+                                   False, shared, tuple(specs) if share else None)) for c in kinds]
     return bench_ms(lambda: run(True))[0], bench_ms(lambda: run(False))[0]
 
 

@@ -128,10 +128,12 @@ DEV = "cuda" if CUDA else "cpu"
 
 @pytest.mark.parametrize("S,Hq,Hkv,D,r0,R", [(65, 4, 2, 64, 0, 2), (300, 2, 1, 96, 1, 3), (1000, 2, 2, 128, 5, 11),
                                              (200, 2, 1, 64, 3, 1)])
-def test_kernel_log_mass_equals_torch(S, Hq, Hkv, D, r0, R):
+# the default launch, and key slices / query chunks smaller than the sizes (several programs per row, empty slices)
+@pytest.mark.parametrize("config", [None, (16, 2, 1, 1), (32, 3, 4, 2)])
+def test_kernel_log_mass_equals_torch(S, Hq, Hkv, D, r0, R, config):
     q, k = (t.to(DEV) for t in _qk(S, Hq, Hkv, D, seed=5))
     qm = _block_means(q[:, :, r0 * B64:min(S, (r0 + R) * B64)], B64)
-    lse = meanq_block_lse(qm, k, S, r0, 1 / math.sqrt(D))
+    lse = meanq_block_lse(qm, k, S, r0, 1 / math.sqrt(D), config=config)
     want = meanq_mass_from_means(qm, k, S, r0)
     # fp32 inputs: the kernel's product is ieee fp32 (dot_precision); CUDA sums in another order
     torch.testing.assert_close(torch.softmax(lse, -1), want, atol=2e-6, rtol=1e-5)

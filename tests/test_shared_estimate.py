@@ -5,7 +5,7 @@ import torch
 
 import minference_compile  # noqa: F401  (registers minference::*)
 from minference_compile.ops import estimate
-from minference_compile.ops.adaptive import pack_threshold
+from minference_compile.ops.adaptive import FIXED, pack_threshold
 from minference_compile.ops.estimate import SINK_TOKENS, LOCAL_WINDOW, estimate_scores, top_vertical_slash
 
 # pattern ids: 0 dense, 1 vertical-slash, 4 adaptive vertical-slash (minference_compile/patterns/)
@@ -78,3 +78,34 @@ def test_adaptive_heads_rank_at_the_layer_scale(scale):
     vs, ss = estimate_scores(q, k, 64, scale)
     ref = select_vertical_slash(vs, ss, [60] * 6, [200] * 6, 0.8, 64.0)
     assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+def test_layer_with_fixed_and_adaptive_mean_query_heads_builds_one_index(monkeypatch):
+    # block_sparse_meanq (8) and its adaptive form (9) in one layer: one index build (patterns/block_sparse_meanq.
+    # layer_index) whose heads' outputs equal each pattern run alone
+    from minference_compile.patterns import block_sparse_meanq
+    # head 1's threshold binds before its cap (0.1 of the mass), head 3's cap before its threshold
+    patterns, vs, ss = [8, 9, 0, 9, 8, 3], [2, 6, 0, 2, 1, 2], [0, pack_threshold(0, 0.1), 0, pack_threshold(0, 0.9),
+                                                                 0, 0]
+    q, k, v = _qkv(S=700, seed=4)
+    calls = []
+    real = block_sparse_meanq.meanq_block_sparse_index
+
+    def counting(*a, **kw):
+        calls.append(real(*a, **kw))
+        return calls[-1]
+    monkeypatch.setattr(block_sparse_meanq, "meanq_block_sparse_index", counting)
+    out = _layer(q, k, v, patterns, vs, ss)
+    assert len(calls) == 1, f"{len(calls)} mean-query index builds for one layer call"
+    # each mean-query head's ids are its own cap and threshold's (the fixed heads: top-k)
+    for h, (cap, tau) in {0: (2, FIXED), 1: (6, 0.1), 3: (2, 0.9), 4: (1, FIXED)}.items():
+        own = real(q[:, h:h + 1], k[:, h // 3:h // 3 + 1], cap, tau)
+        assert torch.equal(calls[0][:, h, :, :own.shape[-1]], own[:, 0]), h
+        assert (calls[0][:, h, :, own.shape[-1]:] == -1).all(), h
+    for pid in (8, 9):
+        keep = [p == pid for p in patterns]
+        ref = _layer(q, k, v, [p if m else 0 for p, m in zip(patterns, keep)], [x if m else 0 for x, m in zip(vs, keep)],
+                     [x if m else 0 for x, m in zip(ss, keep)])
+        heads = [h for h, m in enumerate(keep) if m]
+        torch.testing.assert_close(out[:, heads], ref[:, heads], atol=1e-5, rtol=1e-5)
+    assert len(calls) == 3

@@ -116,10 +116,10 @@ def sparse_prefill(q: Tensor, k: Tensor, v: Tensor, patterns: List[int], vertica
             masks[p] = device_tensor([x == p for x in patterns], q.device, torch.bool)
         return masks[p]
 
-    shared = {}  # what the layer's patterns compute alike (the vertical-slash estimate), once per call
+    shared = {}  # what the layer's patterns compute alike (the vertical-slash estimate, the mean-query index), once
     groups = {p: registry.HeadGroup(q, k, v, scale, last_q, tuple(sp if x == p else None
                                                                    for x, sp in zip(patterns, specs)), qk_dtype,
-                                    vs_on_fa4, shared)
+                                    vs_on_fa4, shared, tuple(specs))
               for p in present}
     # patterns with a work estimate (vertical-slash) select first: a too-dense estimate can send the whole layer
     # to cuDNN (CUDA; CPU runs the masked reference path: no speed to protect there)

@@ -61,6 +61,9 @@ class HeadGroup:
     vs_on_fa4: Optional[bool] = None
     # one dict for all the groups of one layer call (sparse_prefill): what several patterns compute alike, once
     shared: Optional[dict] = dataclasses.field(default=None, repr=False, compare=False)
+    # every head's spec in the layer call (sparse_prefill), for an index build that serves several patterns' heads
+    # at once (the mean-query block-sparse ones); None: only ``specs`` is known
+    layer_specs: Optional[Tuple[Any, ...]] = dataclasses.field(default=None, repr=False, compare=False)
 
     def values(self, field: str, fill: Any) -> list:
         """Per q head: this pattern's ``field``, ``fill`` for heads of other patterns (they select nothing)."""

@@ -36,7 +36,7 @@ class BlockSparseMeanQ(BlockSparse):
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
-        return meanq_block_sparse_index(group.q, group.k, group.values("topk", 1), FIXED, scale=group.scale)
+        return layer_index(group)
 
 
 @register
@@ -49,5 +49,22 @@ class BlockSparseMeanQAdaptive(BlockSparseAdaptive):
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:
-        return meanq_block_sparse_index(group.q, group.k, group.values("topk_cap", 0), group.thresholds(),
-                                        scale=group.scale)
+        return layer_index(group)
+
+
+def layer_index(group: HeadGroup) -> torch.Tensor:
+    """One mean-query index for the layer call's fixed AND adaptive mean-query heads (each head's own cap and
+    threshold; other heads: the diagonal block only): the log-mass pass, which dominates the build, runs once per
+    layer instead of once per pattern (16 of the 24 layers of the 32K mean-query search's selection hold both).
+    Each head's ids are those of its pattern built alone (rows are selected per head)."""
+    specs = group.layer_specs or group.specs
+    key = ("meanq_index", group.scale)
+    if group.shared is not None and key in group.shared:
+        return group.shared[key]
+    caps = [s.topk if isinstance(s, BlockSparseMeanQ) else s.topk_cap if isinstance(s, BlockSparseMeanQAdaptive)
+            else 1 for s in specs]
+    taus = [s.threshold if isinstance(s, BlockSparseMeanQAdaptive) else FIXED for s in specs]
+    index = meanq_block_sparse_index(group.q, group.k, caps, taus, scale=group.scale)
+    if group.shared is not None:
+        group.shared[key] = index
+    return index
