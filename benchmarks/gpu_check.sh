@@ -288,6 +288,17 @@ for m in $modes; do
       timeout ${PPL_S:-240} python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs $MQ,minference_compile/configs/qwen05-fast.json,seed 2>&1 | grep -v "Loading\|^USDT\|UserWarning\|exe_args" | tee "$OUT/ppl-s20.log"
       for C in $MQ minference_compile/configs/qwen05-fast.json; do
         timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | grep -v "^USDT" | tee "$OUT/opindex-s20-$(basename $C .json).log" | tail -4; done ;;
+    s20c)  # session 20: GPU tests of the select's skipped bisections, the select's warps (and log-mass launches near s20a's best)
+      timeout ${S20T_S:-150} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_block_sparse_meanq.py tests/test_shared_estimate.py tests/test_block_mass_select.py tests/test_adaptive*.py "tests/test_kernels_triton.py::test_registry_kernel_path" 2>&1 | tee "$OUT/tests_s20c.log" | tail -5
+      timeout ${TUNE_S:-200} python3 -m benchmarks.tune_meanq --seq 128k --configs "64,64,4,2;64,32,4,2;64,128,4,2;64,64,4,1;128,64,8,3" --out "$OUT/tune_select.json" --best /tmp/meanq_best 2>&1 | grep -v "^USDT" | tee "$OUT/tune_select.log" | tail -30 ;;
+    s20d)  # session 20 (after qwen-join): the layer-charged selection (search --cost layer) vs s19's: perplexity, then
+      # kernels + the op's index builds at 128K (SELECT_WARPS: s20c's best, passed in the command)
+      export MINFERENCE_MEANQ_CONFIG=$(cat /tmp/meanq_best 2>/dev/null) MINFERENCE_SELECT_WARPS=$(cat /tmp/meanq_best.select 2>/dev/null)
+      echo "meanq launch: ${MINFERENCE_MEANQ_CONFIG:-default}; select warps: ${MINFERENCE_SELECT_WARPS:-default}"
+      L=benchmarks/results/s20-cpu/qwen05-32k-meanq-layer.json; MQ=benchmarks/results/s19-cpu/search32k/qwen05-32k-meanq.json
+      timeout ${PPL_S:-200} python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs $L 2>&1 | grep -v "Loading\|^USDT\|UserWarning\|exe_args" | tee "$OUT/ppl-s20d.log"
+      for C in $L $MQ; do
+        timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | grep -v "^USDT" | tee "$OUT/opindex-s20d-$(basename $C .json).log" | tail -4; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -144,6 +144,15 @@ def test_search_cli_tiny_model_writes_config_sidecar_and_resumes(tiny_model_dir,
             tw = parse(hw["pick"]).spec.relative_time(hw["cost"], 32)
             tt = parse(ht["pick"]).spec.relative_time(ht["cost"], 32)
             assert ht["recall"] >= 0.9 and tt <= tw + 1e-6, (hw, ht)
+    # charged per layer: every head still reaches the target; the layer time of the pick is no worse than the
+    # per-head time pick's, by the same model
+    assert main(args + ["--cost", "layer", "--out", str(tmp_path / "layer.json"), "--workdir", str(work)]) == 0
+    lay = json.load(open(tmp_path / "layer.search.json"))
+    assert lay["calibration"]["cost"] == "layer" and all(h["recall"] >= 0.9 for layer in lay["heads"] for h in layer)
+    for run, s in lay["summary"]["searched"].items():
+        assert s["layer_time"] <= timed["summary"]["searched"][run]["layer_time"] + 1e-9
+    with pytest.raises(SystemExit, match="max-work"):
+        main(args + ["--cost", "layer", "--max-work", "0.5", "--out", str(tmp_path / "x.json"), "--workdir", str(work)])
 
 
 def test_time_cost_model_and_choice():
@@ -251,6 +260,53 @@ def test_choose_mean_matches_mean_recall_at_least_cost():
     cost4 = torch.cat([cost, torch.tensor([[0.05, 0.05]])[:, None]])
     assert choose_mean(recall4, cost4, torch.tensor([True, True, True, False]), mean_target=0.97).tolist() == [[2, 1]]
     assert choose_mean(recall4, cost4, torch.ones(4, dtype=torch.bool), mean_target=0.97).tolist() == [[3, 3]]
+
+
+def test_layer_pick_equals_brute_force_with_one_build_per_family():
+    # per layer the pick maximises the heads' summed score minus one build per index family present, over every
+    # assignment (brute force on 4 candidates x 3 heads); the mean-query fixed / adaptive share a family
+    import itertools
+
+    from minference_compile.search.select import index_families, layer_pick
+    cands = [Candidate("dense"), Candidate("block_sparse_meanq", 8), Candidate("block_sparse_meanq_adaptive", 128, 0, 0.9),
+             Candidate("vertical_and_slash", 100, 800), Candidate("stream_llm", 128, 1024)]
+    family, fcost = index_families(cands, 64)
+    assert family[0] == -1 and family[4] == -1 and family[1] == family[2] and family[3] not in (family[1], -1)
+    g = torch.Generator().manual_seed(3)
+    for trial in range(20):
+        score = torch.rand(5, 2, 3, generator=g) * (1 + trial % 4)
+        fc = fcost * (trial % 5) * 3
+        pick = layer_pick(score, family, fc)
+        for li in range(2):
+            def value(assign):
+                fams = {int(family[c]) for c in assign if family[c] >= 0}
+                return sum(float(score[c, li, h]) for h, c in enumerate(assign)) - 3 * sum(float(fc[f]) for f in fams)
+            best = max(value(a) for a in itertools.product(range(5), repeat=3))
+            assert value(pick[li].tolist()) == pytest.approx(best, abs=1e-9), (trial, li)
+
+
+def test_layered_choice_skips_a_build_that_one_head_cannot_pay_for():
+    from minference_compile.search.select import choose_layered, choose_mean_layered, index_families, kernel_time
+    cands = [Candidate("dense"), Candidate("block_sparse_meanq_adaptive", 256, 0, 0.99),
+             Candidate("vertical_and_slash", 100, 800)]
+    family, fcost = index_families(cands, 64)
+    # 4 heads: three fine on the mean-query pattern; head 3 a bit better on vertical-slash, alone in its family
+    recall = torch.tensor([[1.0] * 4, [0.98, 0.98, 0.98, 0.96], [0.5, 0.5, 0.5, 0.97]])[:, None]
+    cost = torch.tensor([[1.0] * 4, [0.2] * 4, [0.2] * 4])[:, None]
+    kt = kernel_time(cost, cands, 64)
+    ok = torch.ones(3, dtype=torch.bool)
+    # per head (time model with a build per head) head 3 takes VS; charged per layer its build (~0.034 x 4 heads)
+    # costs more than its 0.01 recall is worth at this target: it joins the mean-query family
+    assert choose_layered(recall, kt, ok, 0.95, family, fcost).tolist() == [[1, 1, 1, 1]]
+    assert choose_layered(recall, kt, ok, 0.965, family, fcost).tolist() == [[1, 1, 1, 2]]
+    # a mean of 0.975 holds with every head on the mean-query family; 0.978 needs more on head 3, and VS (0.97)
+    # falls short of it, so dense, which needs no build
+    assert choose_mean_layered(recall, kt, ok, 0.975, family, fcost).tolist() == [[1, 1, 1, 1]]
+    pick = choose_mean_layered(recall, kt, ok, 0.978, family, fcost)
+    assert float(recall.gather(0, pick[None]).mean()) >= 0.978 and pick.tolist() == [[1, 1, 1, 0]]
+    # with VS good enough on head 3 and cheap enough, the build pays for itself
+    recall[2, 0, 3] = 0.999
+    assert choose_mean_layered(recall, kt, ok, 0.978, family, fcost).tolist() == [[1, 1, 1, 2]]
 
 
 def test_capture_builds_no_square_mask_and_matches_the_model():

@@ -13,12 +13,16 @@ all dropped by the cap rule: "at most cap").
 one GEMM and one launch per chunk instead of ~20 elementwise launches per chunk (host-bound on an H200: NOTES 34).
 """
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 
 _INF_BITS = tl.constexpr(0x7F800000)
+# row width (a power of 2) -> warps per program where tuning (benchmarks/tune_meanq.py) beat the default below;
+# MINFERENCE_SELECT_WARPS="2048:4,4096:8" sets it for another card
+WARPS = {int(a): int(b) for a, b in (x.split(":") for x in os.environ.get("MINFERENCE_SELECT_WARPS", "").split(",") if x)}
 _MAX_BLOCKS = 16384  # a whole row in registers (1M tokens at 64-blocks); longer rows use the torch select
 
 
@@ -39,23 +43,25 @@ def _select_store(m, kb, qb, cap, tau, N, KMAX, o, SINK: tl.constexpr, KP: tl.co
     lo = tl.zeros([], dtype=tl.int32)
     hi = tl.full([], _INF_BITS, dtype=tl.int32)
     reach_all = m_forced + tl.sum(tl.where(other, m, 0.0)) >= tau
-    for _ in range(31):
-        mid = lo + (hi - lo) // 2
-        v = mid.to(tl.float32, bitcast=True)
-        ok = m_forced + tl.sum(tl.where(other & (m >= v), m, 0.0)) >= tau
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid)
+    if reach_all & (m_forced < tau):  # else v below is fixed without it (a fixed top-k's tau > 1 never reaches)
+        for _ in range(31):
+            mid = lo + (hi - lo) // 2
+            v = mid.to(tl.float32, bitcast=True)
+            ok = m_forced + tl.sum(tl.where(other & (m >= v), m, 0.0)) >= tau
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid)
     # forced mass alone reaches tau: no others (lo stayed at 0 only if even v = 0+ fails, i.e. reach_all false)
     v_bits = tl.where(m_forced >= tau, _INF_BITS, tl.where(reach_all, lo, 0))
     # cap: the smallest threshold >= v keeping at most n_other blocks
     lo2 = v_bits
     hi2 = tl.full([], _INF_BITS, dtype=tl.int32)
     too_many = tl.sum((other & (m >= v_bits.to(tl.float32, bitcast=True))).to(tl.int32)) > n_other
-    for _ in range(31):
-        mid = lo2 + (hi2 - lo2) // 2
-        fits = tl.sum((other & (m >= mid.to(tl.float32, bitcast=True))).to(tl.int32)) <= n_other
-        hi2 = tl.where(fits, mid, hi2)
-        lo2 = tl.where(fits, lo2, mid)
+    if too_many:  # the mass rule kept more than the cap allows (else hi2 is unused)
+        for _ in range(31):
+            mid = lo2 + (hi2 - lo2) // 2
+            fits = tl.sum((other & (m >= mid.to(tl.float32, bitcast=True))).to(tl.int32)) <= n_other
+            hi2 = tl.where(fits, mid, hi2)
+            lo2 = tl.where(fits, lo2, mid)
     w = tl.where(too_many, hi2, v_bits).to(tl.float32, bitcast=True)
     keep = forced | (other & (m >= w))
     keep = keep & (kb < N)
@@ -118,7 +124,7 @@ def _launch_args(rows: torch.Tensor, kmax: int, out):
         out = torch.empty(B, Hq, R, kmax, dtype=torch.int32, device=rows.device)
     assert out.shape == (B, Hq, R, kmax) and out.stride(-1) == 1 and out.dtype == torch.int32
     np_ = max(16, triton.next_power_of_2(n))
-    warps = 4 if np_ <= 1024 else 8 if np_ <= 4096 else 16
+    warps = WARPS.get(np_) or (4 if np_ <= 1024 else 8 if np_ <= 4096 else 16)
     return rows, out, (B * Hq * R,), np_, max(16, triton.next_power_of_2(kmax)), warps
 
 

@@ -23,7 +23,7 @@ BLOCK_N = 64  # keys per block (the patterns' key-block size)
 # benchmarks/tune_meanq.py. The key range is split over programs (every (row, key block) output is independent, so
 # no combine step): one program per (query chunk x key chunk) keeps the H200's SMs busy where one program per query
 # chunk ran ~3 programs per SM, latency-bound (4.5 ms at 128K for 14 heads, benchmarks/NOTES.md row 44).
-CONFIG = (64, 32, 4, 3)
+CONFIG = (64, 64, 4, 2)  # H200, 128K: 4.24 ms (Llama-3-8B shape) / 1.27 ms (Qwen2.5-0.5B) vs 8.2 / 2.7 unsplit (NOTES row 45)
 if os.environ.get("MINFERENCE_MEANQ_CONFIG"):  # another card's tuned launch: "BLOCK_M,KCHUNK,warps,stages"
     CONFIG = tuple(int(x) for x in os.environ["MINFERENCE_MEANQ_CONFIG"].split(","))
 

@@ -102,6 +102,10 @@ class Pattern:
     # dense attention time; measured at 128K on an H200, Triton kernels (benchmarks/NOTES.md rows cited per pattern)
     RATE: ClassVar[Tuple[float, float]] = (1.0, 1.0)
     INDEX: ClassVar[Tuple[float, float]] = (0.0, 0.0)
+    # patterns whose heads of one layer share ONE index build (the op builds it once per layer call for all of
+    # them): the same name here; "" = its own (its class name). ``search --cost layer`` charges INDEX once per layer
+    # and family present, not per head
+    INDEX_FAMILY: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for slot in self.SLOTS:
@@ -187,6 +191,10 @@ class Pattern:
         fa4: the layer runs on FlashAttention-4 (the ``[hopper]`` path, dense fallback included); a pattern whose
         crossover was measured there says so, the others keep their rule."""
         raise NotImplementedError
+
+    @classmethod
+    def index_family(cls) -> str:
+        return cls.INDEX_FAMILY or cls.name
 
     def relative_time(self, work, head_dim: int):
         """Predicted time of one head with this spec over its dense attention (cuDNN, same length) from the share

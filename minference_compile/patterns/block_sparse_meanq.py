@@ -29,9 +29,10 @@ class BlockSparseMeanQ(BlockSparse):
     name = "block_sparse_meanq"
     id = 8
     short = "bsq"
-    # the Triton log-mass launch + fused select at 128K on an H200: 4.51 ms of cuDNN's 66.6 (Qwen2.5-0.5B shape),
-    # 9.88 ms of 244 (Llama-3-8B shape) (NOTES row 44)
-    INDEX = (0.068, 0.040)
+    # the Triton log-mass launch (key range split, tuned) + fused select at 128K on an H200: 2.88 ms of cuDNN's 66.7
+    # (Qwen2.5-0.5B shape), 8.04 ms of 246 (Llama-3-8B shape) (NOTES row 45); one build per layer for both kinds
+    INDEX = (0.043, 0.033)
+    INDEX_FAMILY = "meanq"
     chunked = False  # the query blocks' means come from the unchunked prompt
 
     @classmethod
@@ -46,6 +47,7 @@ class BlockSparseMeanQAdaptive(BlockSparseAdaptive):
     id = 9
     short = "bsqa"
     INDEX = BlockSparseMeanQ.INDEX
+    INDEX_FAMILY = "meanq"  # layer_index: the fixed and adaptive heads' ids in one build
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:

@@ -43,10 +43,12 @@ def add_arguments(p) -> None:
     p.add_argument("--max-work", type=float, default=None, help="instead: best recall within this work share")
     p.add_argument("--match-seed", action="store_true",
                    help="instead: least mean work at the seed's (1000, 6096) mean recall and no head below its worst")
-    p.add_argument("--cost", default="work", choices=["work", "time"],
+    p.add_argument("--cost", default="work", choices=["work", "time", "layer"],
                    help="what a pick minimises: the kernel's computed work (coverage), or its predicted time over "
                         "dense attention (work / the kernel's measured rate + index build, per pattern: "
-                        "patterns/*.py RATE / INDEX, H200); --max-work then bounds that cost")
+                        "patterns/*.py RATE / INDEX, H200); --max-work then bounds that cost. layer: that time with "
+                        "each index build charged once per layer that needs it (the op builds one per layer and "
+                        "pattern family, whatever number of heads use it); with --match-seed or --target-recall")
     p.add_argument("--rows", type=int, default=256, help="sampled query rows per head (the last 64 included)")
     p.add_argument("--last-q", type=int, default=64)
     p.add_argument("--workdir", default=None, help="captures and per-layer results (default OUT.work)")
@@ -120,7 +122,8 @@ def run(args) -> int:
     from ..config import MInferenceConfig
     from .candidates import SEED, SMALL, Candidate, allowed, default_candidates
     from .prompts import encoder
-    from .select import choose, choose_mean, config_list, picks_of_config, summary, time_cost
+    from .select import (choose, choose_layered, choose_mean, choose_mean_layered, config_list, index_families,
+                         kernel_time, layer_time, picks_of_config, summary, time_cost)
 
     t_start = time.perf_counter()
     if args.threads:
@@ -165,8 +168,12 @@ def run(args) -> int:
     lines = torch.stack([n["lines"] for n in counts]).mean(0) if counts else None
     blocks = torch.stack([n["blocks"] for n in counts]).mean(0) if counts else None
 
-    timed = args.cost == "time"
+    timed = args.cost in ("time", "layer")
+    if args.cost == "layer" and args.max_work is not None:
+        raise SystemExit("--cost layer selects with --match-seed or --target-recall, not --max-work")
     sel_cost = time_cost(cost, candidates, head_dim) if timed else cost
+    family, fcost = index_families(candidates, head_dim)
+    ktime = kernel_time(cost, candidates, head_dim)
     idx = {c: i for i, c in enumerate(candidates)}
     fixed = {name: torch.full((n_layers, n_heads), idx[c]) for name, c in (("seed (1000,6096)", SEED),
                                                                             ("small (100,800)", SMALL))}
@@ -177,16 +184,26 @@ def run(args) -> int:
         ok = torch.tensor(allowed(candidates, args.allow or args.candidates))
         if args.match_seed:  # per head: the worst run's recall; the seed's mean / min over heads of that
             seed_r = recall[idx[SEED]]
-            pick = choose_mean(recall, sel_cost, ok, float(seed_r.mean()), float(seed_r.min()))
+            if args.cost == "layer":
+                pick = choose_mean_layered(recall, ktime, ok, float(seed_r.mean()), family, fcost,
+                                           float(seed_r.min()))
+            else:
+                pick = choose_mean(recall, sel_cost, ok, float(seed_r.mean()), float(seed_r.min()))
+        elif args.cost == "layer":
+            pick = choose_layered(recall, ktime, ok, args.target_recall, family, fcost)
         else:
             pick = choose(recall.where(ok[:, None, None], -1.0), sel_cost, candidates, args.target_recall,
                           args.max_work)
         fixed["searched"] = pick
     table = {name: {run: summary(p, r, c, time_cost(c, candidates, head_dim) if timed else None)
                     for run, (r, c, _) in runs.items()} for name, p in fixed.items()}
+    for name, p in fixed.items():  # the time as the op runs it: one index build per layer and family present
+        for run, (r, c, _) in runs.items():
+            table[name][run]["layer_time"] = layer_time(p, kernel_time(c, candidates, head_dim), family, fcost)
     for name, per in table.items():
         for run_name, s in per.items():
             extra = f"  time {s['time']:.3f} ({1 / s['time']:.2f}x dense)" if timed else ""
+            extra += f"  layer time {s['layer_time']:.3f} ({1 / s['layer_time']:.2f}x)"
             print(f"{name:24s} {run_name:18s} coverage {s['coverage']:.3f}  recall mean {s['recall_mean']:.4f} "
                   f"min {s['recall_min']:.4f} p10 {s['recall_p10']:.4f}{extra}")
     if args.evaluate:

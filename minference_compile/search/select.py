@@ -84,3 +84,96 @@ def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor,
         if float(recall.gather(0, pick[None]).mean()) >= mean_target:
             break
     return pick
+
+
+def kernel_time(cost: torch.Tensor, candidates: list, head_dim: int) -> torch.Tensor:
+    """Work share [C, L, H] -> each head's kernel time over its dense attention (work / RATE, no index build)."""
+    return torch.stack([c.spec.relative_time(cost[i], head_dim) - c.spec.INDEX[0 if head_dim <= 64 else 1]
+                        for i, c in enumerate(candidates)])
+
+
+def index_families(candidates: list, head_dim: int) -> tuple:
+    """([C] family id, -1 for patterns without an index build; [F] a layer's build time over its dense attention)."""
+    i = 0 if head_dim <= 64 else 1
+    names, fam, cost = {}, [], []
+    for c in candidates:
+        spec = c.spec
+        if spec.INDEX[i] <= 0:
+            fam.append(-1)
+            continue
+        key = spec.index_family()
+        if key not in names:
+            names[key] = len(names)
+            cost.append(spec.INDEX[i])
+        fam.append(names[key])
+    return torch.tensor(fam), torch.tensor(cost, dtype=torch.float64)
+
+
+def layer_time(pick: torch.Tensor, ktime: torch.Tensor, family: torch.Tensor, fcost: torch.Tensor) -> float:
+    """Predicted time over dense attention of a pick [L, H]: its heads' kernel times plus one index build per layer
+    and family present (sparse_prefill builds each once per layer call), averaged over the heads."""
+    L, H = pick.shape
+    t = float(ktime.gather(0, pick[None]).sum())
+    for li in range(L):
+        present = {int(f) for f in family[pick[li]].tolist() if f >= 0}
+        t += H * sum(float(fcost[f]) for f in present)
+    return t / (L * H)
+
+
+def layer_pick(score: torch.Tensor, family: torch.Tensor, fcost: torch.Tensor) -> torch.Tensor:
+    """score [C, L, H] (-inf: not allowed) -> [L, H]: per layer the pick maximising the heads' summed score minus one
+    index build per family present (H * fcost[f]), over every set of families (dense / A-shape need none)."""
+    import itertools
+    C, L, H = score.shape
+    fl = family.tolist()
+    used = sorted({f for f, a in zip(fl, torch.isfinite(score).flatten(1).any(1).tolist()) if a and f >= 0})
+    subsets = [set(x) for n in range(len(used) + 1) for x in itertools.combinations(used, n)]
+    pick = torch.empty(L, H, dtype=torch.long)
+    for li in range(L):
+        best = None
+        for sub in subsets:
+            m = torch.tensor([f < 0 or f in sub for f in fl])
+            val, arg = torch.where(m[:, None], score[:, li], -float("inf")).max(0)
+            if not torch.isfinite(val).all():
+                continue
+            total = float(val.sum()) - H * float(sum(fcost[f] for f in sub))
+            if best is None or total > best[0]:
+                best = (total, arg)
+        pick[li] = best[1]
+    return pick
+
+
+def choose_layered(recall: torch.Tensor, ktime: torch.Tensor, allowed: torch.Tensor, target: float,
+                   family: torch.Tensor, fcost: torch.Tensor) -> torch.Tensor:
+    """choose(target) with index builds charged per layer (``search --cost layer``): every head reaches ``target``
+    (dense, recall 1, always qualifies), at the least kernel time plus builds of the layer."""
+    ok = allowed[:, None, None] & (recall >= target)
+    dense = torch.tensor([f < 0 and bool((recall[i] >= 1.0).all()) for i, f in enumerate(family.tolist())])
+    ok = ok | dense[:, None, None]
+    return layer_pick(torch.where(ok, -ktime + 1e-9 * recall, -float("inf")), family, fcost)
+
+
+def choose_mean_layered(recall: torch.Tensor, ktime: torch.Tensor, allowed: torch.Tensor, mean_target: float,
+                        family: torch.Tensor, fcost: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """choose_mean with index builds charged per layer (``search --cost layer``): per layer and multiplier the
+    best set of index families (layer_pick); the multiplier is bisected (the Lagrangian's mean recall rises with
+    it). recall/ktime [C, L, H] (ktime: kernel_time), allowed [C] bool, family [C] / fcost [F] (index_families)
+    -> [L, H] candidate index."""
+    ok = allowed[:, None, None] & ((recall >= floor) | (recall >= 1.0))
+
+    def solve(lam: float) -> torch.Tensor:
+        return layer_pick(torch.where(ok, lam * recall - ktime, -float("inf")), family, fcost)
+
+    def mean_recall(pick):
+        return float(recall.gather(0, pick[None]).mean())
+    grid = torch.logspace(-1, 4, 400).tolist()
+    lo, hi = 0, len(grid) - 1
+    if mean_recall(solve(grid[hi])) < mean_target:
+        return solve(grid[hi])
+    while lo < hi:  # the least multiplier reaching the target
+        mid = (lo + hi) // 2
+        if mean_recall(solve(grid[mid])) >= mean_target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return solve(grid[lo])
