@@ -299,6 +299,11 @@ for m in $modes; do
       timeout ${PPL_S:-200} python3 -m benchmarks.search_ppl --model /tmp/mc/models/qwen05 --lengths 16384,32768 --configs $L 2>&1 | grep -v "Loading\|^USDT\|UserWarning\|exe_args" | tee "$OUT/ppl-s20d.log"
       for C in $L $MQ; do
         timeout 120 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | grep -v "^USDT" | tee "$OUT/opindex-s20d-$(basename $C .json).log" | tail -4; done ;;
+    s20e)  # session 20: dense heads of mixed layers on SDPA per kv head (GPU tests), then kernels + the op's index builds
+      # at 128K of the layer-charged selection and of qwen05-fast (MINFERENCE_SELECT_WARPS as s20c found)
+      timeout ${S20T_S:-150} python3 -m pytest -q -p no:cacheprovider -rf -n 6 tests/test_kernels_triton.py -k "dense_heads or registry_kernel_path" tests/test_gpu_ops.py 2>&1 | tee "$OUT/tests_s20e.log" | tail -5
+      for C in benchmarks/results/s20-cpu/qwen05-32k-meanq-layer.json minference_compile/configs/qwen05-fast.json; do
+        MINFERENCE_SELECT_WARPS=2048:4 timeout 150 python3 -m benchmarks.searched --config $C --seq 128k --op-index 2>&1 | grep -v "^USDT" | tee "$OUT/opindex-s20e-dense-$(basename $C .json).log" | tail -3; done ;;
     crossover) timeout 400 python3 -m benchmarks.run --crossover --commit "$COMMIT" --out "$OUT" 2>&1 | tail -40 ;;
   esac
 done

@@ -210,6 +210,10 @@ def main(argv=None) -> None:
                 idx = block_sparse_index(q, k, topk)
                 steps.append(lambda o, idx=idx, mask=mask: block_sparse_attention_fwd(
                     q, k, v, idx, D ** -0.5, head_mask=mask, out=o, compact=True))
+            elif kind == "dense":  # as Dense.attend_cuda runs them: SDPA per kv head (ops/dense.dense_heads)
+                from minference_compile.ops.dense import dense_heads
+                which = [h in set(heads) for h in range(Hq)]
+                steps.append(lambda o, which=which: dense_heads(q, k, v, D ** -0.5, which, out=o))
             else:
                 init = torch.full((Hq,), S, dtype=torch.int32, device=dev)
                 local = torch.full((Hq,), S, dtype=torch.int32, device=dev)

@@ -161,9 +161,8 @@ def test_time_cost_model_and_choice():
              Candidate("block_sparse_antidiag", 128, 8, 0.9), Candidate("block_sparse_antidiag", 128, 16, 0.9)]
     work = torch.tensor([1.0, 0.3, 0.3, 0.3, 0.3])[:, None, None].expand(5, 1, 2)
     t64 = time_cost(work, cands, 64)[:, 0, 0]
-    # dense on the streaming kernel 1 / 0.82; VS 0.3 / 0.65 + 0.034; BS 0.3 / 0.80 + 0.014; antidiag pays its
-    # estimate by stride
-    torch.testing.assert_close(t64, torch.tensor([1.0 / 0.82, 0.3 / 0.65 + 0.034, 0.3 / 0.80 + 0.014,
+    # dense heads on SDPA 1; VS 0.3 / 0.65 + 0.034; BS 0.3 / 0.80 + 0.014; antidiag pays its estimate by stride
+    torch.testing.assert_close(t64, torch.tensor([1.0, 0.3 / 0.65 + 0.034, 0.3 / 0.80 + 0.014,
                                                   0.3 / 0.80 + 0.266, 0.3 / 0.80 + 0.173]), atol=1e-6, rtol=0)
     assert time_cost(work, cands, 128)[1, 0, 0] == pytest.approx(0.3 / 0.62 + 0.012)
     # equal work and recall: by work the first (VS) wins the tie, by time the faster kernel (BS)

@@ -1,7 +1,7 @@
 """Dense causal attention fallbacks (bottom-right aligned), never holding an S x S mask at once."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,3 +93,25 @@ def prefix_causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Te
     lse = torch.logaddexp(l1, l2)
     w1, w2 = torch.exp(l1 - lse).unsqueeze(-1), torch.exp(l2 - lse).unsqueeze(-1)
     return (o1.float() * w1 + o2.float() * w2).to(q.dtype)
+
+
+def dense_heads(q: Tensor, k: Tensor, v: Tensor, scale: float, which: Sequence[bool],
+                out: Optional[Tensor] = None) -> Tensor:
+    """Causal attention (dense_attention's, bottom-right aligned) of the q heads h with which[h] (host-side, e.g.
+    a layer's dense heads among sparse ones) into out[:, h]; the other heads of out are left as they are. One SDPA
+    per kv head that has such q heads (GQA inside the call): cuDNN / flash at their full rate, where the streaming
+    kernel ran them at ~0.82 of it (benchmarks/NOTES.md row 46). out None: a new layer_out tensor."""
+    from .layout import layer_out
+    Hq, Hkv = q.shape[1], k.shape[1]
+    if out is None:
+        out = layer_out(q)
+    if all(which):
+        return out.copy_(dense_attention(q, k, v, scale, contiguous=False))
+    G = Hq // Hkv
+    for g in range(Hkv):
+        hs = [h for h in range(g * G, (g + 1) * G) if which[h]]
+        if not hs:
+            continue
+        sel = slice(hs[0], hs[-1] + 1) if hs[-1] - hs[0] + 1 == len(hs) else torch.tensor(hs, device=q.device)
+        out[:, sel] = dense_attention(q[:, sel], k[:, g:g + 1], v[:, g:g + 1], scale, contiguous=False)
+    return out
