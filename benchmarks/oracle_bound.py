@@ -8,6 +8,8 @@ sampled query blocks, what an oracle that knows the exact attention could reach:
 * block oracle: per 64-row query block, the key blocks (64-aligned) with the most exact attention mass; one global
   threshold on mass per computed pair (the Lagrangian optimum of mean recall over heads for a coverage budget, since
   every head is scored on the same rows);
+* fixed top-k oracle: one k per head, every query block keeping its k heaviest key blocks (exact mass), the ks
+  chosen by a Lagrangian over heads: the optimum of any fixed-budget block-sparse pattern (bs, bsq at their best);
 * element oracle: per row, the keys with the most mass (one global threshold on p): the floor of any sparse method.
 
 Both against the seed's (1000, 6096) on the same rows (its selection from the last 64 queries, block-rounded
@@ -67,6 +69,11 @@ def head_stats(q_rows, k, rows, m0s, S, scale, seed_budget=(1000, 6096), last_q=
     M = torch.nn.functional.pad(p, (0, pad)).view(nb, BLOCK, -1, BLOCK).sum((1, 3))  # [nb, NKB]
     cz = torch.nn.functional.pad(causal.double(), (0, pad)).view(nb, BLOCK, -1, BLOCK).sum((1, 3))  # pairs
     live = cz > 0
+    # fixed top-k oracle: one k per head for every query block, each block keeping its k heaviest key blocks
+    # (exact mass): kept mass and pairs for k = 1 .. NKB (the optimum of any fixed-budget block-sparse pattern)
+    order = M.argsort(1, descending=True)
+    fx_mass = M.gather(1, order).double().cumsum(1).sum(0)
+    fx_pairs = cz.gather(1, order).cumsum(1).sum(0)
     bb = _bins(M[live] / cz[live])
     bl_mass = torch.zeros(NBIN, dtype=torch.float64).index_add_(0, bb, M[live].double())
     bl_pairs = torch.zeros(NBIN, dtype=torch.float64).index_add_(0, bb, cz[live])
@@ -91,7 +98,8 @@ def head_stats(q_rows, k, rows, m0s, S, scale, seed_budget=(1000, 6096), last_q=
     # the seed's kernel work on the sampled blocks (what the search calls its cost): the VS index's tiles + columns
     per_block = work_per_block(build_vertical_slash_index(vert[None, None], sl[None, None], S))[0, 0]
     work = float(per_block[m0s // BLOCK].sum())
-    return dict(el_mass=el_mass, el_pairs=el_pairs, bl_mass=bl_mass, bl_pairs=bl_pairs,
+    return dict(el_mass=el_mass, el_pairs=el_pairs, bl_mass=bl_mass, bl_pairs=bl_pairs, fx_mass=fx_mass,
+                fx_pairs=fx_pairs,
                 seed_mass=float((p * keep).sum()), seed_pairs=float(keep.sum()), seed_work=work, rows=R,
                 causal_pairs=float(causal.sum()))
 
@@ -122,7 +130,37 @@ def summarise(stats: list, targets=(0.95, 0.97, 0.99)) -> dict:
             res[f"{t:.4f}"] = {"coverage": cov, "recall": rec, "seed_over_oracle": seed_cov / cov if cov else None,
                                "seed_work_over_oracle": seed_work / cov if cov else None}
         out["block_oracle" if kind == "bl" else "element_oracle"] = res
+    if "fx_mass" in stats[0]:
+        res = {}
+        for t in (seed_recall,) + tuple(targets):
+            cov, rec = fixed_at_recall([s["fx_mass"] for s in stats], [s["fx_pairs"] for s in stats], n_rows, causal, t)
+            res[f"{t:.4f}"] = {"coverage": cov, "recall": rec, "seed_over_oracle": seed_cov / cov if cov else None,
+                               "seed_work_over_oracle": seed_work / cov if cov else None}
+        out["fixed_topk_oracle"] = res
     return out
+
+
+def fixed_at_recall(masses: list, pairs: list, n_rows: float, causal: float, target: float) -> tuple:
+    """Per head the kept mass / pairs at k = 1 .. n -> (coverage, recall) of the least pairs whose mean recall
+    reaches target with one k per head: a Lagrangian over heads (each head argmax lam * mass - pairs), the least
+    lam reaching the target (bisection)."""
+    n = max(len(m) for m in masses)
+    M = torch.stack([torch.nn.functional.pad(m, (0, n - len(m)), value=float(m[-1])) for m in masses]) / n_rows
+    P = torch.stack([torch.nn.functional.pad(p, (0, n - len(p)), value=float(p[-1])) for p in pairs]) / causal
+
+    def solve(lam):
+        k = (lam * M - P).argmax(1, keepdim=True)
+        return float(P.gather(1, k).sum()), float(M.gather(1, k).sum())
+    lo, hi = 1e-6, 1e6
+    if solve(hi)[1] < target:
+        return solve(hi)
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if solve(mid)[1] >= target:
+            hi = mid
+        else:
+            lo = mid
+    return solve(hi)
 
 
 def main(argv=None) -> int:
@@ -172,7 +210,7 @@ def main(argv=None) -> int:
         print(f"{prompt} {S}: seed (1000, 6096) recall {sd['recall']:.4f} coverage {sd['coverage']:.4f} "
               f"kernel work {sd['work']:.4f} "
               f"(forward {t1 - t0:.0f}s, scoring {summary['score_s']:.0f}s)", flush=True)
-        for kind in ("block_oracle", "element_oracle"):
+        for kind in ("block_oracle", "fixed_topk_oracle", "element_oracle"):
             for t, r in summary[kind].items():
                 print(f"  {kind} at recall {t}: coverage {r['coverage']:.4f} (recall {r['recall']:.4f}), seed / "
                       f"oracle {r['seed_over_oracle']:.2f}x (by the seed's kernel work {r['seed_work_over_oracle']:.2f}x)",
