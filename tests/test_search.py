@@ -284,6 +284,21 @@ def test_layer_pick_equals_brute_force_with_one_build_per_family():
             assert value(pick[li].tolist()) == pytest.approx(best, abs=1e-9), (trial, li)
 
 
+def test_index_families_and_kernel_time_split_the_time_model():
+    # kernel_time + one build per family = relative_time; the antidiagonal estimate is one build per stride
+    from minference_compile.search.select import index_families, kernel_time, time_cost
+    cands = [Candidate("block_sparse_antidiag", 128, 8, 0.9), Candidate("block_sparse_antidiag", 128, 16, 0.9),
+             Candidate("block_sparse_antidiag", 256, 8, 0.95), Candidate("block_sparse", 16), Candidate("dense")]
+    family, fcost = index_families(cands, 64)
+    assert family.tolist() == [0, 1, 0, 2, -1]
+    torch.testing.assert_close(fcost, torch.tensor([0.266, 0.173, 0.014], dtype=torch.float64), atol=1e-9, rtol=0)
+    work = torch.full((5, 1, 1), 0.3)
+    kt = kernel_time(work, cands, 64)[:, 0, 0]
+    torch.testing.assert_close(kt, torch.tensor([0.3 / 0.80] * 4 + [0.3]), atol=1e-6, rtol=0)
+    per_head = time_cost(work, cands, 64)[:, 0, 0]
+    torch.testing.assert_close(per_head - kt, torch.tensor([0.266, 0.173, 0.266, 0.014, 0.0]), atol=1e-6, rtol=0)
+
+
 def test_layered_choice_skips_a_build_that_one_head_cannot_pay_for():
     from minference_compile.search.select import choose_layered, choose_mean_layered, index_families, kernel_time
     cands = [Candidate("dense"), Candidate("block_sparse_meanq_adaptive", 256, 0, 0.99),

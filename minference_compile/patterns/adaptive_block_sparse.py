@@ -70,10 +70,13 @@ class BlockSparseAntidiag(BlockAttention, Pattern):
     def min_sparse_len(self, fa4: bool = False) -> int:
         return BlockSparse(self.topk_cap).min_sparse_len()  # unmeasured: the fixed one at the cap
 
-    def relative_time(self, work, head_dim: int):
+    def index_share(self, head_dim: int) -> float:
         # the strided estimate is 1/stride of the dense Q.K^T (twice: max, then mass) plus a fixed select: 26.6% of
         # the dense layer at stride 8, 17.3% at 16 (H200, 128K, D=64, NOTES row 34); the same share at D=128
-        return work / self.RATE[0 if head_dim <= 64 else 1] + 0.080 + 0.186 * 8 / self.stride
+        return 0.080 + 0.186 * 8 / self.stride
+
+    def index_family(self) -> str:
+        return f"{self.name}/{self.stride}"  # select: one build per stride in the layer
 
     @classmethod
     def select(cls, group: HeadGroup) -> torch.Tensor:

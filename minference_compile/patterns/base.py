@@ -192,15 +192,18 @@ class Pattern:
         crossover was measured there says so, the others keep their rule."""
         raise NotImplementedError
 
-    @classmethod
-    def index_family(cls) -> str:
-        return cls.INDEX_FAMILY or cls.name
+    def index_family(self) -> str:
+        """Specs with one name here share one index build per layer call (``INDEX_FAMILY``, else the pattern)."""
+        return self.INDEX_FAMILY or self.name
+
+    def index_share(self, head_dim: int) -> float:
+        """The layer's index build for this spec over the layer's dense attention time (INDEX per head_dim)."""
+        return self.INDEX[0 if head_dim <= 64 else 1]
 
     def relative_time(self, work, head_dim: int):
         """Predicted time of one head with this spec over its dense attention (cuDNN, same length) from the share
-        of the causal pairs its kernel computes (``work``: float or tensor): work / RATE + INDEX."""
-        i = 0 if head_dim <= 64 else 1
-        return work / self.RATE[i] + self.INDEX[i]
+        of the causal pairs its kernel computes (``work``: float or tensor): work / RATE + index_share."""
+        return work / self.RATE[0 if head_dim <= 64 else 1] + self.index_share(head_dim)
 
     # ---- running the pattern's heads of one layer (head_mask / out: the kernel-level conventions) ----
     @classmethod

@@ -88,23 +88,22 @@ def choose_mean(recall: torch.Tensor, cost: torch.Tensor, allowed: torch.Tensor,
 
 def kernel_time(cost: torch.Tensor, candidates: list, head_dim: int) -> torch.Tensor:
     """Work share [C, L, H] -> each head's kernel time over its dense attention (work / RATE, no index build)."""
-    return torch.stack([c.spec.relative_time(cost[i], head_dim) - c.spec.INDEX[0 if head_dim <= 64 else 1]
+    return torch.stack([c.spec.relative_time(cost[i], head_dim) - c.spec.index_share(head_dim)
                         for i, c in enumerate(candidates)])
 
 
 def index_families(candidates: list, head_dim: int) -> tuple:
     """([C] family id, -1 for patterns without an index build; [F] a layer's build time over its dense attention)."""
-    i = 0 if head_dim <= 64 else 1
     names, fam, cost = {}, [], []
     for c in candidates:
         spec = c.spec
-        if spec.INDEX[i] <= 0:
+        if spec.index_share(head_dim) <= 0:
             fam.append(-1)
             continue
         key = spec.index_family()
         if key not in names:
             names[key] = len(names)
-            cost.append(spec.INDEX[i])
+            cost.append(spec.index_share(head_dim))
         fam.append(names[key])
     return torch.tensor(fam), torch.tensor(cost, dtype=torch.float64)
 
