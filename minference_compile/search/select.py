@@ -138,6 +138,8 @@ def layer_pick(score: torch.Tensor, family: torch.Tensor, fcost: torch.Tensor) -
             total = float(val.sum()) - H * float(sum(fcost[f] for f in sub))
             if best is None or total > best[0]:
                 best = (total, arg)
+        if best is None:
+            raise ValueError(f"layer {li}: some head has no allowed candidate (dense must be allowed)")
         pick[li] = best[1]
     return pick
 
