@@ -601,7 +601,8 @@ def test_registry_kernel_path(name, S, Hq, Hkv, D, device):
 
 
 @pytest.mark.parametrize("S,q_len,which", [(65, None, [1, 0, 1, 0, 0, 1, 1, 0]), (1000, 337, [0, 1, 1, 0, 1, 0, 0, 1]),
-                                         (63, 1, [1, 1, 1, 1, 0, 0, 0, 0]), (300, None, [1] * 8)])
+                                         (63, 1, [1, 1, 1, 1, 0, 0, 0, 0]), (300, None, [1] * 8),
+                                         (130, None, [0, 0, 1, 1, 1, 1, 0, 0])])  # a run across two kv groups
 def test_dense_heads_sdpa_per_kv_head(S, q_len, which, device):
     """The dense heads of a mixed layer (ops/dense.dense_heads: one SDPA per kv head, heads not contiguous within
     a group, a pre-fill chunk, all heads) equal the naive causal reference; the other heads stay NaN."""
@@ -610,7 +611,10 @@ def test_dense_heads_sdpa_per_kv_head(S, q_len, which, device):
     q, k, v = qkv(S, 8, 2, D, dtype, device, q_len=q_len)
     hm = torch.tensor([bool(w) for w in which], device=device)
     out = dense_heads(q, k, v, D ** -0.5, [bool(w) for w in which], nan_out(q))
-    check(out, naive.dense_causal_ref(q, k, v, D ** -0.5), dtype, None if all(which) else hm)
+    ref = naive.dense_causal_ref(q, k, v, D ** -0.5)
+    check(out, ref, dtype, None if all(which) else hm)
+    if all(which):  # no buffer given (a layer of dense heads only): dense_attention's own output
+        check(dense_heads(q, k, v, D ** -0.5, [True] * 8), ref, dtype)
 
 
 def test_block_sparse_rejects_an_index_of_the_wrong_shape():

@@ -100,18 +100,23 @@ def dense_heads(q: Tensor, k: Tensor, v: Tensor, scale: float, which: Sequence[b
     """Causal attention (dense_attention's, bottom-right aligned) of the q heads h with which[h] (host-side, e.g.
     a layer's dense heads among sparse ones) into out[:, h]; the other heads of out are left as they are. One SDPA
     per kv head that has such q heads (GQA inside the call): cuDNN / flash at their full rate, where the streaming
-    kernel ran them at ~0.82 of it (benchmarks/NOTES.md row 46). out None: a new layer_out tensor."""
+    kernel ran them at ~0.82 of it (benchmarks/NOTES.md row 46). out None: a new layer_out tensor (all heads:
+    dense_attention's own output)."""
+    from ..triton_kernels._torch_util import device_tensor
     from .layout import layer_out
     Hq, Hkv = q.shape[1], k.shape[1]
+    if all(which):
+        o = dense_attention(q, k, v, scale, contiguous=False)
+        return o if out is None else out.copy_(o)
     if out is None:
         out = layer_out(q)
-    if all(which):
-        return out.copy_(dense_attention(q, k, v, scale, contiguous=False))
     G = Hq // Hkv
     for g in range(Hkv):
         hs = [h for h in range(g * G, (g + 1) * G) if which[h]]
         if not hs:
             continue
-        sel = slice(hs[0], hs[-1] + 1) if hs[-1] - hs[0] + 1 == len(hs) else torch.tensor(hs, device=q.device)
+        # consecutive heads: a view; else the head ids through a pinned non-blocking copy (no host sync mid-layer)
+        sel = (slice(hs[0], hs[-1] + 1) if hs[-1] - hs[0] + 1 == len(hs)
+               else device_tensor(hs, q.device, torch.long))
         out[:, sel] = dense_attention(q[:, sel], k[:, g:g + 1], v[:, g:g + 1], scale, contiguous=False)
     return out
