@@ -212,7 +212,7 @@ def main(argv=None) -> None:
                     q, k, v, idx, D ** -0.5, head_mask=mask, out=o, compact=True))
             elif kind == "dense":  # as Dense.attend_cuda runs them: SDPA per kv head (ops/dense.dense_heads)
                 from minference_compile.ops.dense import dense_heads
-                which = [h in set(heads) for h in range(Hq)]
+                which = [h in heads for h in range(Hq)]
                 steps.append(lambda o, which=which: dense_heads(q, k, v, D ** -0.5, which, out=o))
             else:
                 init = torch.full((Hq,), S, dtype=torch.int32, device=dev)

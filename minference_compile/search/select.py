@@ -127,15 +127,17 @@ def layer_pick(score: torch.Tensor, family: torch.Tensor, fcost: torch.Tensor) -
     fl = family.tolist()
     used = sorted({f for f, a in zip(fl, torch.isfinite(score).flatten(1).any(1).tolist()) if a and f >= 0})
     subsets = [set(x) for n in range(len(used) + 1) for x in itertools.combinations(used, n)]
+    # per set of families: which candidates it allows, and its builds' charge (the same for every layer)
+    sets = [(torch.tensor([f < 0 or f in sub for f in fl])[:, None], H * float(sum(fcost[f] for f in sub)))
+            for sub in subsets]
     pick = torch.empty(L, H, dtype=torch.long)
     for li in range(L):
         best = None
-        for sub in subsets:
-            m = torch.tensor([f < 0 or f in sub for f in fl])
-            val, arg = torch.where(m[:, None], score[:, li], -float("inf")).max(0)
+        for m, charge in sets:
+            val, arg = torch.where(m, score[:, li], -float("inf")).max(0)
             if not torch.isfinite(val).all():
                 continue
-            total = float(val.sum()) - H * float(sum(fcost[f] for f in sub))
+            total = float(val.sum()) - charge
             if best is None or total > best[0]:
                 best = (total, arg)
         if best is None:
